@@ -1,0 +1,1361 @@
+#!/usr/bin/env python3
+"""monitor_rs: real-server health monitor for an LVS (IPVS) director.
+
+A port of the shell script ``monitorRS.sh``: every ``interval`` seconds it reads
+each virtual service from the kernel with ``ipvsadm -Ln``, probes every real
+server over HTTP (or TCP) under one total deadline, takes a failing real server
+out of the IPVS table and puts it back when it recovers, and appends what it
+did to ``/var/log/monitorRS.log``.
+
+The module reads top to bottom:
+
+    config  ->  IPVS table (read, change)  ->  probes  ->  decision (pure)
+            ->  log and console  ->  the loop  ->  the CLI
+
+Everything that touches the world (subprocess, sockets, clock, files, signals)
+lives in the probes, the loop and the CLI; the decision is a pure function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import math
+import os
+import re
+import resource
+import select
+import shlex
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+__version__ = "1.0.0"
+
+DEFAULT_CONFIG = "/etc/monitorRS.conf"
+CONFIG_ENV = "MONITOR_RS_CONFIG"
+DEFAULT_LOG = "/var/log/monitorRS.log"
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+###############################################################################
+# Config ######################################################################
+###############################################################################
+#
+# monitorRS.conf is an INI file: a [monitor] section for the loop, and one
+# [virtual NAME] section per virtual service.  Keys carry the names of the
+# original script's variables (VIP, VPORT, RS, RW, RPORT, TYPE, LOG).  Keys of
+# a virtual service set in [monitor] are defaults for every virtual service.
+
+
+class ConfigError(Exception):
+    """A config that must not be run; the message is one line for the operator."""
+
+
+class Endpoint(NamedTuple):
+    """An address and port, printed the way ipvsadm prints it."""
+
+    ip: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        if self.ip.version == 6:
+            return f"[{self.ip}]:{self.port}"
+        return f"{self.ip}:{self.port}"
+
+
+FORWARD_FLAGS = {"g": "-g", "gate": "-g", "m": "-m", "masq": "-m", "i": "-i", "ipip": "-i"}
+FORWARD_NAMES = {"-g": "Route", "-m": "Masq", "-i": "Tunnel"}
+PROTOCOL_FLAGS = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service", "fwm": "-f"}
+PROTOCOL_NAMES = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "fwm": "FWM"}
+CHECKS = ("http", "https", "tcp")
+MAX_WEIGHT = 2147483647
+
+MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock"}
+SERVICE_KEYS = {
+    "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type", "scheduler_hint",
+    "request", "receive", "expect", "checkport", "host", "check",
+    "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
+}
+SERVICE_KEYS.discard("scheduler_hint")  # no such key: kept out on purpose
+
+
+@dataclass(frozen=True)
+class RealServer:
+    """One entry of the original's RS array, with its RW weight (same index)."""
+
+    ip: IPAddress
+    port: int  # the real port: its own ``:port`` in rs, else rport
+    weight: int
+    index: int
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.ip, self.port)
+
+    def __str__(self) -> str:
+        return str(self.endpoint)
+
+
+@dataclass(frozen=True)
+class VirtualService:
+    """A [virtual NAME] section, defaults from [monitor] already applied."""
+
+    name: str
+    protocol: str  # tcp | udp | sctp | fwm
+    vip: Optional[IPAddress]
+    vport: int  # 0 for a firewall-mark service
+    fwmark: int
+    servers: Tuple[RealServer, ...]
+    forward: str  # -g | -m | -i
+    check: str = "http"
+    request: str = "/"
+    receive: str = ""
+    expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
+    checkport: Optional[int] = None
+    host: str = ""
+    fall: int = 1
+    rise: int = 1
+    quiescent: bool = False
+    fallback: Optional[Endpoint] = None
+    depool_threshold: float = 0.0
+    on_change: Tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        """How ipvsadm names the service: ``10.10.10.10:80``, ``[::1]:80`` or the mark."""
+        if self.protocol == "fwm":
+            return str(self.fwmark)
+        return str(Endpoint(self.vip, self.vport))
+
+    @property
+    def service_args(self) -> Tuple[str, str]:
+        return (PROTOCOL_FLAGS[self.protocol], self.address)
+
+    @property
+    def ipvs_key(self) -> Tuple[str, str]:
+        """The (protocol, address) pair that heads this service in ``ipvsadm -Ln``."""
+        return (PROTOCOL_NAMES[self.protocol], self.address)
+
+    def stored_endpoint(self, ep: Endpoint) -> Endpoint:
+        """Where IPVS keeps a destination: -g and -i store it under the virtual port."""
+        if self.forward == "-m":
+            return ep
+        return Endpoint(ep.ip, self.vport)
+
+    def label(self) -> str:
+        return f"{self.address} ({self.name})"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    interval: float = 3.0
+    timeout: float = 1.0
+    log: str = DEFAULT_LOG
+    ipvsadm: str = "ipvsadm"
+    ipvsadm_timeout: float = 5.0
+    lock: str = ""
+    services: Tuple[VirtualService, ...] = ()
+
+
+class _Section:
+    """Reads typed values out of one section and names file, section and key on error."""
+
+    def __init__(self, path: str, name: str, values: Mapping[str, str]):
+        self.path, self.name, self.values = path, name, dict(values)
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        value = self.values.get(key, "")
+        return ConfigError(f"{self.path}: [{self.name}] {key} = {value!r}: {reason}")
+
+    def has(self, key: str) -> bool:
+        return self.values.get(key, "").strip() != ""
+
+    def text(self, key: str, default: str = "") -> str:
+        return self.values.get(key, default).strip() if self.has(key) else default
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        if not self.has(key):
+            return default
+        try:
+            value = float(self.values[key])
+        except ValueError:
+            raise self.fail(key, "not a number") from None
+        if not (low <= value <= high) or math.isnan(value):
+            raise self.fail(key, f"must be between {low:g} and {high:g}")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        if not self.has(key):
+            return default
+        text = self.values[key].strip()
+        if not re.fullmatch(r"[0-9]+", text):
+            raise self.fail(key, "not a whole number")
+        value = int(text)
+        if not (low <= value <= high):
+            raise self.fail(key, f"must be between {low} and {high}")
+        return value
+
+    def port(self, key: str, default: Optional[int]) -> Optional[int]:
+        if not self.has(key):
+            return default
+        return self.integer(key, 0, 1, 65535)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        if not self.has(key):
+            return default
+        word = self.values[key].strip().lower()
+        if word in ("yes", "true", "on", "1"):
+            return True
+        if word in ("no", "false", "off", "0"):
+            return False
+        raise self.fail(key, "must be yes or no")
+
+    def choice(self, key: str, default: str, choices: Mapping[str, str]) -> str:
+        if not self.has(key):
+            return default
+        word = self.values[key].strip().lower()
+        if word not in choices:
+            raise self.fail(key, "must be one of " + ", ".join(sorted(choices)))
+        return choices[word]
+
+    def address(self, key: str) -> IPAddress:
+        try:
+            return ipaddress.ip_address(self.values[key].strip().strip("[]"))
+        except ValueError:
+            raise self.fail(key, "not an IPv4 or IPv6 address") from None
+
+
+def parse_endpoint(text: str, default_port: Optional[int]) -> Endpoint:
+    """``1.2.3.4``, ``1.2.3.4:80``, ``[::1]``, ``[::1]:80`` or a bare ``::1``."""
+    text = text.strip()
+    match = re.fullmatch(r"\[([^\]]+)\](?::([0-9]+))?", text)
+    if match:
+        host, port = match.group(1), match.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    ip = ipaddress.ip_address(host)  # ValueError names the bad address
+    if port is None:
+        if default_port is None:
+            raise ValueError(f"{text!r} has no port")
+        return Endpoint(ip, default_port)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port of {text!r} out of range 1-65535")
+    return Endpoint(ip, int(port))
+
+
+def parse_expect(text: str) -> Tuple[Tuple[int, int], ...]:
+    """``200-399``, ``200,301-302`` or ``200 204``: accepted HTTP status codes."""
+    ranges = []
+    for part in re.split(r"[,\s]+", text.strip()):
+        match = re.fullmatch(r"([0-9]{3})(?:-([0-9]{3}))?", part)
+        if not match:
+            raise ValueError(part)
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if not 100 <= low <= high <= 599:
+            raise ValueError(part)
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
+    protocol = sec.choice("protocol", "tcp", {p: p for p in PROTOCOL_FLAGS})
+    if protocol == "fwm":
+        if not sec.has("fwmark"):
+            raise sec.fail("fwmark", "required with protocol = fwm")
+        fwmark = sec.integer("fwmark", 0, 1, 4294967295)
+        vip, vport = None, 0
+        rport = sec.port("rport", None)
+        if rport is None:
+            raise sec.fail("rport", "required with protocol = fwm (the port to probe)")
+    else:
+        if not sec.has("vip"):
+            raise sec.fail("vip", "required: the virtual IP")
+        vip = sec.address("vip")
+        if not sec.has("vport"):
+            raise sec.fail("vport", "required: the virtual port")
+        vport = sec.port("vport", None)
+        fwmark = 0
+        rport = sec.port("rport", vport)
+    forward = sec.choice("type", "-g", FORWARD_FLAGS)
+
+    addresses = sec.text("rs").split()
+    if not addresses:
+        raise sec.fail("rs", "no real server listed")
+    weights = sec.text("rw").split() if sec.has("rw") else ["1"] * len(addresses)
+    if len(weights) != len(addresses):
+        raise sec.fail("rw", f"{len(weights)} weight(s) for {len(addresses)} real server(s) in rs")
+    servers, seen = [], set()
+    for index, (addr, weight) in enumerate(zip(addresses, weights)):
+        try:
+            ep = parse_endpoint(addr, rport)
+        except ValueError as exc:
+            raise sec.fail("rs", f"bad real server {addr!r}: {exc}") from None
+        if not re.fullmatch(r"[0-9]+", weight) or int(weight) > MAX_WEIGHT:
+            raise sec.fail("rw", f"weight {weight!r} must be a whole number 0..{MAX_WEIGHT}")
+        stored = ep if forward == "-m" else Endpoint(ep.ip, vport)
+        if stored in seen:
+            raise sec.fail("rs", f"real server {addr} is listed twice (IPVS stores it as {stored})")
+        seen.add(stored)
+        servers.append(RealServer(ep.ip, ep.port, int(weight), index))
+
+    fallback = None
+    if sec.has("fallback"):
+        try:
+            fallback = parse_endpoint(sec.text("fallback"), rport)
+        except ValueError as exc:
+            raise sec.fail("fallback", str(exc)) from None
+        if (fallback if forward == "-m" else Endpoint(fallback.ip, vport)) in seen:
+            raise sec.fail("fallback", "is also a real server of this virtual service")
+    try:
+        expect = parse_expect(sec.text("expect", "200-399"))
+    except ValueError as exc:
+        raise sec.fail("expect", f"bad status or range {exc}; e.g. 200-399 or 200,301") from None
+    request = sec.text("request", "/")
+    if any(c in request for c in "\r\n ") or not request.isprintable():
+        raise sec.fail("request", "must be a path without spaces or control characters")
+    host = sec.text("host")
+    if any(c in host for c in "\r\n ") or not host.isprintable():
+        raise sec.fail("host", "must be a host name without spaces or control characters")
+    try:
+        on_change = tuple(shlex.split(sec.text("on_change")))
+    except ValueError as exc:
+        raise sec.fail("on_change", f"cannot split into a command: {exc}") from None
+    return VirtualService(
+        name=name,
+        protocol=protocol,
+        vip=vip,
+        vport=vport,
+        fwmark=fwmark,
+        servers=tuple(servers),
+        forward=forward,
+        check=sec.choice("check", "http", {c: c for c in CHECKS}),
+        request=request if request.startswith("/") else "/" + request,
+        receive=sec.text("receive"),
+        expect=expect,
+        checkport=sec.port("checkport", None),
+        host=host,
+        fall=sec.integer("fall", 1, 1, 1000),
+        rise=sec.integer("rise", 1, 1, 1000),
+        quiescent=sec.boolean("quiescent", False),
+        fallback=fallback,
+        depool_threshold=sec.number("depool_threshold", 0.0, 0.0, 1.0),
+        on_change=on_change,
+    )
+
+
+def load_config(path: str) -> Config:
+    """Read and check a whole config; raise ConfigError with one line on any fault."""
+    parser = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        default_section="\0none",  # no magic [DEFAULT]: defaults live in [monitor]
+        strict=True,
+    )
+    parser.optionxform = str.lower
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: " + " ".join(str(exc).split())) from None
+
+    if not parser.has_section("monitor"):
+        raise ConfigError(f"{path}: no [monitor] section")
+    top = _Section(path, "monitor", parser["monitor"])
+    for key in top.values:
+        if key not in MONITOR_KEYS | SERVICE_KEYS:
+            raise top.fail(key, "unknown key")
+
+    services, seen = [], {}
+    for name in parser.sections():
+        if name == "monitor":
+            continue
+        match = re.fullmatch(r"virtual\s+(\S.*)", name)
+        if not match:
+            raise ConfigError(f"{path}: [{name}]: unknown section (expected [monitor] or [virtual NAME])")
+        own = dict(parser[name])
+        for key in own:
+            if key not in SERVICE_KEYS:
+                raise _Section(path, name, own).fail(key, "unknown key")
+        merged = {k: v for k, v in top.values.items() if k in SERVICE_KEYS}
+        merged.update(own)
+        vs = _load_service(path, _Section(path, name, merged), match.group(1).strip())
+        if vs.ipvs_key in seen:
+            raise ConfigError(f"{path}: [{name}]: virtual service {vs.address} is already defined in [{seen[vs.ipvs_key]}]")
+        seen[vs.ipvs_key] = name
+        services.append(vs)
+    if not services:
+        raise ConfigError(f"{path}: no [virtual NAME] section: nothing to monitor")
+    return Config(
+        path=path,
+        interval=top.number("interval", 3.0, 0.1, 86400.0),
+        timeout=top.number("timeout", 1.0, 0.01, 3600.0),
+        log=top.text("log", DEFAULT_LOG),
+        ipvsadm=top.text("ipvsadm", "ipvsadm"),
+        ipvsadm_timeout=top.number("ipvsadm_timeout", 5.0, 0.1, 600.0),
+        lock=top.text("lock"),
+        services=tuple(services),
+    )
+
+
+###############################################################################
+# IPVS table: read and change it through ipvsadm ##############################
+###############################################################################
+#
+# ipvsadm is always run with an argv list, never a shell, and under its own
+# timeout.  One ``ipvsadm -Ln -t VIP:VPORT`` per virtual service per pass: the
+# listing is split on whitespace inside that service's block only.
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A ``  -> RemoteAddress:Port Forward Weight ActiveConn InActConn`` line."""
+
+    endpoint: Endpoint
+    forward: str
+    weight: int
+    active: int = 0
+    inactive: int = 0
+
+
+Table = Dict[Endpoint, Destination]
+
+
+class IpvsError(Exception):
+    """ipvsadm could not give a usable answer; nothing is decided on it."""
+
+
+class ServiceNotDefined(IpvsError):
+    pass
+
+
+class IpvsUnavailable(IpvsError):
+    """ipvsadm missing or not runnable, or the kernel has no IPVS."""
+
+
+def parse_address(text: str) -> Endpoint:
+    return parse_endpoint(text, None)
+
+
+def parse_listing(text: str) -> Dict[Tuple[str, str], Table]:
+    """Parse ``ipvsadm -Ln`` (whole or one service) into {(PROT, address): table}.
+
+    Strict on purpose: a line that is not understood raises IpvsError, so that
+    a garbled or truncated listing never looks like an empty service.
+    """
+    services: Dict[Tuple[str, str], Table] = {}
+    current: Optional[Table] = None
+    titles = 0
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        if line.startswith("IP Virtual Server version"):
+            continue
+        if fields[:2] == ["Prot", "LocalAddress:Port"]:
+            titles += 1
+            continue
+        if fields[:2] == ["->", "RemoteAddress:Port"]:
+            titles += 1
+            continue
+        try:
+            if fields[0] == "->":
+                if current is None or len(fields) != 6:
+                    raise ValueError
+                ep = parse_address(fields[1])
+                current[ep] = Destination(ep, fields[2], int(fields[3]), int(fields[4]), int(fields[5]))
+            elif fields[0] in ("TCP", "UDP", "SCTP", "FWM") and len(fields) >= 3:
+                address = fields[1] if fields[0] == "FWM" else str(parse_address(fields[1]))
+                current = services.setdefault((fields[0], address), {})
+            else:
+                raise ValueError
+        except ValueError:
+            raise IpvsError(f"unreadable ipvsadm listing line {line.strip()!r}") from None
+    if titles < 2:
+        raise IpvsError("unreadable ipvsadm listing: title lines missing")
+    return services
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: Tuple[str, ...]
+    returncode: int  # -1 when it could not run or timed out
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def why(self) -> str:
+        """The failure as one line: exit status and what ipvsadm said."""
+        said = " / ".join(line.strip() for line in self.stderr.splitlines() if line.strip())
+        if self.returncode < 0:
+            return said or "could not run"
+        return f"exit {self.returncode}" + (f": {said}" if said else "")
+
+
+NO_IPVS = ("Can't initialize ipvs", "Protocol not available", "IP Virtual Server is built")
+
+
+class Ipvsadm:
+    """The one door to the kernel table."""
+
+    def __init__(self, path: str = "ipvsadm", timeout: float = 5.0):
+        self.path, self.timeout = path, timeout
+
+    def run(self, args: Sequence[str]) -> CommandResult:
+        argv = (self.path, *args)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
+                                  stdin=subprocess.DEVNULL, errors="replace")
+        except FileNotFoundError:
+            return CommandResult(argv, -1, stderr=f"{self.path}: not found (install ipvsadm, or give --ipvsadm PATH)")
+        except PermissionError:
+            return CommandResult(argv, -1, stderr=f"{self.path}: not executable")
+        except OSError as exc:
+            return CommandResult(argv, -1, stderr=f"{self.path}: cannot run: {exc.strerror or exc}")
+        except subprocess.TimeoutExpired:
+            return CommandResult(argv, -1, stderr=f"{self.path} {' '.join(args)}: no answer within {self.timeout:g} s")
+        return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def read_service(self, vs: VirtualService) -> Table:
+        """The destinations of one virtual service, as the kernel has them now."""
+        result = self.run(("-Ln", *vs.service_args))
+        if not result.ok:
+            if result.returncode < 0 or any(s in result.stderr for s in NO_IPVS):
+                raise IpvsUnavailable(result.why())
+            if "No such service" in result.stderr:
+                raise ServiceNotDefined(f"virtual service {vs.address} is not defined in IPVS")
+            raise IpvsError(f"ipvsadm -Ln {' '.join(vs.service_args)} failed: {result.why()}")
+        listing = parse_listing(result.stdout)
+        if vs.ipvs_key not in listing:
+            raise IpvsError(f"ipvsadm listing has no line for virtual service {vs.address}")
+        return listing[vs.ipvs_key]
+
+
+###############################################################################
+# Probes ######################################################################
+###############################################################################
+#
+# Every real server of every virtual service is probed at once (asyncio, a
+# bounded fan-out), each probe under ONE total deadline that covers connect,
+# request, status line, headers and the body bytes read.  A probe never raises:
+# it returns a verdict with a short reason an operator can act on.
+
+BODY_CAP = 64 * 1024
+LINE_CAP = 8 * 1024
+HEADER_CAP = 100
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """What to probe; equal targets of two virtual services are probed once."""
+
+    check: str
+    ip: IPAddress
+    port: int
+    request: str = "/"
+    host: str = ""
+    expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
+    receive: str = ""
+
+    @classmethod
+    def of(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+        if vs.check == "tcp":
+            return cls("tcp", ip, vs.checkport or port)
+        return cls(vs.check, ip, vs.checkport or port, vs.request, vs.host, vs.expect, vs.receive)
+
+    def url(self) -> str:
+        if self.check == "tcp":
+            return f"tcp://{Endpoint(self.ip, self.port)}"
+        return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    reason: str
+    latency: float  # seconds
+
+
+def _status_ok(code: int, expect: Sequence[Tuple[int, int]]) -> bool:
+    return any(low <= code <= high for low, high in expect)
+
+
+async def _http_exchange(target: ProbeTarget, stage: List[str]) -> Tuple[bool, str]:
+    stage[0] = "connect"
+    context = None
+    if target.check == "https":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # health, not identity
+    reader, writer = await asyncio.open_connection(
+        str(target.ip), target.port, limit=LINE_CAP, ssl=context,
+        server_hostname=(target.host or None) if context else None)
+    try:
+        if target.check == "tcp":
+            return True, "connected"
+        host = target.host or (f"[{target.ip}]" if target.ip.version == 6 else str(target.ip))
+        writer.write(
+            f"GET {target.request} HTTP/1.0\r\nHost: {host}\r\n"
+            f"User-Agent: monitor_rs/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        stage[0] = "status line"
+        line = await reader.readline()
+        if not line:
+            return False, "closed without answering"
+        match = re.match(rb"HTTP/\d(?:\.\d)? ([0-9]{3})[ \r\n]", line)
+        if not match:
+            return False, "not an HTTP answer"
+        code = int(match.group(1))
+        stage[0] = "headers"
+        length = None
+        for _ in range(HEADER_CAP):
+            line = await reader.readline()
+            if not line.endswith(b"\n"):
+                return False, "closed in the headers"
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                length = int(value.strip())
+        else:
+            return False, f"more than {HEADER_CAP} header lines"
+        if not _status_ok(code, target.expect):
+            return False, f"HTTP {code}"
+        if not target.receive:
+            return True, f"HTTP {code}"
+        stage[0] = "body"
+        wanted = target.receive.encode("utf-8")
+        body = b""
+        limit = BODY_CAP if length is None else min(length, BODY_CAP)
+        while len(body) < limit:
+            chunk = await reader.read(min(16384, limit - len(body)))
+            if not chunk:
+                break
+            body += chunk
+            if wanted in body:
+                return True, f"HTTP {code}"
+        return False, "receive text not found"
+    finally:
+        writer.close()
+
+
+async def probe(target: ProbeTarget, timeout: float) -> ProbeResult:
+    """One probe, one total deadline."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    stage = ["connect"]
+    try:
+        ok, reason = await asyncio.wait_for(_http_exchange(target, stage), timeout)
+    except asyncio.TimeoutError:
+        ok, reason = False, f"timeout ({stage[0]})"
+    except ConnectionRefusedError:
+        ok, reason = False, "refused"
+    except ConnectionResetError:
+        ok, reason = False, "reset"
+    except (asyncio.LimitOverrunError, ValueError):
+        ok, reason = False, f"line too long in the {stage[0]}"
+    except asyncio.IncompleteReadError:
+        ok, reason = False, f"closed in the {stage[0]}"
+    except ssl.SSLError as exc:
+        ok, reason = False, f"TLS: {exc.reason or exc}"
+    except OSError as exc:
+        names = {errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
+                 errno.ECONNRESET: "reset", errno.ETIMEDOUT: "timeout (connect)"}
+        ok, reason = False, names.get(exc.errno, exc.strerror or str(exc))
+    return ProbeResult(ok, reason, loop.time() - start)
+
+
+async def _probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int) -> List[ProbeResult]:
+    gate = asyncio.Semaphore(fanout)
+
+    async def bounded(target: ProbeTarget) -> ProbeResult:
+        async with gate:
+            return await probe(target, timeout)
+
+    return list(await asyncio.gather(*(bounded(t) for t in targets)))
+
+
+def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000) -> Dict[ProbeTarget, ProbeResult]:
+    """Probe each distinct target once, all at the same time."""
+    unique = list(dict.fromkeys(targets))
+    if not unique:
+        return {}
+    results = asyncio.run(_probe_all(unique, timeout, max(1, fanout)))
+    return dict(zip(unique, results))
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Each concurrent probe holds a socket: lift the soft limit toward the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+###############################################################################
+# Decision: probe results + health + table -> actions (pure) ##################
+###############################################################################
+#
+# The health of a real server is a rise/fall counter (HAProxy's model): it goes
+# down after `fall` failed probes in a row and up after `rise` good ones; an
+# opposite result resets the streak.  Its first state is what the table says:
+# a server already in IPVS is up until probes say otherwise, an absent one is
+# down until probes say otherwise (so nothing is added before a probe passed).
+#
+# Then the table is reconciled with the health, every pass, so a hand-deleted
+# healthy server is restored.  The monitor only undoes what it did itself: a
+# weight an operator set by hand on a healthy server is left alone.
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the monitor remembers of a real server between passes."""
+
+    up: Optional[bool] = None  # None until the first decision
+    good: int = 0  # consecutive good probes
+    bad: int = 0  # consecutive failed probes
+    quiesced: bool = False  # weight 0 set by us (quiescent = yes)
+    kept: bool = False  # down, but kept in by the depool threshold
+    reason: str = ""
+    since: float = 0.0  # when `up` last changed (wall clock, for display)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One ipvsadm change; `args` is the argv after the program name."""
+
+    kind: str  # add | restore | quiesce | delete | fallback-add | fallback-delete
+    server: str
+    args: Tuple[str, ...]
+    reason: str = ""
+    weight: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change of health worth a log line and the on_change hook."""
+
+    server: str
+    state: str  # up | down | kept
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    health: Dict[Endpoint, Health]
+    actions: Tuple[Action, ...]
+    events: Tuple[Event, ...]
+
+
+_ABSENT = Destination(Endpoint(ipaddress.ip_address("0.0.0.0"), 0), "", 0)
+
+
+def _change_args(vs: VirtualService, kind: str, ep: Endpoint, weight: int = 0) -> Tuple[str, ...]:
+    """-a / -e name the real port (IPVS rewrites it for -g/-i); -d names the stored one."""
+    if kind == "-d":
+        return ("-d", *vs.service_args, "-r", str(vs.stored_endpoint(ep)))
+    return (kind, *vs.service_args, "-r", str(ep), vs.forward, "-w", str(weight))
+
+
+def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
+           health: Mapping[Endpoint, Health], now: float = 0.0) -> Decision:
+    """What to change in one virtual service, from this pass's probes and table.
+
+    `results` and `health` are keyed by each real server's configured endpoint;
+    a server without a result this pass keeps its health and is not touched.
+    """
+    new: Dict[Endpoint, Health] = {}
+    events: List[Event] = []
+    gains: List[Action] = []
+    removals: List[Tuple[RealServer, Action, Health, bool]] = []  # (..., shrinks the pool)
+    for rs in vs.servers:
+        ep = rs.endpoint
+        old = health.get(ep, Health())
+        result = results.get(ep)
+        stored = table.get(vs.stored_endpoint(ep))
+        if result is None:
+            new[ep] = old
+            continue
+        good, bad = (old.good + 1, 0) if result.ok else (0, old.bad + 1)
+        was_up = old.up if old.up is not None else stored is not None
+        up = was_up
+        if was_up and bad >= vs.fall:
+            up = False
+        elif not was_up and good >= vs.rise:
+            up = True
+        h = dataclasses.replace(old, up=up, good=good, bad=bad, reason=result.reason,
+                                since=old.since if up == old.up else now)
+        if up != was_up or (old.up is None and not up and not result.ok):
+            events.append(Event(str(rs), "up" if up else "down", result.reason))
+        if not up:
+            h = dataclasses.replace(h, kept=h.kept and stored is not None)
+        if up:
+            h = dataclasses.replace(h, kept=False)
+            if stored is None:
+                gains.append(Action("add", str(rs), _change_args(vs, "-a", ep, rs.weight), result.reason, rs.weight))
+                h = dataclasses.replace(h, quiesced=False)
+            elif h.quiesced and stored.weight == 0:
+                gains.append(Action("restore", str(rs), _change_args(vs, "-e", ep, rs.weight), result.reason, rs.weight))
+                h = dataclasses.replace(h, quiesced=False)
+            elif h.quiesced:
+                h = dataclasses.replace(h, quiesced=False)  # an operator changed it since: theirs now
+        elif stored is not None:
+            if vs.quiescent and stored.weight > 0:
+                action = Action("quiesce", str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0)
+                removals.append((rs, action, h, True))
+            elif not vs.quiescent:
+                action = Action("delete", str(rs), _change_args(vs, "-d", ep), result.reason)
+                removals.append((rs, action, h, stored.weight > 0))
+        new[ep] = h
+
+    # Depool threshold: never shrink the pool (real servers in IPVS with a
+    # weight above 0) below threshold x configured servers by our own decision.
+    # Who goes out first is fixed by the longest failing streak, then config
+    # order: never by the order in which failures arrived.
+    removals.sort(key=lambda item: (not item[3], -item[2].bad, item[0].index))
+    spare = len(removals)
+    if vs.depool_threshold > 0:
+        pool = sum(1 for rs in vs.servers if table.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0)
+        pool += sum(1 for a in gains if a.weight)
+        spare = max(0, math.floor(pool - vs.depool_threshold * len(vs.servers) + 1e-9))
+    losses: List[Action] = []
+    for rs, action, h, shrinks in removals:
+        if not shrinks or spare > 0:
+            spare -= shrinks
+            losses.append(action)
+            new[rs.endpoint] = dataclasses.replace(h, kept=False, quiesced=action.kind == "quiesce")
+        else:
+            if not h.kept:
+                events.append(Event(str(rs), "kept", h.reason))
+            new[rs.endpoint] = dataclasses.replace(h, kept=True)
+
+    # Fallback (sorry server): present exactly while no real server is up.
+    # Added before the last real server goes, removed after one is back.
+    actions: List[Action] = []
+    trailing: List[Action] = []
+    if vs.fallback is not None:
+        want = not any(new[rs.endpoint].up for rs in vs.servers)
+        have = vs.stored_endpoint(vs.fallback) in table
+        if want and not have:
+            actions.append(Action("fallback-add", str(vs.fallback),
+                                  _change_args(vs, "-a", vs.fallback, 1), "no real server is up", 1))
+        elif have and not want:
+            trailing.append(Action("fallback-delete", str(vs.fallback),
+                                   _change_args(vs, "-d", vs.fallback), "a real server is up"))
+    return Decision(new, tuple(actions + gains + losses + trailing), tuple(events))
+
+
+###############################################################################
+# Log file and console #########################################################
+###############################################################################
+#
+# The log file gets plain ``YYYY-MM-DD HH:MM:SS, RIP:PORT message`` lines (the
+# original's timestamp), one write per line, reopened when logrotate moved it.
+# A log that cannot be written is said once on stderr and monitoring goes on.
+
+
+def timestamp(when: Optional[float] = None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+class LogFile:
+    """Append-only log that survives rotation, deletion and a full disk."""
+
+    def __init__(self, path: Optional[str], warn=None):
+        self.path = path
+        self.warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.fd: Optional[int] = None
+        self.problem: Optional[str] = None
+
+    def _open(self) -> int:
+        if self.fd is not None:
+            try:
+                st = os.stat(self.path)
+                fst = os.fstat(self.fd)
+                if (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
+                    return self.fd
+            except OSError:
+                pass
+            self.close()  # moved or deleted: reopen under the name
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return self.fd
+
+    def write(self, message: str, when: Optional[float] = None) -> None:
+        if not self.path:
+            return
+        line = f"{timestamp(when)}, {message}\n".encode("utf-8", "replace")
+        try:
+            os.write(self._open(), line)
+        except OSError as exc:
+            self.close()
+            problem = f"monitor_rs: cannot write log {self.path}: {exc.strerror or exc}; monitoring goes on"
+            if problem != self.problem:
+                self.warn(problem)
+            self.problem = problem
+            return
+        if self.problem:
+            self.warn(f"monitor_rs: log {self.path} is writable again")
+            self.problem = None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+STYLES = {"up": "green", "add": "green", "restore": "green", "fallback-delete": "green",
+          "down": "red", "delete": "red", "quiesce": "yellow", "kept": "yellow",
+          "fallback-add": "magenta", "failed": "bold red", "problem": "bold red", "info": "cyan"}
+
+
+class Output:
+    """Where events go: the log file (plain), and the console (rich on a terminal)."""
+
+    def __init__(self, log: LogFile, console=None, to_log: bool = True):
+        self.log, self.console, self.to_log = log, console, to_log
+
+    def say(self, message: str, kind: str = "info", log: bool = True) -> None:
+        now = time.time()
+        if log and self.to_log:
+            self.log.write(message, now)
+        if self.console is not None:
+            from rich.text import Text
+            self.console.print(Text(f"{timestamp(now)} ", style="dim") + Text(message, style=STYLES.get(kind, "")))
+        else:
+            print(f"{timestamp(now)}, {message}", flush=True)
+
+
+###############################################################################
+# The loop ####################################################################
+###############################################################################
+
+
+@dataclass(frozen=True)
+class ServerRow:
+    """One line of the table shown after a pass."""
+
+    service: str
+    server: str
+    weight: int
+    ipvs_weight: Optional[int]  # None: not in IPVS (or the table was unreadable)
+    health: Health
+    result: Optional[ProbeResult]
+    action: str
+
+
+@dataclass
+class PassReport:
+    rows: List[ServerRow] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+    failed: int = 0  # ipvsadm changes that failed
+    planned: List[str] = field(default_factory=list)  # dry run: the commands
+    unavailable: int = 0  # listings that failed for want of ipvsadm or of IPVS
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.failed
+
+
+class Hooks:
+    """on_change commands, run without a shell and never waited for."""
+
+    TIMEOUT = 30.0
+
+    def __init__(self, output: Output):
+        self.output = output
+        self.running: List[Tuple[subprocess.Popen, float, str]] = []
+
+    def start(self, argv: Sequence[str], vs: VirtualService, event: Event) -> None:
+        env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
+                   MONITOR_RS_SERVER=event.server, MONITOR_RS_STATE=event.state, MONITOR_RS_REASON=event.reason)
+        full = [*argv, vs.address, event.server, event.state, event.reason]
+        try:
+            proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            self.output.say(f"{event.server} on_change {argv[0]} could not start: {exc.strerror or exc}", "failed")
+            return
+        self.running.append((proc, time.monotonic() + self.TIMEOUT, event.server))
+
+    def reap(self) -> None:
+        still = []
+        for proc, deadline, server in self.running:
+            code = proc.poll()
+            if code is None and time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
+            elif code is None:
+                still.append((proc, deadline, server))
+            elif code != 0:
+                self.output.say(f"{server} on_change {proc.args[0]} exited {code}", "failed")
+        self.running = still
+
+
+MESSAGES = {
+    "add": "{server} has been added to work in {vs} (weight {weight})",
+    "restore": "{server} weight restored to {weight} in {vs}",
+    "quiesce": "{server} is out of work, weight set to 0 in {vs} (quiescent)",
+    "delete": "{server} is out of work, deleted from {vs}",
+    "fallback-add": "{server} fallback added to {vs}: no real server is up",
+    "fallback-delete": "{server} fallback removed from {vs}: a real server is up",
+}
+EVENT_MESSAGES = {
+    "up": "{server} is up in {vs}: {reason}",
+    "down": "{server} is down in {vs}: {reason}",
+    "kept": "{server} is down in {vs} but kept (depool threshold {threshold:g}): {reason}",
+}
+
+
+class Monitor:
+    """One pass: read tables, probe, decide, apply, say what happened."""
+
+    def __init__(self, config: Config, ipvsadm: Ipvsadm, output: Output,
+                 dry_run: bool = False, verbose: bool = False):
+        self.config, self.ipvsadm, self.output = config, ipvsadm, output
+        self.dry_run, self.verbose = dry_run, verbose
+        self.health: Dict[Tuple[Tuple[str, str], Endpoint], Health] = {}
+        self.problems: Dict[Tuple[str, str], str] = {}
+        self.failing: Dict[Tuple[str, ...], str] = {}
+        self.hooks = Hooks(output)
+        self.said_no_ipvs = False
+        self.stop_requested = lambda: False
+
+    def reload(self, config: Config) -> None:
+        """Keep the health of servers still configured; start new ones fresh."""
+        keep = {(vs.ipvs_key, rs.endpoint) for vs in config.services for rs in vs.servers}
+        for vs in self.config.services:
+            for rs in vs.servers:
+                if (vs.ipvs_key, rs.endpoint) not in keep:
+                    self.output.say(f"{rs} is no longer in the config of {vs.label()}: "
+                                    "left in IPVS as it is, no longer monitored")
+        self.health = {k: v for k, v in self.health.items() if k in keep}
+        self.config = config
+        self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
+        self.output.log.path = config.log
+
+    def _read(self, vs: VirtualService, report: PassReport) -> Optional[Table]:
+        try:
+            table = self.ipvsadm.read_service(vs)
+        except IpvsUnavailable as exc:
+            report.unavailable += 1
+            if self.dry_run:
+                if not self.said_no_ipvs:
+                    self.output.say(f"IPVS is not available here ({exc}): assuming an empty table", "info", log=False)
+                    self.said_no_ipvs = True
+                return {}
+            self._problem(vs, str(exc), report)
+            return None
+        except IpvsError as exc:
+            self._problem(vs, str(exc), report)
+            return None
+        if self.problems.pop(vs.ipvs_key, None):
+            self.output.say(f"virtual service {vs.label()} can be read again")
+        return table
+
+    def _problem(self, vs: VirtualService, text: str, report: PassReport) -> None:
+        report.problems.append(text)
+        if self.problems.get(vs.ipvs_key) != text:
+            self.output.say(f"{vs.label()}: {text}; no change made to it", "problem")
+        self.problems[vs.ipvs_key] = text
+
+    def _apply(self, vs: VirtualService, action: Action, report: PassReport) -> str:
+        command = " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *action.args))
+        if self.dry_run:
+            report.planned.append(command)
+            self.output.say(f"would run: {command}", action.kind, log=False)
+            return "would " + action.kind
+        result = self.ipvsadm.run(action.args)
+        key = (vs.address, action.server, action.kind)
+        if result.ok:
+            self.failing.pop(key, None)
+            self.output.say(MESSAGES[action.kind].format(server=action.server, vs=vs.label(), weight=action.weight),
+                            action.kind)
+            return action.kind
+        report.failed += 1
+        why = result.why()
+        if self.failing.get(key) != why:
+            self.output.say(f"{action.server} {action.kind} FAILED in {vs.label()}: {why} ({command})", "failed")
+        self.failing[key] = why
+        return action.kind + " FAILED"
+
+    def run_pass(self) -> PassReport:
+        report = PassReport()
+        now = time.time()
+        services = self.config.services
+        tables = {vs.ipvs_key: self._read(vs, report) for vs in services}
+        targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
+                   for vs in services for rs in vs.servers}
+        results = probe_all(list(targets.values()), self.config.timeout)
+        if self.stop_requested():
+            return report  # asked to stop: leave the table exactly as it is
+        for vs in services:
+            table = tables[vs.ipvs_key]
+            health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
+            by_server = {rs.endpoint: results[targets[(vs.ipvs_key, rs.endpoint)]] for rs in vs.servers}
+            done: Dict[str, str] = {}
+            if table is not None:
+                decision = decide(vs, by_server, table, health, now)
+                for event in decision.events:
+                    self.output.say(EVENT_MESSAGES[event.state].format(
+                        server=event.server, vs=vs.label(), reason=event.reason,
+                        threshold=vs.depool_threshold), event.state)
+                    if vs.on_change and not self.dry_run:
+                        self.hooks.start(vs.on_change, vs, event)
+                for action in decision.actions:
+                    done[action.server] = self._apply(vs, action, report)
+                health = decision.health
+                for rs in vs.servers:
+                    self.health[(vs.ipvs_key, rs.endpoint)] = health[rs.endpoint]
+            for rs in vs.servers:
+                stored = (table or {}).get(vs.stored_endpoint(rs.endpoint))
+                result = by_server[rs.endpoint]
+                if self.verbose and table is not None and str(rs) not in done:
+                    if result.ok and stored is not None:
+                        self.output.say(f"{rs} is work nice now ({result.reason}, {result.latency * 1000:.0f} ms)")
+                    elif not result.ok and stored is None:
+                        self.output.say(f"{rs} is still out of work: {result.reason}")
+                report.rows.append(ServerRow(vs.label(), str(rs), rs.weight,
+                                             None if stored is None else stored.weight,
+                                             health[rs.endpoint], result, done.get(str(rs), "")))
+        self.hooks.reap()
+        return report
+
+
+class Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; both wake the sleep at once."""
+
+    def __init__(self):
+        self.stop = False
+        self.reload = False
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._write_fd, b"x")
+        except OSError:
+            pass  # pipe full: a wake-up is already pending
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stop = True
+        self._poke()
+
+    def _on_reload(self, signum, frame) -> None:
+        self.reload = True
+        self._poke()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, unless a signal has come or comes meanwhile."""
+        if self.stop or self.reload or seconds <= 0:
+            return
+        select.select([self._read_fd], [], [], seconds)
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def default_lock_path(config_path: str) -> str:
+    """One lock per config file: /run when we may write there, else the temp dir."""
+    digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
+    folder = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(folder, f"monitor_rs-{digest}.lock")
+
+
+def take_lock(path: str) -> int:
+    """flock a PID file; the kernel drops the lock when we die, however we die."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise AlreadyRunning(holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def run_forever(monitor: Monitor, signals: Signals, load) -> None:
+    """Pass after pass on a monotonic schedule, until SIGTERM/SIGINT.
+
+    `load` re-reads the config (with the command line's overrides) on SIGHUP.
+    """
+    monitor.stop_requested = lambda: signals.stop
+    next_start = time.monotonic()
+    while not signals.stop:
+        if signals.reload:
+            signals.reload = False
+            try:
+                monitor.reload(load())
+            except ConfigError as exc:
+                monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
+        try:
+            monitor.run_pass()
+        except Exception as exc:  # one bad pass must not end monitoring
+            monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in "
+                               f"{monitor.config.interval:g} s", "problem")
+        next_start += monitor.config.interval
+        now = time.monotonic()
+        if next_start < now:  # a pass overran the interval: start again from now
+            next_start = now
+        signals.sleep(next_start - now)
+
+
+###############################################################################
+# The CLI #####################################################################
+###############################################################################
+
+import click  # noqa: E402  (kept beside the code that uses it)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_RUNNING, EXIT_NO_IPVS = 0, 1, 2, 3, 4
+
+
+def _state_word(row: ServerRow) -> str:
+    if row.result is None:
+        return "unknown"
+    if row.health.kept:
+        return "down, kept"
+    return {True: "up", False: "down", None: "unknown"}[row.health.up]
+
+
+def show_report(report: PassReport, console) -> None:
+    """The table after --once: rich on a terminal, plain lines otherwise."""
+    def ipvs(row: ServerRow) -> str:
+        return "absent" if row.ipvs_weight is None else str(row.ipvs_weight)
+
+    if console is None:
+        for row in report.rows:
+            r = row.result
+            print(f"{row.service} {row.server} weight={row.weight} ipvs={ipvs(row)} state={_state_word(row)} "
+                  f"reason={r.reason if r else '-'!r} latency_ms={r.latency * 1000 if r else 0:.0f} "
+                  f"action={row.action or '-'}", flush=True)
+        return
+    from rich.table import Table as RichTable
+    table = RichTable(title="monitor_rs: one pass", header_style="bold")
+    for column in ("Virtual service", "Real server", "Weight", "In IPVS", "State", "Reason", "Latency", "Action"):
+        table.add_column(column, justify="right" if column in ("Weight", "In IPVS", "Latency") else "left")
+    for row in report.rows:
+        r = row.result
+        state = _state_word(row)
+        colour = {"up": "green", "down": "red", "down, kept": "yellow"}.get(state, "")
+        table.add_row(row.service, row.server, str(row.weight), ipvs(row), f"[{colour}]{state}[/]",
+                      r.reason if r else "", f"{r.latency * 1000:.0f} ms" if r else "", row.action or "")
+    console.print(table)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, default=DEFAULT_CONFIG, show_default=True,
+              metavar="PATH", help=f"Config file. Found as: this option, else ${CONFIG_ENV}, else {DEFAULT_CONFIG}.")
+@click.option("--once", is_flag=True, help="One pass, then exit: 0 when every change it needed succeeded.")
+@click.option("--dry-run", is_flag=True,
+              help="Probe and decide, print the ipvsadm commands it would run, change nothing.")
+@click.option("--interval", type=click.FloatRange(0.1, 86400), metavar="SECONDS",
+              help="Seconds between passes (config: interval; default 3).")
+@click.option("--timeout", type=click.FloatRange(0.01, 3600), metavar="SECONDS",
+              help="Total deadline of one probe (config: timeout; default 1).")
+@click.option("--log-file", metavar="PATH", help=f"Log file (config: log; default {DEFAULT_LOG}); '' for none.")
+@click.option("--ipvsadm", "ipvsadm_path", metavar="PATH", help="The ipvsadm program (config: ipvsadm).")
+@click.option("--lock-file", metavar="PATH", help="Single-instance lock (config: lock; default one per config "
+              "file under /run).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log servers that stay as they are, every pass.")
+@click.version_option(__version__, "--version", prog_name="monitor_rs")
+def main(config_path, once, dry_run, interval, timeout, log_file, ipvsadm_path, lock_file, verbose):
+    """Health-check the real servers of IPVS virtual services; take out the
+    failing ones and put them back when they recover.
+
+    Runs until SIGTERM or SIGINT (the IPVS table is left as it is), re-reads
+    its config on SIGHUP. Exit status: 0 ok; 1 a change or a listing failed
+    (--once); 2 bad config or usage; 3 another monitor holds the lock of this
+    config; 4 ipvsadm or IPVS not usable here.
+    """
+    def load() -> Config:
+        config = load_config(config_path)
+        overrides = {"interval": interval, "timeout": timeout, "log": log_file,
+                     "ipvsadm": ipvsadm_path, "lock": lock_file}
+        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+    try:
+        config = load()
+    except ConfigError as exc:
+        click.echo(f"monitor_rs: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+    console = None
+    if sys.stdout.isatty():
+        from rich.console import Console
+        console = Console(highlight=False)
+    output = Output(LogFile(config.log), console, to_log=not dry_run)
+    if not dry_run:
+        try:  # the lock's descriptor stays open, and the lock held, for the life of the process
+            take_lock(config.lock or default_lock_path(config_path))
+        except AlreadyRunning as exc:
+            click.echo(f"monitor_rs: another monitor (PID {exc}) already runs with {config_path}", err=True)
+            sys.exit(EXIT_RUNNING)
+        except OSError as exc:
+            click.echo(f"monitor_rs: cannot take the lock {config.lock or default_lock_path(config_path)}: "
+                       f"{exc.strerror or exc}", err=True)
+            sys.exit(EXIT_FAILED)
+    raise_open_file_limit(sum(len(vs.servers) for vs in config.services) + 256)
+    monitor = Monitor(config, Ipvsadm(config.ipvsadm, config.ipvsadm_timeout), output, dry_run, verbose)
+    signals = Signals()
+    monitor.stop_requested = lambda: signals.stop
+
+    if not once:
+        output.say(f"monitor_rs {__version__} started (PID {os.getpid()}): {len(config.services)} virtual "
+                   f"service(s), {sum(len(vs.servers) for vs in config.services)} real server(s), every "
+                   f"{config.interval:g} s")
+    report = monitor.run_pass()  # the first pass also tells whether ipvsadm and IPVS work here
+    if report.unavailable == len(config.services) and not dry_run:
+        click.echo(f"monitor_rs: {report.problems[0]}", err=True)
+        sys.exit(EXIT_NO_IPVS)
+    if once:
+        show_report(report, console)
+        sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    signals.sleep(config.interval)
+    run_forever(monitor, signals, load)
+    output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
+    sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()
