@@ -238,7 +238,7 @@ class _Section:
             raise self.fail(key, "not an IPv4 or IPv6 address") from None
 
 
-def parse_endpoint(text: str, default_port: Optional[int]) -> Endpoint:
+def parse_endpoint(text: str, default_port: Optional[int], lowest_port: int = 1) -> Endpoint:
     """``1.2.3.4``, ``1.2.3.4:80``, ``[::1]``, ``[::1]:80`` or a bare ``::1``."""
     text = text.strip()
     match = re.fullmatch(r"\[([^\]]+)\](?::([0-9]+))?", text)
@@ -253,8 +253,8 @@ def parse_endpoint(text: str, default_port: Optional[int]) -> Endpoint:
         if default_port is None:
             raise ValueError(f"{text!r} has no port")
         return Endpoint(ip, default_port)
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"port of {text!r} out of range 1-65535")
+    if not port.isdigit() or not lowest_port <= int(port) <= 65535:
+        raise ValueError(f"port of {text!r} out of range {lowest_port}-65535")
     return Endpoint(ip, int(port))
 
 
@@ -453,7 +453,8 @@ class IpvsUnavailable(IpvsError):
 
 
 def parse_address(text: str) -> Endpoint:
-    return parse_endpoint(text, None)
+    """An address as ipvsadm prints it (firewall-mark destinations have port 0)."""
+    return parse_endpoint(text, None, lowest_port=0)
 
 
 def parse_listing(text: str) -> Dict[Tuple[str, str], Table]:

@@ -1,0 +1,93 @@
+"""The parser of `ipvsadm -Ln`: golden text as ipvsadm 1.31 prints it (IPVSADM.md)."""
+
+import ipaddress
+
+import pytest
+
+import monitor_rs as m
+
+FULL = (
+    "IP Virtual Server version 1.2.1 (size=4096)\n"
+    "Prot LocalAddress:Port Scheduler Flags\n"
+    "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+    "TCP  10.0.0.1:80 wrr\n"
+    "  -> 192.168.1.10:80              Route   1      12         345       \n"
+    "  -> 192.168.1.12:8080            Masq    0      0          0         \n"
+    "TCP  10.0.0.1:8080 rr persistent 360\n"
+    "UDP  10.0.0.1:53 wlc persistent 600 mask 255.255.255.0\n"
+    "SCTP 10.0.0.1:9999 rr\n"
+    "FWM  100 sh (sh-fallback,sh-port)\n"
+    "  -> 192.168.1.30:0               Route   7      0          0         \n"
+)
+
+
+def ep(text):
+    return m.parse_address(text)
+
+
+def test_full_listing():
+    services = m.parse_listing(FULL)
+    assert set(services) == {("TCP", "10.0.0.1:80"), ("TCP", "10.0.0.1:8080"), ("UDP", "10.0.0.1:53"),
+                             ("SCTP", "10.0.0.1:9999"), ("FWM", "100")}
+    web = services[("TCP", "10.0.0.1:80")]
+    assert web[ep("192.168.1.10:80")] == m.Destination(ep("192.168.1.10:80"), "Route", 1, 12, 345)
+    assert web[ep("192.168.1.12:8080")].weight == 0
+    assert web[ep("192.168.1.12:8080")].forward == "Masq"
+    assert services[("TCP", "10.0.0.1:8080")] == {}
+    assert list(services[("FWM", "100")]) == [ep("192.168.1.30:0")]
+
+
+def test_destination_is_found_only_in_its_own_service():
+    """The original's grep found 10.0.0.1:80 in 10.0.0.1:8080 and in other services."""
+    services = m.parse_listing(FULL)
+    assert ep("192.168.1.10:80") not in services[("TCP", "10.0.0.1:8080")]
+    assert ep("192.168.1.1:80") not in services[("TCP", "10.0.0.1:80")]
+
+
+def test_single_service_listing_has_no_version_line():
+    text = ("Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            "TCP  10.0.0.1:80 wrr\n"
+            "  -> 192.168.1.10:80              Route   3      0          0         \n")
+    assert m.parse_listing(text) == {("TCP", "10.0.0.1:80"): {
+        ep("192.168.1.10:80"): m.Destination(ep("192.168.1.10:80"), "Route", 3, 0, 0)}}
+
+
+def test_ipv6_and_wide_weights():
+    text = ("Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            "TCP  [2001:db8::10]:443 wlc\n"
+            "  -> [2001:db8::1]:443            Masq    2147483647 4294967295 0         \n"
+            "  -> [::1]:8443                   Masq    0      0          0         \n")
+    table = m.parse_listing(text)[("TCP", "[2001:db8::10]:443")]
+    d = table[m.Endpoint(ipaddress.ip_address("2001:db8::1"), 443)]
+    assert (d.weight, d.active) == (2147483647, 4294967295)
+    assert m.Endpoint(ipaddress.ip_address("::1"), 8443) in table
+
+
+def test_service_key_matches_the_config():
+    vs = m.VirtualService("v6", "tcp", ipaddress.ip_address("2001:0db8:0::10"), 443, 0, (), "-m")
+    assert vs.ipvs_key == ("TCP", "[2001:db8::10]:443")
+    assert vs.service_args == ("-t", "[2001:db8::10]:443")
+
+
+@pytest.mark.parametrize("text", [
+    "",  # nothing at all
+    "Prot LocalAddress:Port Scheduler Flags\n",  # truncated after the first title
+    FULL.replace("  -> 192.168.1.10:80              Route   1      12         345       \n",
+                 "  -> 192.168.1.10:80              Route   1\n"),  # cut mid-line
+    "Segmentation fault\n",
+    FULL + "  -> not-an-address:80   Route 1 0 0\n",
+    FULL.replace("Route   1      12", "Route   x      12"),
+])
+def test_garbled_listings_are_refused_not_read_as_empty(text):
+    with pytest.raises(m.IpvsError):
+        m.parse_listing(text)
+
+
+def test_destination_before_any_service_is_refused():
+    text = ("Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            "  -> 192.168.1.10:80              Route   1      0          0         \n")
+    with pytest.raises(m.IpvsError):
+        m.parse_listing(text)
