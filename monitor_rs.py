@@ -384,6 +384,14 @@ def load_config(path: str) -> Config:
     for key in top.values:
         if key not in MONITOR_KEYS | SERVICE_KEYS:
             raise top.fail(key, "unknown key")
+    settings = dict(
+        interval=top.number("interval", 3.0, 0.1, 86400.0),
+        timeout=top.number("timeout", 1.0, 0.01, 3600.0),
+        log=top.text("log", DEFAULT_LOG),
+        ipvsadm=top.text("ipvsadm", "ipvsadm"),
+        ipvsadm_timeout=top.number("ipvsadm_timeout", 5.0, 0.1, 600.0),
+        lock=top.text("lock"),
+    )
 
     services, seen = [], {}
     for name in parser.sections():
@@ -405,16 +413,7 @@ def load_config(path: str) -> Config:
         services.append(vs)
     if not services:
         raise ConfigError(f"{path}: no [virtual NAME] section: nothing to monitor")
-    return Config(
-        path=path,
-        interval=top.number("interval", 3.0, 0.1, 86400.0),
-        timeout=top.number("timeout", 1.0, 0.01, 3600.0),
-        log=top.text("log", DEFAULT_LOG),
-        ipvsadm=top.text("ipvsadm", "ipvsadm"),
-        ipvsadm_timeout=top.number("ipvsadm_timeout", 5.0, 0.1, 600.0),
-        lock=top.text("lock"),
-        services=tuple(services),
-    )
+    return Config(path=path, services=tuple(services), **settings)
 
 
 ###############################################################################

@@ -1,0 +1,151 @@
+"""End-to-end harness: the monitor as a subprocess, an IPVS table to check.
+
+The same scenarios run against two tables:
+- `fake`: tests/fake_ipvsadm.py, state in a file (everywhere);
+- `kernel`: the real ipvsadm and the kernel's IPVS (inside the VM, where
+  MONITOR_RS_IPVS=1; see tests/vm/run).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import monitor_rs as m
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MONITOR = os.path.join(ROOT, "monitor_rs.py")
+FAKE = os.path.join(HERE, "fake_ipvsadm.py")
+SLOW = float(os.environ.get("MONITOR_RS_TEST_SLOWNESS", "1"))  # the emulated VM is slower
+
+
+def wait_until(predicate, timeout=20.0, what="condition"):
+    """Poll a condition under a generous deadline; fail with what was awaited."""
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Ipvs:
+    """An IPVS table the tests read and change through an ipvsadm program."""
+
+    def __init__(self, kind, tmp_path):
+        self.kind = kind
+        self.calls = str(tmp_path / "ipvsadm-calls.jsonl")
+        if kind == "kernel":
+            self.path = "ipvsadm"
+            self.run("-C")
+            return
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        self.state = str(tmp_path / "ipvs-state.json")
+        self.fault_file = str(tmp_path / "ipvs-fault")
+        self.path = str(bindir / "ipvsadm")
+        with open(self.path, "w") as handle:
+            handle.write(
+                "#!/bin/sh\n"
+                f"FAKE_IPVSADM_STATE='{self.state}' FAKE_IPVSADM_CALLS='{self.calls}' "
+                f"FAKE_IPVSADM_FAULT=\"$(cat '{self.fault_file}' 2>/dev/null)\" "
+                f"exec '{sys.executable}' '{FAKE}' \"$@\"\n")
+        os.chmod(self.path, 0o755)
+
+    def fault(self, mode):
+        """Make the fake misbehave from now on ('' for normal)."""
+        assert self.kind == "fake"
+        with open(self.fault_file, "w") as handle:
+            handle.write(mode)
+
+    def run(self, *args, check=True):
+        proc = subprocess.run([self.path, *args], capture_output=True, text=True, timeout=30)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ipvsadm {' '.join(args)} failed: {proc.returncode} {proc.stderr}")
+        return proc
+
+    def service(self, address, proto="-t", scheduler="wrr"):
+        self.run("-A", proto, address, "-s", scheduler)
+
+    def dests(self, address, proto="-t"):
+        """{'RIP:PORT': (forward, weight)} of one service, as the kernel lists it."""
+        proc = self.run("-Ln", proto, address)
+        listing = m.parse_listing(proc.stdout)
+        (table,) = listing.values()
+        return {str(ep): (d.forward, d.weight) for ep, d in table.items()}
+
+    def listing_calls(self):
+        """How many times ipvsadm was asked for a listing (fake only)."""
+        import json
+        if not os.path.exists(self.calls):
+            return []
+        with open(self.calls) as handle:
+            return [json.loads(line)["argv"] for line in handle if line.strip()]
+
+    def close(self):
+        if self.kind == "kernel":
+            self.run("-C", check=False)
+
+
+class Monitor:
+    """monitor_rs.py running as a subprocess, as an operator would run it."""
+
+    def __init__(self, tmp_path, ipvs, config_text, *extra, name="monitorRS.conf"):
+        self.config = tmp_path / name
+        self.config.write_text(config_text)
+        self.log = tmp_path / "monitorRS.log"
+        self.lock = tmp_path / "monitor.lock"
+        self.ipvs = ipvs
+        self.argv = [sys.executable, MONITOR, "--config", str(self.config), "--ipvsadm", ipvs.path,
+                     "--log-file", str(self.log), "--lock-file", str(self.lock), *extra]
+        self.proc = None
+
+    def once(self, *extra, timeout=60):
+        return subprocess.run(self.argv + list(extra) + ["--once"], capture_output=True, text=True,
+                              timeout=timeout * SLOW)
+
+    def start(self, *extra):
+        self.proc = subprocess.Popen(self.argv + list(extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        return self
+
+    def signal(self, signum=signal.SIGTERM):
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=timeout * SLOW)
+        return self.proc.returncode, out, err
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+    def lines(self):
+        try:
+            return self.log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def count(self, text):
+        return sum(text in line for line in self.lines())
+
+    def wait_log(self, text, timeout=20.0, count=1):
+        return wait_until(lambda: self.count(text) >= count, timeout, f"{text!r} x{count} in the log")
+
+
+def config(vip, servers, weights=None, forward="m", interval=0.3, timeout=0.5, extra="", name="web",
+           services=()):
+    """A config text: one [virtual NAME] for `servers`, plus more `services` sections verbatim."""
+    weights = weights or [str(i + 1) for i in range(len(servers))]
+    host, _, port = vip.rpartition(":")
+    text = (f"[monitor]\ninterval = {interval}\ntimeout = {timeout}\n\n"
+            f"[virtual {name}]\nvip = {host}\nvport = {port}\nrs = {' '.join(servers)}\n"
+            f"rw = {' '.join(map(str, weights))}\ntype = {forward}\n{extra}\n")
+    return text + "".join(services)

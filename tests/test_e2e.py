@@ -1,0 +1,200 @@
+"""The whole loop, end to end: monitor_rs.py as a subprocess, real HTTP servers
+on 127.0.0.x, and an IPVS table read back with `ipvsadm -Ln -t` (never the
+monitor's own words).  Each scenario runs against the fake ipvsadm here, and
+against the real kernel inside the VM (tests/vm/run), so a difference between
+the fake and the kernel shows up as a failing test.
+"""
+
+import os
+import signal
+
+import pytest
+
+from harness import Ipvs, Monitor, config, wait_until
+
+KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
+
+
+@pytest.fixture(params=[
+    "fake",
+    pytest.param("kernel", marks=[pytest.mark.ipvs, pytest.mark.skipif(
+        not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")]),
+])
+def ipvs(request, tmp_path):
+    table = Ipvs(request.param, tmp_path)
+    yield table
+    table.close()
+
+
+@pytest.fixture
+def run(tmp_path):
+    started = []
+
+    def make(ipvs, text, *extra):
+        monitor = Monitor(tmp_path, ipvs, text, *extra)
+        started.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in started:
+        monitor.kill()
+
+
+VIP = "127.0.0.1:80"
+
+
+def three(backends, **kw):
+    return [backends(ip=f"127.0.0.{11 + i}", **kw) for i in range(3)]
+
+
+def test_start_adds_every_server_with_its_weight_by_index(ipvs, run, backends):
+    ipvs.service(VIP)
+    servers = three(backends)
+    monitor = run(ipvs, config(VIP, [b.address for b in servers], [3, 1, 7], forward="m")).start()
+    want = {servers[0].address: ("Masq", 3), servers[1].address: ("Masq", 1), servers[2].address: ("Masq", 7)}
+    wait_until(lambda: ipvs.dests(VIP) == want, what="all three servers in IPVS")
+    assert monitor.stop()[0] == 0
+
+
+def test_stop_listening_removed_then_back_readded_with_its_weight(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, c = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address, c.address], [3, 1, 7])).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 3, what="three servers")
+    b.stop()
+    wait_until(lambda: b.address not in ipvs.dests(VIP), what="stopped server removed")
+    assert set(ipvs.dests(VIP)) == {a.address, c.address}
+    b.start()
+    wait_until(lambda: ipvs.dests(VIP).get(b.address) == ("Masq", 1), what="server back with weight 1")
+    monitor.stop()
+    assert monitor.count(f"{b.address} is down in 127.0.0.1:80 (web): refused") == 1
+    assert monitor.count(f"{b.address} is out of work, deleted from 127.0.0.1:80 (web)") == 1
+    assert monitor.count(f"{b.address} has been added to work in 127.0.0.1:80 (web) (weight 1)") == 2
+
+
+@pytest.mark.parametrize("mode, reason", [("http500", "HTTP 500"), ("hang", "timeout (status line)")])
+def test_failing_server_removed_while_the_others_stay(ipvs, run, backends, mode, reason):
+    ipvs.service(VIP)
+    a, b, c = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address, c.address])).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 3, what="three servers")
+    b.mode = mode
+    wait_until(lambda: b.address not in ipvs.dests(VIP), what=f"{mode} server removed")
+    c.stop()  # the hung one must not stall the loop: c is still noticed
+    wait_until(lambda: set(ipvs.dests(VIP)) == {a.address}, what="refusing server removed too")
+    monitor.stop()
+    assert monitor.count(f"{b.address} is down in 127.0.0.1:80 (web): {reason}") == 1
+
+
+def test_receive_text_missing_removes(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends, body="<h1>centos</h1>")
+    monitor = run(ipvs, config(VIP, [a.address, b.address], extra="receive = centos")).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 2, what="two servers")
+    b.body = "<h1>maintenance</h1>"
+    wait_until(lambda: set(ipvs.dests(VIP)) == {a.address}, what="server without the text removed")
+    monitor.stop()
+    assert monitor.count(f"{b.address} is down in 127.0.0.1:80 (web): receive text not found") == 1
+
+
+def test_hand_deleted_healthy_server_is_restored(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [5, 6])).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 2, what="two servers")
+    ipvs.run("-d", "-t", VIP, "-r", a.address)
+    wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 5), what="hand-deleted server restored")
+    monitor.stop()
+
+
+def test_server_in_another_service_is_added_here_and_the_other_left_alone(ipvs, run, backends):
+    ipvs.service(VIP)
+    ipvs.service("127.0.0.1:8080")
+    a, b, _ = three(backends)
+    ipvs.run("-a", "-t", "127.0.0.1:8080", "-r", a.address, "-m", "-w", "9")
+    other_before = ipvs.dests("127.0.0.1:8080")
+    monitor = run(ipvs, config(VIP, [a.address, b.address])).start()
+    wait_until(lambda: set(ipvs.dests(VIP)) == {a.address, b.address}, what="both added here")
+    a.stop()
+    wait_until(lambda: set(ipvs.dests(VIP)) == {b.address}, what="a removed here")
+    assert ipvs.dests("127.0.0.1:8080") == other_before
+    monitor.stop()
+
+
+def test_gate_with_real_port_other_than_virtual_port_is_not_readded_every_pass(ipvs, run, backends):
+    """-g stores RIP:VPORT; the original looked for RIP:RPORT and re-added it every pass."""
+    ipvs.service(VIP)
+    a, b, _ = three(backends)  # their ports are not 80
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [2, 4], forward="g"), "--verbose").start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 2, what="two servers")
+    assert {name: weight for name, (_, weight) in ipvs.dests(VIP).items()} == {"127.0.0.11:80": 2,
+                                                                                "127.0.0.12:80": 4}
+    monitor.wait_log(f"{a.address} is work nice now", count=3)  # three more passes, found in place
+    assert monitor.count("has been added to work") == 2
+    a.stop()  # a removal must name the stored port
+    wait_until(lambda: set(ipvs.dests(VIP)) == {"127.0.0.12:80"}, what="gate server removed")
+    monitor.stop()
+    assert monitor.count("FAILED") == 0
+    if ipvs.kind == "fake":
+        assert len([c for c in ipvs.listing_calls() if c[:1] == ["-a"]]) == 2
+
+
+def test_masq_with_a_different_real_port(ipvs, run, backends):
+    ipvs.service(VIP)
+    a = backends(ip="127.0.0.11")
+    monitor = run(ipvs, config(VIP, [a.address], [3], forward="m")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="masq server under its real port")
+    a.stop()
+    wait_until(lambda: ipvs.dests(VIP) == {}, what="masq server removed")
+    monitor.stop()
+
+
+def test_sigterm_leaves_the_table_as_it_is(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address])).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 2, what="two servers")
+    before = ipvs.dests(VIP)
+    monitor.signal(signal.SIGTERM)
+    code, out, err = monitor.stop()
+    assert code == 0, err
+    assert ipvs.dests(VIP) == before
+    assert monitor.count("monitor_rs stopped") == 1
+
+
+def test_dry_run_changes_nothing(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    b.stop()
+    ipvs.run("-a", "-t", VIP, "-r", b.address, "-m", "-w", "1")
+    before = ipvs.dests(VIP)
+    monitor = run(ipvs, config(VIP, [a.address, b.address]))
+    proc = monitor.once("--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"would run: {ipvs.path} -a -t {VIP} -r {a.address} -m -w 1" in proc.stdout
+    assert f"would run: {ipvs.path} -d -t {VIP} -r {b.address}" in proc.stdout
+    assert ipvs.dests(VIP) == before
+    assert not monitor.log.exists()
+
+
+def test_missing_virtual_service_is_reported_and_the_others_go_on(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    other = f"[virtual ghost]\nvip = 127.0.0.1\nvport = 81\nrs = {b.address}\ntype = m\n"
+    monitor = run(ipvs, config(VIP, [a.address], services=[other]))
+    proc = monitor.once()
+    assert proc.returncode == 1
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 1)}
+    assert monitor.count("127.0.0.1:81 (ghost): virtual service 127.0.0.1:81 is not defined in IPVS") == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_once_exit_status(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    b.stop()
+    monitor = run(ipvs, config(VIP, [a.address, b.address]))
+    proc = monitor.once()
+    assert proc.returncode == 0, proc.stderr  # every change it needed succeeded
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 1)}
+    assert f"{b.address} weight=2 ipvs=absent state=down reason='refused'" in proc.stdout
