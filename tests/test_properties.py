@@ -1,0 +1,100 @@
+"""Properties of the decision over any sequence of probe results (hypothesis).
+
+The table is simulated by applying each pass's actions, as ipvsadm would.
+"""
+
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import monitor_rs as m
+
+OK = m.ProbeResult(True, "HTTP 200", 0.0)
+BAD = m.ProbeResult(False, "refused", 0.0)
+
+
+def make_service(n, fall, rise, quiescent, fallback, threshold, forward):
+    servers = tuple(m.RealServer(ipaddress.ip_address(f"10.1.0.{i + 1}"), 8080, i % 3 + 1, i) for i in range(n))
+    return m.VirtualService(
+        "prop", "tcp", ipaddress.ip_address("10.0.0.1"), 80, 0, servers, forward, fall=fall, rise=rise,
+        quiescent=quiescent, depool_threshold=threshold,
+        fallback=m.parse_endpoint("127.0.0.1:8000", None) if fallback else None)
+
+
+def apply(vs, table, actions):
+    """What the kernel does with the actions (-a/-e rewrite the port for -g/-i)."""
+    table = dict(table)
+    for action in actions:
+        named = m.parse_address(action.args[4])
+        stored = vs.stored_endpoint(named) if action.args[0] in ("-a", "-e") else named
+        if action.args[0] == "-a":
+            assert stored not in table, "added a destination that exists"
+            table[stored] = m.Destination(stored, m.FORWARD_NAMES[vs.forward], action.weight)
+        elif action.args[0] == "-e":
+            assert stored in table, "edited a destination that is not there"
+            table[stored] = m.Destination(stored, m.FORWARD_NAMES[vs.forward], action.weight)
+        else:
+            assert stored in table, "deleted a destination that is not there"
+            del table[stored]
+    return table
+
+
+def in_pool(vs, table, rs):
+    d = table.get(vs.stored_endpoint(rs.endpoint))
+    return d is not None and d.weight > 0
+
+
+services = st.builds(
+    make_service, n=st.integers(1, 4), fall=st.integers(1, 3), rise=st.integers(1, 3),
+    quiescent=st.booleans(), fallback=st.booleans(), threshold=st.just(0.0),
+    forward=st.sampled_from(["-g", "-m", "-i"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(vs=services, data=st.data())
+def test_fall_and_rise_are_honoured_and_the_pool_is_never_empty_with_a_fallback(vs, data):
+    passes = data.draw(st.lists(st.lists(st.booleans(), min_size=len(vs.servers), max_size=len(vs.servers)),
+                                min_size=1, max_size=12))
+    start_present = data.draw(st.lists(st.booleans(), min_size=len(vs.servers), max_size=len(vs.servers)))
+    table = {vs.stored_endpoint(rs.endpoint): m.Destination(vs.stored_endpoint(rs.endpoint), "Route", rs.weight)
+             for rs, present in zip(vs.servers, start_present) if present}
+    health = {}
+    streaks = {rs.endpoint: [0, 0] for rs in vs.servers}  # good, bad
+    for verdicts in passes:
+        results = {rs.endpoint: OK if ok else BAD for rs, ok in zip(vs.servers, verdicts)}
+        for rs, ok in zip(vs.servers, verdicts):
+            good, bad = streaks[rs.endpoint]
+            streaks[rs.endpoint] = [good + 1, 0] if ok else [0, bad + 1]
+        decision = m.decide(vs, results, table, health)
+        table, health = apply(vs, table, decision.actions), decision.health
+        for rs in vs.servers:
+            good, bad = streaks[rs.endpoint]
+            if bad >= vs.fall:  # failed `fall` times in a row: not serving
+                assert not in_pool(vs, table, rs)
+            if good >= vs.rise:  # passed `rise` times in a row: serving
+                assert in_pool(vs, table, rs)
+        if vs.fallback is not None:
+            assert table, "pool empty although a fallback is configured"
+            fallback_in = vs.stored_endpoint(vs.fallback) in table
+            assert fallback_in == (not any(health[rs.endpoint].up for rs in vs.servers))
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 6), threshold=st.sampled_from([0.25, 0.5, 0.75, 1.0]), data=st.data())
+def test_depool_threshold_never_shrinks_the_pool_below_the_floor_by_its_own_decision(n, threshold, data):
+    vs = make_service(n, 1, 1, data.draw(st.booleans()), False, threshold, "-m")
+    table = apply(vs, {}, m.decide(vs, {rs.endpoint: OK for rs in vs.servers}, {}, {}).actions)
+    health = {}
+    for verdicts in data.draw(st.lists(st.lists(st.booleans(), min_size=n, max_size=n), max_size=10)):
+        before = sum(in_pool(vs, table, rs) for rs in vs.servers)
+        results = {rs.endpoint: OK if ok else BAD for rs, ok in zip(vs.servers, verdicts)}
+        decision = m.decide(vs, results, table, health)
+        table, health = apply(vs, table, decision.actions), decision.health
+        after = sum(in_pool(vs, table, rs) for rs in vs.servers)
+        if after < before:
+            assert after >= threshold * n - 1e-9
+        # A healthy server is always serving, whatever the threshold.
+        for rs, ok in zip(vs.servers, verdicts):
+            if ok:
+                assert in_pool(vs, table, rs)
