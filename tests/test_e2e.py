@@ -198,3 +198,102 @@ def test_once_exit_status(ipvs, run, backends):
     assert proc.returncode == 0, proc.stderr  # every change it needed succeeded
     assert ipvs.dests(VIP) == {a.address: ("Masq", 1)}
     assert f"{b.address} weight=2 ipvs=absent state=down reason='refused'" in proc.stdout
+
+
+# Beyond the original: quiescent, fallback, rise/fall, depool threshold, hooks, tcp.
+
+def test_quiescent_sets_weight_zero_and_restores_it(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}, what="both in")
+    a.stop()
+    wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 0), what="a quiesced to weight 0")
+    a.start()
+    wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 4), what="a restored to weight 4")
+    monitor.stop()
+
+
+def test_quiescent_leaves_a_weight_an_operator_set_alone(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes"),
+                  "--verbose").start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 2, what="both in")
+    ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "0")  # draining by hand
+    monitor.wait_log(f"{a.address} is work nice now", count=3)
+    assert ipvs.dests(VIP)[a.address] == ("Masq", 0)
+    monitor.stop()
+
+
+def test_fallback_present_exactly_while_no_real_server_is_up(ipvs, run, backends):
+    ipvs.service(VIP)
+    a = backends(ip="127.0.0.11")
+    sorry = backends(ip="127.0.0.99")
+    monitor = run(ipvs, config(VIP, [a.address], [3], extra=f"fallback = {sorry.address}")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a in, no fallback")
+    a.stop()
+    wait_until(lambda: ipvs.dests(VIP) == {sorry.address: ("Masq", 1)}, what="fallback in, a out")
+    a.start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a back, fallback out")
+    monitor.stop()
+    lines = monitor.lines()
+    added = next(i for i, line in enumerate(lines) if "fallback added" in line)
+    deleted = next(i for i, line in enumerate(lines) if f"{a.address} is out of work, deleted" in line)
+    assert added < deleted  # the pool was never empty
+
+
+def test_fall_and_rise(ipvs, run, backends):
+    ipvs.service(VIP)
+    a = backends(ip="127.0.0.11")
+    monitor = run(ipvs, config(VIP, [a.address], extra="fall = 3\nrise = 2")).start()
+    hits_when_added = wait_until(lambda: a.address in ipvs.dests(VIP) and a.hits, what="a added")
+    assert hits_when_added >= 2  # rise = 2: two good probes before the add
+    hits_before = a.hits
+    a.mode = "http500"
+    hits_when_removed = wait_until(lambda: a.address not in ipvs.dests(VIP) and a.hits, what="a removed")
+    assert hits_when_removed - hits_before >= 3  # fall = 3: three failed probes before the delete
+    monitor.stop()
+    assert monitor.count(f"{a.address} is down in {VIP} (web): HTTP 500") == 1
+
+
+def test_depool_threshold_keeps_the_pool_when_everything_fails(ipvs, run, backends):
+    ipvs.service(VIP)
+    servers = three(backends)
+    monitor = run(ipvs, config(VIP, [b.address for b in servers], [1, 1, 1],
+                               extra="depool_threshold = 0.5")).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 3, what="three in")
+    for b in servers:
+        b.stop()
+    monitor.wait_log("but kept (depool threshold 0.5)", count=2)
+    wait_until(lambda: len(ipvs.dests(VIP)) == 2, what="exactly one out")
+    monitor.wait_log("is down", count=3)
+    assert len(ipvs.dests(VIP)) == 2
+    monitor.stop()
+
+
+def test_on_change_runs_the_hook_with_arguments_and_environment(ipvs, run, backends, tmp_path):
+    ipvs.service(VIP)
+    a = backends(ip="127.0.0.11")
+    out = tmp_path / "hook.out"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(f'#!/bin/sh\necho "$@|$MONITOR_RS_STATE|$MONITOR_RS_SERVER" >> {out}\n')
+    hook.chmod(0o755)
+    monitor = run(ipvs, config(VIP, [a.address], extra=f"on_change = {hook} --from-monitor")).start()
+    wait_until(lambda: a.address in ipvs.dests(VIP), what="a added")
+    a.stop()
+    wait_until(lambda: out.exists() and "down" in out.read_text(), what="hook ran for down")
+    monitor.stop()
+    lines = out.read_text().splitlines()
+    assert lines == [f"--from-monitor {VIP} {a.address} up HTTP 200|up|{a.address}",
+                     f"--from-monitor {VIP} {a.address} down refused|down|{a.address}"]
+
+
+def test_tcp_check(ipvs, run, backends):
+    ipvs.service(VIP)
+    a = backends(ip="127.0.0.11", mode="hang")  # accepts, never answers HTTP: fine for a connect check
+    monitor = run(ipvs, config(VIP, [a.address], extra="check = tcp")).start()
+    wait_until(lambda: a.address in ipvs.dests(VIP), what="tcp-checked server added")
+    a.stop()
+    wait_until(lambda: a.address not in ipvs.dests(VIP), what="refusing server removed")
+    monitor.stop()
