@@ -91,6 +91,14 @@ SERVICE_KEYS = {
 SERVICE_KEYS.discard("scheduler_hint")  # no such key: kept out on purpose
 
 
+def stored_endpoint(protocol: str, forward: str, vport: int, ep: Endpoint) -> Endpoint:
+    """Where IPVS keeps a destination: ipvsadm -a/-e rewrite the port of -g and -i
+    destinations to the virtual port (not for firewall-mark services)."""
+    if forward == "-m" or protocol == "fwm":
+        return ep
+    return Endpoint(ep.ip, vport)
+
+
 @dataclass(frozen=True)
 class RealServer:
     """One entry of the original's RS array, with its RW weight (same index)."""
@@ -149,10 +157,7 @@ class VirtualService:
         return (PROTOCOL_NAMES[self.protocol], self.address)
 
     def stored_endpoint(self, ep: Endpoint) -> Endpoint:
-        """Where IPVS keeps a destination: -g and -i store it under the virtual port."""
-        if self.forward == "-m":
-            return ep
-        return Endpoint(ep.ip, self.vport)
+        return stored_endpoint(self.protocol, self.forward, self.vport, ep)
 
     def label(self) -> str:
         return f"{self.address} ({self.name})"
@@ -308,7 +313,7 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
             raise sec.fail("rs", f"bad real server {addr!r}: {exc}") from None
         if not re.fullmatch(r"[0-9]+", weight) or int(weight) > MAX_WEIGHT:
             raise sec.fail("rw", f"weight {weight!r} must be a whole number 0..{MAX_WEIGHT}")
-        stored = ep if forward == "-m" else Endpoint(ep.ip, vport)
+        stored = stored_endpoint(protocol, forward, vport, ep)
         if stored in seen:
             raise sec.fail("rs", f"real server {addr} is listed twice (IPVS stores it as {stored})")
         seen.add(stored)
@@ -320,7 +325,7 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
             fallback = parse_endpoint(sec.text("fallback"), rport)
         except ValueError as exc:
             raise sec.fail("fallback", str(exc)) from None
-        if (fallback if forward == "-m" else Endpoint(fallback.ip, vport)) in seen:
+        if stored_endpoint(protocol, forward, vport, fallback) in seen:
             raise sec.fail("fallback", "is also a real server of this virtual service")
     try:
         expect = parse_expect(sec.text("expect", "200-399"))

@@ -62,7 +62,7 @@ def test_firewall_mark_service(tmp_path):
     text = "[monitor]\n[virtual mark]\nprotocol = fwm\nfwmark = 100\nrport = 80\nrs = 10.1.1.1\n"
     vs = m.load_config(write(tmp_path, text)).services[0]
     assert vs.service_args == ("-f", "100") and vs.ipvs_key == ("FWM", "100")
-    assert str(vs.stored_endpoint(vs.servers[0].endpoint)) == "10.1.1.1:0"
+    assert str(vs.stored_endpoint(vs.servers[0].endpoint)) == "10.1.1.1:80"  # no rewrite under a mark
 
 
 BAD = [
