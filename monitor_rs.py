@@ -25,6 +25,7 @@ import errno
 import fcntl
 import hashlib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -82,13 +83,13 @@ PROTOCOL_NAMES = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "fwm": "FWM"}
 CHECKS = ("http", "https", "tcp")
 MAX_WEIGHT = 2147483647
 
-MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock"}
+MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
+                "prometheus_file"}
 SERVICE_KEYS = {
-    "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type", "scheduler_hint",
+    "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
     "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
 }
-SERVICE_KEYS.discard("scheduler_hint")  # no such key: kept out on purpose
 
 
 def stored_endpoint(protocol: str, forward: str, vport: int, ep: Endpoint) -> Endpoint:
@@ -171,7 +172,9 @@ class Config:
     log: str = DEFAULT_LOG
     ipvsadm: str = "ipvsadm"
     ipvsadm_timeout: float = 5.0
-    lock: str = ""
+    lock: str = ""  # single-instance lock file
+    state_file: str = ""  # rewritten every pass, read by --status
+    prometheus_file: str = ""  # node_exporter textfile, "" for none
     services: Tuple[VirtualService, ...] = ()
 
 
@@ -364,6 +367,13 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
     )
 
 
+def default_run_path(config_path: str, suffix: str) -> str:
+    """One lock and one state file per config: under /run when we may write there."""
+    digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
+    folder = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(folder, f"monitor_rs-{digest}.{suffix}")
+
+
 def load_config(path: str) -> Config:
     """Read and check a whole config; raise ConfigError with one line on any fault."""
     parser = configparser.ConfigParser(
@@ -395,7 +405,9 @@ def load_config(path: str) -> Config:
         log=top.text("log", DEFAULT_LOG),
         ipvsadm=top.text("ipvsadm", "ipvsadm"),
         ipvsadm_timeout=top.number("ipvsadm_timeout", 5.0, 0.1, 600.0),
-        lock=top.text("lock"),
+        lock=top.text("lock") or default_run_path(path, "lock"),
+        state_file=top.text("state_file") or default_run_path(path, "state.json"),
+        prometheus_file=top.text("prometheus_file"),
     )
 
     services, seen = [], {}
@@ -945,13 +957,15 @@ STYLES = {"up": "green", "add": "green", "restore": "green", "fallback-delete": 
 class Output:
     """Where events go: the log file (plain), and the console (rich on a terminal)."""
 
-    def __init__(self, log: LogFile, console=None, to_log: bool = True):
-        self.log, self.console, self.to_log = log, console, to_log
+    def __init__(self, log: LogFile, console=None, to_log: bool = True, echo: bool = True):
+        self.log, self.console, self.to_log, self.echo = log, console, to_log, echo
 
     def say(self, message: str, kind: str = "info", log: bool = True) -> None:
         now = time.time()
         if log and self.to_log:
             self.log.write(message, now)
+        if not self.echo:
+            return
         if self.console is not None:
             from rich.text import Text
             self.console.print(Text(f"{timestamp(now)} ", style="dim") + Text(message, style=STYLES.get(kind, "")))
@@ -966,24 +980,37 @@ class Output:
 
 @dataclass(frozen=True)
 class ServerRow:
-    """One line of the table shown after a pass."""
+    """What one pass saw and did for one real server."""
 
-    service: str
     server: str
     weight: int
-    ipvs_weight: Optional[int]  # None: not in IPVS (or the table was unreadable)
+    ipvs_weight: Optional[int]  # as read at the start of the pass; None: absent or unreadable
     health: Health
-    result: Optional[ProbeResult]
-    action: str
+    result: ProbeResult
+    action: str  # what this pass did (or would do), "" for nothing
+    last_change: Tuple[float, str] = (0.0, "")  # when and what the monitor last did or saw change
+
+
+@dataclass
+class ServiceReport:
+    name: str
+    address: str
+    protocol: str
+    problem: str = ""  # why the table could not be read; nothing was changed then
+    rows: List[ServerRow] = field(default_factory=list)
 
 
 @dataclass
 class PassReport:
-    rows: List[ServerRow] = field(default_factory=list)
-    problems: List[str] = field(default_factory=list)
+    services: List[ServiceReport] = field(default_factory=list)
     failed: int = 0  # ipvsadm changes that failed
-    planned: List[str] = field(default_factory=list)  # dry run: the commands
     unavailable: int = 0  # listings that failed for want of ipvsadm or of IPVS
+    started: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def problems(self) -> List[str]:
+        return [s.problem for s in self.services if s.problem]
 
     @property
     def ok(self) -> bool:
@@ -1052,6 +1079,7 @@ class Monitor:
         self.problems: Dict[Tuple[str, str], str] = {}
         self.failing: Dict[Tuple[str, ...], str] = {}
         self.hooks = Hooks(output)
+        self.changes: Dict[Tuple[Tuple[str, str], str], Tuple[float, str]] = {}
         self.said_no_ipvs = False
         self.stop_requested = lambda: False
 
@@ -1068,7 +1096,7 @@ class Monitor:
         self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
         self.output.log.path = config.log
 
-    def _read(self, vs: VirtualService, report: PassReport) -> Optional[Table]:
+    def _read(self, vs: VirtualService, report: PassReport, service: ServiceReport) -> Optional[Table]:
         try:
             table = self.ipvsadm.read_service(vs)
         except IpvsUnavailable as exc:
@@ -1078,17 +1106,17 @@ class Monitor:
                     self.output.say(f"IPVS is not available here ({exc}): assuming an empty table", "info", log=False)
                     self.said_no_ipvs = True
                 return {}
-            self._problem(vs, str(exc), report)
+            self._problem(vs, str(exc), service)
             return None
         except IpvsError as exc:
-            self._problem(vs, str(exc), report)
+            self._problem(vs, str(exc), service)
             return None
         if self.problems.pop(vs.ipvs_key, None):
             self.output.say(f"virtual service {vs.label()} can be read again")
         return table
 
-    def _problem(self, vs: VirtualService, text: str, report: PassReport) -> None:
-        report.problems.append(text)
+    def _problem(self, vs: VirtualService, text: str, service: ServiceReport) -> None:
+        service.problem = text
         if self.problems.get(vs.ipvs_key) != text:
             self.output.say(f"{vs.label()}: {text}; no change made to it", "problem")
         self.problems[vs.ipvs_key] = text
@@ -1096,15 +1124,15 @@ class Monitor:
     def _apply(self, vs: VirtualService, action: Action, report: PassReport) -> str:
         command = " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *action.args))
         if self.dry_run:
-            report.planned.append(command)
             self.output.say(f"would run: {command}", action.kind, log=False)
             return "would " + action.kind
         result = self.ipvsadm.run(action.args)
         key = (vs.address, action.server, action.kind)
         if result.ok:
             self.failing.pop(key, None)
-            self.output.say(MESSAGES[action.kind].format(server=action.server, vs=vs.label(), weight=action.weight),
-                            action.kind)
+            message = MESSAGES[action.kind].format(server=action.server, vs=vs.label(), weight=action.weight)
+            self.output.say(message, action.kind)
+            self.changes[(vs.ipvs_key, action.server)] = (time.time(), message.split(" ", 1)[1])
             return action.kind
         report.failed += 1
         why = result.why()
@@ -1114,10 +1142,12 @@ class Monitor:
         return action.kind + " FAILED"
 
     def run_pass(self) -> PassReport:
-        report = PassReport()
         now = time.time()
+        started = time.monotonic()
         services = self.config.services
-        tables = {vs.ipvs_key: self._read(vs, report) for vs in services}
+        report = PassReport(started=now)
+        reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
+        tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
         targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
                    for vs in services for rs in vs.servers}
         results = probe_all(list(targets.values()), self.config.timeout)
@@ -1131,9 +1161,10 @@ class Monitor:
             if table is not None:
                 decision = decide(vs, by_server, table, health, now)
                 for event in decision.events:
-                    self.output.say(EVENT_MESSAGES[event.state].format(
-                        server=event.server, vs=vs.label(), reason=event.reason,
-                        threshold=vs.depool_threshold), event.state)
+                    message = EVENT_MESSAGES[event.state].format(
+                        server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
+                    self.output.say(message, event.state)
+                    self.changes[(vs.ipvs_key, event.server)] = (now, message.split(" ", 1)[1])
                     if vs.on_change and not self.dry_run:
                         self.hooks.start(vs.on_change, vs, event)
                 for action in decision.actions:
@@ -1149,10 +1180,12 @@ class Monitor:
                         self.output.say(f"{rs} is work nice now ({result.reason}, {result.latency * 1000:.0f} ms)")
                     elif not result.ok and stored is None:
                         self.output.say(f"{rs} is still out of work: {result.reason}")
-                report.rows.append(ServerRow(vs.label(), str(rs), rs.weight,
-                                             None if stored is None else stored.weight,
-                                             health[rs.endpoint], result, done.get(str(rs), "")))
+                reports[vs.ipvs_key].rows.append(ServerRow(
+                    str(rs), rs.weight, None if stored is None else stored.weight, health[rs.endpoint], result,
+                    done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
         self.hooks.reap()
+        report.services = list(reports.values())
+        report.duration = time.monotonic() - started
         return report
 
 
@@ -1199,13 +1232,6 @@ class AlreadyRunning(Exception):
     pass
 
 
-def default_lock_path(config_path: str) -> str:
-    """One lock per config file: /run when we may write there, else the temp dir."""
-    digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
-    folder = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
-    return os.path.join(folder, f"monitor_rs-{digest}.lock")
-
-
 def take_lock(path: str) -> int:
     """flock a PID file; the kernel drops the lock when we die, however we die."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -1220,10 +1246,11 @@ def take_lock(path: str) -> int:
     return fd
 
 
-def run_forever(monitor: Monitor, signals: Signals, load) -> None:
+def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda report: None) -> None:
     """Pass after pass on a monotonic schedule, until SIGTERM/SIGINT.
 
-    `load` re-reads the config (with the command line's overrides) on SIGHUP.
+    `load` re-reads the config (with the command line's overrides) on SIGHUP;
+    `after_pass` publishes each pass (state file, metrics, live view).
     """
     monitor.stop_requested = lambda: signals.stop
     next_start = time.monotonic()
@@ -1235,7 +1262,7 @@ def run_forever(monitor: Monitor, signals: Signals, load) -> None:
             except ConfigError as exc:
                 monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
         try:
-            monitor.run_pass()
+            after_pass(monitor.run_pass())
         except Exception as exc:  # one bad pass must not end monitoring
             monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in "
                                f"{monitor.config.interval:g} s", "problem")
@@ -1247,6 +1274,176 @@ def run_forever(monitor: Monitor, signals: Signals, load) -> None:
 
 
 ###############################################################################
+# Status: the state file, the metrics, the table ##############################
+###############################################################################
+#
+# Every pass becomes a snapshot (plain JSON-able data).  The running monitor
+# rewrites it atomically as its state file, and optionally as a node_exporter
+# textfile; `--status` shows the snapshot of a running monitor, or of one pass
+# of probes that changes nothing; `--once` and the live view show it too.
+
+
+def server_state(h: Health) -> str:
+    if h.up is None:
+        return "unknown"
+    if h.kept:
+        return "down, kept"
+    return "up" if h.up else "down"
+
+
+def snapshot(report: PassReport, config: Config, source: str) -> dict:
+    return {
+        "monitor_rs": __version__, "source": source, "pid": os.getpid(), "config": config.path,
+        "time": round(report.started, 3), "interval": config.interval, "pass_seconds": round(report.duration, 3),
+        "services": [{
+            "name": s.name, "address": s.address, "protocol": s.protocol, "problem": s.problem or None,
+            "servers": [{
+                "server": r.server, "weight": r.weight, "ipvs_weight": r.ipvs_weight,
+                "state": server_state(r.health), "probe": "ok" if r.result.ok else "failed",
+                "reason": r.result.reason, "latency_ms": round(r.result.latency * 1000, 1),
+                "good_streak": r.health.good, "bad_streak": r.health.bad, "quiesced": r.health.quiesced,
+                "action": r.action or None,
+                "last_change": ({"time": round(r.last_change[0], 3), "what": r.last_change[1]}
+                                if r.last_change[1] else None),
+            } for r in s.rows],
+        } for s in report.services],
+    }
+
+
+def in_place(snap: dict) -> bool:
+    """Every server up and in IPVS, every table readable: what --status exits 0 on."""
+    return all(not s["problem"] and all(r["state"] == "up" and r["ipvs_weight"] is not None for r in s["servers"])
+               for s in snap["services"])
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Readers see the old file or the new one, never half of one (even after a kill)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".monitor_rs-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_state(path: str, now: float) -> Optional[dict]:
+    """The state file of a monitor that is running now, or None."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            snap = json.load(handle)
+        os.kill(int(snap["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10:
+        return None  # stale: that monitor is stuck or the file is not its
+    return snap
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(snap: dict) -> str:
+    """A node_exporter textfile: per-server gauges, plus the pass itself."""
+    lines = [
+        "# HELP monitor_rs_server_up 1 when the monitor holds the real server healthy.",
+        "# TYPE monitor_rs_server_up gauge",
+        "# HELP monitor_rs_server_weight Weight of the real server in IPVS (-1 when absent).",
+        "# TYPE monitor_rs_server_weight gauge",
+        "# HELP monitor_rs_probe_latency_seconds Duration of the last probe.",
+        "# TYPE monitor_rs_probe_latency_seconds gauge",
+    ]
+    for s in snap["services"]:
+        for r in s["servers"]:
+            labels = f'service="{_label(s["address"])}",name="{_label(s["name"])}",server="{_label(r["server"])}"'
+            lines.append(f"monitor_rs_server_up{{{labels}}} {int(r['state'] == 'up')}")
+            weight = -1 if r["ipvs_weight"] is None else r["ipvs_weight"]
+            lines.append(f"monitor_rs_server_weight{{{labels}}} {weight}")
+            lines.append(f"monitor_rs_probe_latency_seconds{{{labels}}} {r['latency_ms'] / 1000:.4f}")
+    lines += [
+        "# HELP monitor_rs_last_pass_timestamp_seconds When the last pass started.",
+        "# TYPE monitor_rs_last_pass_timestamp_seconds gauge",
+        f"monitor_rs_last_pass_timestamp_seconds {snap['time']}",
+        "# HELP monitor_rs_pass_duration_seconds Duration of the last pass.",
+        "# TYPE monitor_rs_pass_duration_seconds gauge",
+        f"monitor_rs_pass_duration_seconds {snap['pass_seconds']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Publisher:
+    """Writes the state file and the metrics after each pass; a failure is said once."""
+
+    def __init__(self, warn):
+        self.warn = warn
+        self.problem = ""
+
+    def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
+        try:
+            if state_path:
+                write_atomically(state_path, json.dumps(snap, indent=1) + "\n")
+            if metrics_path:
+                write_atomically(metrics_path, metrics_text(snap))
+        except OSError as exc:
+            problem = f"monitor_rs: cannot write {exc.filename or 'state'}: {exc.strerror or exc}; monitoring goes on"
+            if problem != self.problem:
+                self.warn(problem)
+            self.problem = problem
+            return
+        self.problem = ""
+
+
+STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow"}
+
+
+def _ipvs(weight: Optional[int]) -> str:
+    return "absent" if weight is None else str(weight)
+
+
+def status_tables(snap: dict) -> list:
+    """One rich table per virtual service."""
+    from rich.table import Table as RichTable
+    tables = []
+    for s in snap["services"]:
+        title = f"{s['address']} ({s['name']})" + (f"  [bold red]{s['problem']}[/]" if s["problem"] else "")
+        table = RichTable(title=title, title_justify="left", header_style="bold")
+        for column in ("Real server", "Weight", "In IPVS", "State", "Reason", "Latency", "Action", "Last change"):
+            table.add_column(column, justify="right" if column in ("Weight", "In IPVS", "Latency") else "left")
+        for r in s["servers"]:
+            change = r["last_change"]
+            table.add_row(r["server"], str(r["weight"]), _ipvs(r["ipvs_weight"]),
+                          f"[{STATE_COLOURS.get(r['state'], '')}]{r['state']}[/]", r["reason"],
+                          f"{r['latency_ms']:.0f} ms", r["action"] or "",
+                          f"{timestamp(change['time'])} {change['what']}" if change else "")
+        tables.append(table)
+    return tables
+
+
+def show_status(snap: dict, console) -> None:
+    """The table: rich on a terminal, one plain line per server otherwise."""
+    if console is not None:
+        for table in status_tables(snap):
+            console.print(table)
+        return
+    for s in snap["services"]:
+        if s["problem"]:
+            print(f"{s['address']} ({s['name']}) problem={s['problem']!r}")
+        for r in s["servers"]:
+            print(f"{s['address']} ({s['name']}) {r['server']} weight={r['weight']} ipvs={_ipvs(r['ipvs_weight'])} "
+                  f"state={r['state']} reason={r['reason']!r} latency_ms={r['latency_ms']:.0f} "
+                  f"action={r['action'] or '-'}", flush=True)
+
+
+###############################################################################
 # The CLI #####################################################################
 ###############################################################################
 
@@ -1255,68 +1452,85 @@ import click  # noqa: E402  (kept beside the code that uses it)
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_RUNNING, EXIT_NO_IPVS = 0, 1, 2, 3, 4
 
 
-def _state_word(row: ServerRow) -> str:
-    if row.result is None:
-        return "unknown"
-    if row.health.kept:
-        return "down, kept"
-    return {True: "up", False: "down", None: "unknown"}[row.health.up]
+def show_config(config: Config) -> None:
+    """--check-config: the settings as resolved, per virtual service (like nginx -t)."""
+    servers = sum(len(vs.servers) for vs in config.services)
+    print(f"monitor_rs: {config.path}: ok, {len(config.services)} virtual service(s), {servers} real server(s)")
+    print(f"[monitor] interval={config.interval:g} timeout={config.timeout:g} log={config.log or '-'} "
+          f"ipvsadm={config.ipvsadm} ipvsadm_timeout={config.ipvsadm_timeout:g} lock={config.lock} "
+          f"state_file={config.state_file} prometheus_file={config.prometheus_file or '-'}")
+    forwards = {"-g": "g", "-m": "m", "-i": "i"}
+    for vs in config.services:
+        expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
+        print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
+              f"request={vs.request} expect={expect} receive={vs.receive!r} checkport={vs.checkport or '-'} "
+              f"host={vs.host or '-'} fall={vs.fall} rise={vs.rise} quiescent={'yes' if vs.quiescent else 'no'} "
+              f"fallback={vs.fallback or '-'} depool_threshold={vs.depool_threshold:g} "
+              f"on_change={shlex.join(vs.on_change) if vs.on_change else '-'}")
+        for rs in vs.servers:
+            print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, "
+                  f"probe {ProbeTarget.of(vs, rs.ip, rs.port).url()}")
 
 
-def show_report(report: PassReport, console) -> None:
-    """The table after --once: rich on a terminal, plain lines otherwise."""
-    def ipvs(row: ServerRow) -> str:
-        return "absent" if row.ipvs_weight is None else str(row.ipvs_weight)
-
-    if console is None:
-        for row in report.rows:
-            r = row.result
-            print(f"{row.service} {row.server} weight={row.weight} ipvs={ipvs(row)} state={_state_word(row)} "
-                  f"reason={r.reason if r else '-'!r} latency_ms={r.latency * 1000 if r else 0:.0f} "
-                  f"action={row.action or '-'}", flush=True)
-        return
-    from rich.table import Table as RichTable
-    table = RichTable(title="monitor_rs: one pass", header_style="bold")
-    for column in ("Virtual service", "Real server", "Weight", "In IPVS", "State", "Reason", "Latency", "Action"):
-        table.add_column(column, justify="right" if column in ("Weight", "In IPVS", "Latency") else "left")
-    for row in report.rows:
-        r = row.result
-        state = _state_word(row)
-        colour = {"up": "green", "down": "red", "down, kept": "yellow"}.get(state, "")
-        table.add_row(row.service, row.server, str(row.weight), ipvs(row), f"[{colour}]{state}[/]",
-                      r.reason if r else "", f"{r.latency * 1000:.0f} ms" if r else "", row.action or "")
-    console.print(table)
+def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
+    """--status: a running monitor's state, else one pass of probes that changes nothing."""
+    snap = read_state(config.state_file, time.time())
+    if snap is None:
+        quiet = Output(LogFile(None), None, to_log=False, echo=False)
+        monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
+        snap = snapshot(monitor.run_pass(), config, "probe")
+    if as_json:
+        print(json.dumps(snap, indent=2))
+    else:
+        if snap["source"] == "monitor":
+            print(f"state of the running monitor (PID {snap['pid']}), pass of {timestamp(snap['time'])}")
+        else:
+            print("no running monitor for this config: one pass of probes, nothing changed")
+        show_status(snap, console)
+    return EXIT_OK if in_place(snap) else EXIT_FAILED
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, default=DEFAULT_CONFIG, show_default=True,
-              metavar="PATH", help=f"Config file. Found as: this option, else ${CONFIG_ENV}, else {DEFAULT_CONFIG}.")
+              type=click.Path(dir_okay=False), metavar="PATH",
+              help=f"Config file. Found as: this option, else ${CONFIG_ENV}, else {DEFAULT_CONFIG}.")
 @click.option("--once", is_flag=True, help="One pass, then exit: 0 when every change it needed succeeded.")
 @click.option("--dry-run", is_flag=True,
               help="Probe and decide, print the ipvsadm commands it would run, change nothing.")
+@click.option("--status", is_flag=True, help="Show each server: weight, in IPVS, state, reason, latency, what "
+              "the monitor would do; from the running monitor, else from one pass that changes nothing. "
+              "Exit 0 when all are up and in IPVS.")
+@click.option("--json", "as_json", is_flag=True, help="With --status: print JSON, for scripts.")
+@click.option("--check-config", is_flag=True, help="Check the config, print the settings as resolved, exit "
+              "(2 on error).")
 @click.option("--interval", type=click.FloatRange(0.1, 86400), metavar="SECONDS",
               help="Seconds between passes (config: interval; default 3).")
 @click.option("--timeout", type=click.FloatRange(0.01, 3600), metavar="SECONDS",
               help="Total deadline of one probe (config: timeout; default 1).")
-@click.option("--log-file", metavar="PATH", help=f"Log file (config: log; default {DEFAULT_LOG}); '' for none.")
-@click.option("--ipvsadm", "ipvsadm_path", metavar="PATH", help="The ipvsadm program (config: ipvsadm).")
-@click.option("--lock-file", metavar="PATH", help="Single-instance lock (config: lock; default one per config "
-              "file under /run).")
+@click.option("--log-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help=f"Log file (config: log; default {DEFAULT_LOG}); '' for none.")
+@click.option("--ipvsadm", "ipvsadm_path", type=click.Path(dir_okay=False), metavar="PATH",
+              help="The ipvsadm program (config: ipvsadm).")
+@click.option("--lock-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Single-instance lock (config: lock; default one per config file, under /run).")
+@click.option("--state-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="State file rewritten every pass (config: state_file; default one per config file, under /run).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log servers that stay as they are, every pass.")
 @click.version_option(__version__, "--version", prog_name="monitor_rs")
-def main(config_path, once, dry_run, interval, timeout, log_file, ipvsadm_path, lock_file, verbose):
+def main(config_path, once, dry_run, status, as_json, check_config, interval, timeout, log_file, ipvsadm_path,
+         lock_file, state_file, verbose):
     """Health-check the real servers of IPVS virtual services; take out the
     failing ones and put them back when they recover.
 
     Runs until SIGTERM or SIGINT (the IPVS table is left as it is), re-reads
     its config on SIGHUP. Exit status: 0 ok; 1 a change or a listing failed
-    (--once); 2 bad config or usage; 3 another monitor holds the lock of this
-    config; 4 ipvsadm or IPVS not usable here.
+    (--once), or not all in place (--status); 2 bad config or usage; 3 another
+    monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here.
     """
     def load() -> Config:
         config = load_config(config_path)
-        overrides = {"interval": interval, "timeout": timeout, "log": log_file,
-                     "ipvsadm": ipvsadm_path, "lock": lock_file}
+        overrides = {"interval": interval, "timeout": timeout, "log": log_file, "ipvsadm": ipvsadm_path,
+                     "lock": lock_file, "state_file": state_file}
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     try:
@@ -1324,26 +1538,43 @@ def main(config_path, once, dry_run, interval, timeout, log_file, ipvsadm_path, 
     except ConfigError as exc:
         click.echo(f"monitor_rs: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
+    if check_config:
+        show_config(config)
+        sys.exit(EXIT_OK)
 
     console = None
-    if sys.stdout.isatty():
+    if sys.stdout.isatty() and not as_json:
         from rich.console import Console
         console = Console(highlight=False)
+    ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
+    if status:
+        sys.exit(run_status(config, console, as_json, ipvsadm))
+
     output = Output(LogFile(config.log), console, to_log=not dry_run)
     if not dry_run:
         try:  # the lock's descriptor stays open, and the lock held, for the life of the process
-            take_lock(config.lock or default_lock_path(config_path))
+            take_lock(config.lock)
         except AlreadyRunning as exc:
             click.echo(f"monitor_rs: another monitor (PID {exc}) already runs with {config_path}", err=True)
             sys.exit(EXIT_RUNNING)
         except OSError as exc:
-            click.echo(f"monitor_rs: cannot take the lock {config.lock or default_lock_path(config_path)}: "
-                       f"{exc.strerror or exc}", err=True)
+            click.echo(f"monitor_rs: cannot take the lock {config.lock}: {exc.strerror or exc}", err=True)
             sys.exit(EXIT_FAILED)
     raise_open_file_limit(sum(len(vs.servers) for vs in config.services) + 256)
-    monitor = Monitor(config, Ipvsadm(config.ipvsadm, config.ipvsadm_timeout), output, dry_run, verbose)
+    monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop
+    publisher = Publisher(output.log.warn)
+    live = None
+
+    def after_pass(report: PassReport) -> dict:
+        snap = snapshot(report, monitor.config, "monitor")
+        if not dry_run:
+            publisher.publish(snap, monitor.config.state_file, monitor.config.prometheus_file)
+        if live is not None:
+            from rich.console import Group
+            live.update(Group(*status_tables(snap)), refresh=True)
+        return snap
 
     if not once:
         output.say(f"monitor_rs {__version__} started (PID {os.getpid()}): {len(config.services)} virtual "
@@ -1353,11 +1584,19 @@ def main(config_path, once, dry_run, interval, timeout, log_file, ipvsadm_path, 
     if report.unavailable == len(config.services) and not dry_run:
         click.echo(f"monitor_rs: {report.problems[0]}", err=True)
         sys.exit(EXIT_NO_IPVS)
+    snap = after_pass(report)
     if once:
-        show_report(report, console)
+        show_status(snap, console)
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
-    signals.sleep(config.interval)
-    run_forever(monitor, signals, load)
+    if console is not None:  # a terminal: the table, refreshed every pass, under the events
+        from rich.console import Group
+        from rich.live import Live
+        with Live(Group(*status_tables(snap)), console=console, auto_refresh=False) as live:
+            signals.sleep(config.interval)
+            run_forever(monitor, signals, load, after_pass)
+    else:
+        signals.sleep(config.interval)
+        run_forever(monitor, signals, load, after_pass)
     output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
     sys.exit(EXIT_OK)
 

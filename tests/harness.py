@@ -100,9 +100,11 @@ class Monitor:
         self.config.write_text(config_text)
         self.log = tmp_path / "monitorRS.log"
         self.lock = tmp_path / "monitor.lock"
+        self.state = tmp_path / "monitor.state.json"
         self.ipvs = ipvs
         self.argv = [sys.executable, MONITOR, "--config", str(self.config), "--ipvsadm", ipvs.path,
-                     "--log-file", str(self.log), "--lock-file", str(self.lock), *extra]
+                     "--log-file", str(self.log), "--lock-file", str(self.lock),
+                     "--state-file", str(self.state), *extra]
         self.proc = None
 
     def once(self, *extra, timeout=60):
