@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """A fake ``ipvsadm`` (1.31, Debian) for tests on machines without IPVS.
 
+Messages, exit codes and listings were checked against the real ipvsadm on
+Debian's 6.1 kernel in the VM (tests/vm/run).
+
 It parses argv the way ipvsadm does (popt rules: the command must be the
 first option, short options bundle as in ``-Ln``, ``--long=value``), keeps the
 table in a JSON file, and prints listings, errors and exit codes byte for byte
@@ -485,7 +488,7 @@ def add_service(state, req):
     if find_service(state, req):
         raise Fail(255, "Service already exists")
     if req.scheduler not in SCHEDULERS:
-        raise Fail(255, "Scheduler not found")
+        raise Fail(255, "Scheduler or persistence engine not found")
     state["services"].append({
         "fwmark": req.fwmark, "af": req.af, "protocol": req.protocol,
         "addr": None if req.fwmark else str(req.addr), "port": req.port,
@@ -498,7 +501,7 @@ def edit_service(state, req):
     if svc is None:
         raise Fail(255, "No such service")
     if req.scheduler not in SCHEDULERS:
-        raise Fail(255, "Scheduler not found")
+        raise Fail(255, "Scheduler or persistence engine not found")
     svc.update(service_settings(req))
 
 

@@ -320,7 +320,7 @@ ERRORS = [
      "multiple 'weight' options specified", 2),
     # other messages of ipvsadm and the kernel
     (["-A", "-t", "10.0.0.1:80"], "Service already exists", 255),
-    (["-A", "-t", "10.0.0.2:80", "-s", "bogus"], "Scheduler not found", 255),
+    (["-A", "-t", "10.0.0.2:80", "-s", "bogus"], "Scheduler or persistence engine not found", 255),
     (["-A", "-t", "10.0.0.2"], "Zero port specified for non-persistent service", 2),
     (["-D", "-t", "10.0.0.2:80"], "No such service", 255),
     (["-E", "-t", "10.0.0.2:80"], "No such service", 255),
