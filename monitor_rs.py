@@ -1061,6 +1061,11 @@ MESSAGES = {
     "fallback-add": "{server} fallback added to {vs}: no real server is up",
     "fallback-delete": "{server} fallback removed from {vs}: a real server is up",
 }
+CHANGES = {  # the short form, for the "last change" of the status table
+    "add": "added (weight {weight})", "restore": "weight restored to {weight}", "quiesce": "weight set to 0",
+    "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
+    "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
+}
 EVENT_MESSAGES = {
     "up": "{server} is up in {vs}: {reason}",
     "down": "{server} is down in {vs}: {reason}",
@@ -1132,7 +1137,8 @@ class Monitor:
             self.failing.pop(key, None)
             message = MESSAGES[action.kind].format(server=action.server, vs=vs.label(), weight=action.weight)
             self.output.say(message, action.kind)
-            self.changes[(vs.ipvs_key, action.server)] = (time.time(), message.split(" ", 1)[1])
+            self.changes[(vs.ipvs_key, action.server)] = (time.time(), CHANGES[action.kind].format(
+                weight=action.weight))
             return action.kind
         report.failed += 1
         why = result.why()
@@ -1164,7 +1170,8 @@ class Monitor:
                     message = EVENT_MESSAGES[event.state].format(
                         server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
                     self.output.say(message, event.state)
-                    self.changes[(vs.ipvs_key, event.server)] = (now, message.split(" ", 1)[1])
+                    self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[event.state].format(
+                        reason=event.reason))
                     if vs.on_change and not self.dry_run:
                         self.hooks.start(vs.on_change, vs, event)
                 for action in decision.actions:

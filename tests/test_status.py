@@ -89,7 +89,7 @@ def test_status_of_a_running_monitor_comes_from_its_state_file(ipvs, run, backen
     assert code == 0 and snap["source"] == "monitor" and snap["pid"] == monitor.proc.pid
     server = snap["services"][0]["servers"][0]
     assert server["good_streak"] >= 3
-    assert server["last_change"]["what"].startswith("has been added to work")
+    assert server["last_change"]["what"] == "added (weight 3)"
     assert a.hits - hits <= 2  # no probe of its own (the monitor's passes go on meanwhile)
     monitor.stop()
     code, out = invoke(monitor, "--status", "--json")
