@@ -1223,6 +1223,12 @@ class Signals:
         self.reload = True
         self._poke()
 
+    def ignore(self) -> None:
+        """Once stopping: a second SIGTERM must not turn a clean exit into a kill
+        (Python restores the default handlers while it shuts down)."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+
     def sleep(self, seconds: float) -> None:
         """Sleep, unless a signal has come or comes meanwhile."""
         if self.stop or self.reload or seconds <= 0:
@@ -1604,6 +1610,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     else:
         signals.sleep(config.interval)
         run_forever(monitor, signals, load, after_pass)
+    signals.ignore()
     output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
     sys.exit(EXIT_OK)
 

@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -160,3 +161,21 @@ def test_log_reopened_after_rotation(ipvs, run, backends, tmp_path):
     wait_until(lambda: monitor.log.exists() and "deleted from" in monitor.log.read_text(), what="new log file")
     monitor.stop()
     assert "deleted from" not in (tmp_path / "monitorRS.log.1").read_text()
+
+
+def test_a_second_sigterm_while_stopping_still_exits_0(ipvs, run, backends):
+    """Python restores default handlers while it shuts down: a late SIGTERM killed it (exit -15)."""
+    a = backends(ip="127.0.0.11")
+    for delay in (0.0, 0.02, 0.05, 0.1):
+        monitor = run(ipvs, config(VIP, [a.address]))
+        if monitor.log.exists():
+            monitor.log.unlink()  # each round reads its own monitor's lines
+        monitor.start()
+        wait_until(lambda: monitor.count("started") == 1, what="monitor started")
+        monitor.signal(signal.SIGTERM)
+        wait_until(lambda: monitor.count("monitor_rs stopped") == 1 or monitor.proc.poll() is not None,
+                   what="stopping")
+        time.sleep(delay)  # the second SIGTERM at several points of the shutdown
+        if monitor.proc.poll() is None:
+            monitor.signal(signal.SIGTERM)
+        assert monitor.proc.wait(timeout=15) == 0
