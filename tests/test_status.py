@@ -150,27 +150,28 @@ def test_the_live_view_on_a_terminal(ipvs, tmp_path, backends):
     """On a terminal the loop shows the table (rich Live) under coloured events."""
     a = backends(ip="127.0.0.11")
     monitor = Monitor(tmp_path, ipvs, config(VIP, [a.address], [3]))
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the monitor on a pseudo-terminal
-        os.environ["COLUMNS"], os.environ["LINES"] = "160", "40"
-        os.execv(sys.executable, monitor.argv)
+    master, slave = pty.openpty()  # a terminal, without forking this threaded process
+    proc = subprocess.Popen(monitor.argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+                            env=dict(os.environ, COLUMNS="160", LINES="40", TERM="xterm-256color"))
+    os.close(slave)
     screen = b""
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (b"Real server" in screen and b"has been added" in screen):
-            if select.select([fd], [], [], 0.2)[0]:
+            if select.select([master], [], [], 0.2)[0]:
                 try:
-                    screen += os.read(fd, 65536)
+                    screen += os.read(master, 65536)
                 except OSError:
                     break
     finally:
-        os.kill(pid, signal.SIGTERM)
-        _, status = os.waitpid(pid, 0)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+        os.close(master)
     text = screen.decode(errors="replace")
     assert "Real server" in text and "In IPVS" in text and a.address in text
     assert "has been added to work" in text
     assert "\x1b[" in text  # colour: it is rich, not the plain lines
-    assert os.WEXITSTATUS(status) == 0
+    assert code == 0
 
 
 def test_plain_lines_when_not_a_terminal(ipvs, run, backends):
