@@ -165,6 +165,13 @@ def test_the_live_view_on_a_terminal(ipvs, tmp_path, backends):
                     break
     finally:
         proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while proc.poll() is None and time.monotonic() < deadline:  # keep reading: a full pty blocks it
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    os.read(master, 65536)
+                except OSError:
+                    break
         code = proc.wait(timeout=15)
         os.close(master)
     text = screen.decode(errors="replace")
