@@ -826,22 +826,20 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             up = False
         elif not was_up and good >= vs.rise:
             up = True
+        # Once up, a server is no longer "kept" nor "quiesced by us": if an
+        # operator changed its weight meanwhile, that weight is theirs.
         h = dataclasses.replace(old, up=up, good=good, bad=bad, reason=result.reason,
-                                since=old.since if up == old.up else now)
+                                since=old.since if up == old.up else now,
+                                kept=old.kept and not up and stored is not None,
+                                quiesced=old.quiesced and not up)
         if up != was_up or (old.up is None and not up and not result.ok):
             events.append(Event(str(rs), "up" if up else "down", result.reason))
-        if not up:
-            h = dataclasses.replace(h, kept=h.kept and stored is not None)
         if up:
-            h = dataclasses.replace(h, kept=False)
             if stored is None:
                 gains.append(Action("add", str(rs), _change_args(vs, "-a", ep, rs.weight), result.reason, rs.weight))
-                h = dataclasses.replace(h, quiesced=False)
-            elif h.quiesced and stored.weight == 0:
-                gains.append(Action("restore", str(rs), _change_args(vs, "-e", ep, rs.weight), result.reason, rs.weight))
-                h = dataclasses.replace(h, quiesced=False)
-            elif h.quiesced:
-                h = dataclasses.replace(h, quiesced=False)  # an operator changed it since: theirs now
+            elif old.quiesced and stored.weight == 0:
+                gains.append(Action("restore", str(rs), _change_args(vs, "-e", ep, rs.weight), result.reason,
+                                    rs.weight))
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:
                 action = Action("quiesce", str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0)
