@@ -211,6 +211,8 @@ class _Section:
         text = self.values[key].strip()
         if not re.fullmatch(r"[0-9]+", text):
             raise self.fail(key, "not a whole number")
+        if len(text.lstrip("0")) > len(str(high)):  # before int(): Python refuses 4300+ digits
+            raise self.fail(key, f"must be between {low} and {high}")
         value = int(text)
         if not (low <= value <= high):
             raise self.fail(key, f"must be between {low} and {high}")
@@ -241,9 +243,16 @@ class _Section:
 
     def address(self, key: str) -> IPAddress:
         try:
-            return ipaddress.ip_address(self.values[key].strip().strip("[]"))
+            return parse_ip(self.values[key].strip().strip("[]"))
         except ValueError:
             raise self.fail(key, "not an IPv4 or IPv6 address") from None
+
+
+def parse_ip(text: str) -> IPAddress:
+    """An IPv4 or IPv6 address as ipvsadm takes it: no IPv6 scope id (``%eth0``)."""
+    if "%" in text:
+        raise ValueError(f"{text!r}: ipvsadm takes no IPv6 scope id")
+    return ipaddress.ip_address(text)
 
 
 def parse_endpoint(text: str, default_port: Optional[int], lowest_port: int = 1) -> Endpoint:
@@ -256,12 +265,12 @@ def parse_endpoint(text: str, default_port: Optional[int], lowest_port: int = 1)
         host, port = text.split(":")
     else:
         host, port = text, None
-    ip = ipaddress.ip_address(host)  # ValueError names the bad address
+    ip = parse_ip(host)  # ValueError names the bad address
     if port is None:
         if default_port is None:
             raise ValueError(f"{text!r} has no port")
         return Endpoint(ip, default_port)
-    if not port.isdigit() or not lowest_port <= int(port) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not lowest_port <= int(port) <= 65535:
         raise ValueError(f"port of {text!r} out of range {lowest_port}-65535")
     return Endpoint(ip, int(port))
 
@@ -314,7 +323,7 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
             ep = parse_endpoint(addr, rport)
         except ValueError as exc:
             raise sec.fail("rs", f"bad real server {addr!r}: {exc}") from None
-        if not re.fullmatch(r"[0-9]+", weight) or int(weight) > MAX_WEIGHT:
+        if not re.fullmatch(r"0*[0-9]{1,10}", weight) or int(weight) > MAX_WEIGHT:
             raise sec.fail("rw", f"weight {weight!r} must be a whole number 0..{MAX_WEIGHT}")
         stored = stored_endpoint(protocol, forward, vport, ep)
         if stored in seen:
@@ -459,6 +468,14 @@ Table = Dict[Endpoint, Destination]
 class IpvsError(Exception):
     """ipvsadm could not give a usable answer; nothing is decided on it."""
 
+    def __init__(self, message: str, summary: str = ""):
+        super().__init__(message)
+        self.summary = summary or message  # stays the same while the problem lasts: logged once
+
+
+class IpvsStopped(IpvsError):
+    """A listing cut short because the monitor was asked to stop."""
+
 
 class ServiceNotDefined(IpvsError):
     pass
@@ -506,7 +523,8 @@ def parse_listing(text: str) -> Dict[Tuple[str, str], Table]:
             else:
                 raise ValueError
         except ValueError:
-            raise IpvsError(f"unreadable ipvsadm listing line {line.strip()!r}") from None
+            raise IpvsError(f"unreadable ipvsadm listing line {line.strip()!r}",
+                            "unreadable ipvsadm listing") from None
     if titles < 2:
         raise IpvsError("unreadable ipvsadm listing: title lines missing")
     return services
@@ -532,6 +550,7 @@ class CommandResult:
 
 
 NO_IPVS = ("Can't initialize ipvs", "Protocol not available", "IP Virtual Server is built")
+STOPPED = -2  # the returncode of a listing cut short by a stop request
 
 
 class Ipvsadm:
@@ -540,24 +559,40 @@ class Ipvsadm:
     def __init__(self, path: str = "ipvsadm", timeout: float = 5.0):
         self.path, self.timeout = path, timeout
 
-    def run(self, args: Sequence[str]) -> CommandResult:
+    def run(self, args: Sequence[str], stop=None) -> CommandResult:
+        """Run ipvsadm under its timeout; with `stop`, a stop request cuts it short
+        (for listings only: a change, once started, is let finish)."""
         argv = (self.path, *args)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
-                                  stdin=subprocess.DEVNULL, errors="replace")
+            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, errors="replace") as proc:
+                deadline = time.monotonic() + self.timeout
+                while True:
+                    try:
+                        wait = deadline - time.monotonic()
+                        out, err = proc.communicate(timeout=max(0.0, min(wait, 0.1) if stop else wait))
+                        return CommandResult(argv, proc.returncode, out, err)
+                    except subprocess.TimeoutExpired:
+                        late = time.monotonic() >= deadline
+                        if late or (stop is not None and stop()):
+                            proc.kill()
+                            proc.communicate()
+                            if not late:
+                                return CommandResult(argv, STOPPED, stderr="stopped")
+                            return CommandResult(argv, -1, stderr=f"{self.path} {' '.join(args)}: no answer "
+                                                                  f"within {self.timeout:g} s")
         except FileNotFoundError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not found (install ipvsadm, or give --ipvsadm PATH)")
         except PermissionError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not executable")
         except OSError as exc:
             return CommandResult(argv, -1, stderr=f"{self.path}: cannot run: {exc.strerror or exc}")
-        except subprocess.TimeoutExpired:
-            return CommandResult(argv, -1, stderr=f"{self.path} {' '.join(args)}: no answer within {self.timeout:g} s")
-        return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr)
 
-    def read_service(self, vs: VirtualService) -> Table:
+    def read_service(self, vs: VirtualService, stop=None) -> Table:
         """The destinations of one virtual service, as the kernel has them now."""
-        result = self.run(("-Ln", *vs.service_args))
+        result = self.run(("-Ln", *vs.service_args), stop)
+        if result.returncode == STOPPED:
+            raise IpvsStopped("stopped")
         if not result.ok:
             if result.returncode < 0 or any(s in result.stderr for s in NO_IPVS):
                 raise IpvsUnavailable(result.why())
@@ -677,15 +712,10 @@ async def _http_exchange(target: ProbeTarget, stage: List[str]) -> Tuple[bool, s
         writer.close()
 
 
-async def probe(target: ProbeTarget, timeout: float) -> ProbeResult:
-    """One probe, one total deadline."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    stage = ["connect"]
+async def _probe(target: ProbeTarget, stage: List[str], started: float) -> ProbeResult:
+    """One probe, its failure turned into a verdict with a reason (the deadline is the wave's)."""
     try:
-        ok, reason = await asyncio.wait_for(_http_exchange(target, stage), timeout)
-    except asyncio.TimeoutError:
-        ok, reason = False, f"timeout ({stage[0]})"
+        ok, reason = await _http_exchange(target, stage)
     except ConnectionRefusedError:
         ok, reason = False, "refused"
     except ConnectionResetError:
@@ -700,26 +730,68 @@ async def probe(target: ProbeTarget, timeout: float) -> ProbeResult:
         names = {errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
                  errno.ECONNRESET: "reset", errno.ETIMEDOUT: "timeout (connect)"}
         ok, reason = False, names.get(exc.errno, exc.strerror or str(exc))
-    return ProbeResult(ok, reason, loop.time() - start)
+    except Exception as exc:  # whatever a server manages to provoke, it is a failed probe
+        ok, reason = False, f"probe error: {type(exc).__name__}"
+    return ProbeResult(ok, reason, asyncio.get_running_loop().time() - started)
 
 
-async def _probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int) -> List[ProbeResult]:
-    gate = asyncio.Semaphore(fanout)
-
-    async def bounded(target: ProbeTarget) -> ProbeResult:
-        async with gate:
-            return await probe(target, timeout)
-
-    return list(await asyncio.gather(*(bounded(t) for t in targets)))
+STOP_POLL = 0.1  # how often a wave looks at the stop request
+GRACE_STEPS = 3  # loop turns at the deadline, for answers that arrived but were not read yet
 
 
-def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000) -> Dict[ProbeTarget, ProbeResult]:
-    """Probe each distinct target once, all at the same time."""
+async def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
+    """Probes started together share ONE deadline (one timer, not one per probe).
+
+    Returns None when `stop()` turned true meanwhile: the probes are cancelled."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stages = [["connect"] for _ in targets]
+    tasks = [loop.create_task(_probe(t, stage, started)) for t, stage in zip(targets, stages)]
+    everything = asyncio.gather(*tasks, return_exceptions=True)
+    stopping = loop.create_future()
+
+    def watch() -> None:
+        if stop():
+            stopping.set_result(None)  # watch() is not re-armed after this
+        else:
+            watcher[0] = loop.call_later(STOP_POLL, watch)
+
+    watcher = [loop.call_later(STOP_POLL, watch)]
+    await asyncio.wait({everything, stopping}, timeout=max(0.0, started + timeout - loop.time()),
+                       return_when=asyncio.FIRST_COMPLETED)
+    watcher[0].cancel()
+    if not everything.done() and not stopping.done():
+        for _ in range(GRACE_STEPS):  # a starved loop must not blame servers that did answer
+            await asyncio.sleep(0)
+    late = [task for task in tasks if not task.done()]
+    for task in late:
+        task.cancel()  # their sockets are closed by _http_exchange's finally
+    await everything
+    if stopping.done():
+        return None
+    return [ProbeResult(False, f"timeout ({stage[0]})", timeout) if task.cancelled() else task.result()
+            for task, stage in zip(tasks, stages)]
+
+
+def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000,
+              stop=lambda: False) -> Optional[Dict[ProbeTarget, ProbeResult]]:
+    """Probe each distinct target once, `fanout` at a time (all at once, usually).
+
+    None when asked to stop meanwhile."""
     unique = list(dict.fromkeys(targets))
-    if not unique:
-        return {}
-    results = asyncio.run(_probe_all(unique, timeout, max(1, fanout)))
-    return dict(zip(unique, results))
+    fanout = max(1, fanout)
+
+    async def waves() -> Optional[List[ProbeResult]]:
+        results: List[ProbeResult] = []
+        for first in range(0, len(unique), fanout):
+            wave = await _probe_wave(unique[first:first + fanout], timeout, stop)
+            if wave is None:
+                return None
+            results += wave
+        return results
+
+    results = asyncio.run(waves()) if unique else []
+    return None if results is None else dict(zip(unique, results))
 
 
 def raise_open_file_limit(wanted: int) -> int:
@@ -1003,6 +1075,7 @@ class PassReport:
     services: List[ServiceReport] = field(default_factory=list)
     failed: int = 0  # ipvsadm changes that failed
     unavailable: int = 0  # listings that failed for want of ipvsadm or of IPVS
+    stopped: bool = False  # cut short by a stop request
     started: float = 0.0
     duration: float = 0.0
 
@@ -1085,6 +1158,14 @@ class Monitor:
         self.changes: Dict[Tuple[Tuple[str, str], str], Tuple[float, str]] = {}
         self.said_no_ipvs = False
         self.stop_requested = lambda: False
+        self._plan(config)
+
+    def _plan(self, config: Config) -> None:
+        """What to probe, worked out once per config rather than every pass."""
+        self.config = config
+        self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
+                        for vs in config.services for rs in vs.servers}
+        self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
 
     def reload(self, config: Config) -> None:
         """Keep the health of servers still configured; start new ones fresh."""
@@ -1095,13 +1176,15 @@ class Monitor:
                     self.output.say(f"{rs} is no longer in the config of {vs.label()}: "
                                     "left in IPVS as it is, no longer monitored")
         self.health = {k: v for k, v in self.health.items() if k in keep}
-        self.config = config
+        self._plan(config)
         self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
         self.output.log.path = config.log
 
     def _read(self, vs: VirtualService, report: PassReport, service: ServiceReport) -> Optional[Table]:
         try:
-            table = self.ipvsadm.read_service(vs)
+            table = self.ipvsadm.read_service(vs, self.stop_requested)
+        except IpvsStopped:
+            return None
         except IpvsUnavailable as exc:
             report.unavailable += 1
             if self.dry_run:
@@ -1109,20 +1192,21 @@ class Monitor:
                     self.output.say(f"IPVS is not available here ({exc}): assuming an empty table", "info", log=False)
                     self.said_no_ipvs = True
                 return {}
-            self._problem(vs, str(exc), service)
+            self._problem(vs, exc, service)
             return None
         except IpvsError as exc:
-            self._problem(vs, str(exc), service)
+            self._problem(vs, exc, service)
             return None
         if self.problems.pop(vs.ipvs_key, None):
             self.output.say(f"virtual service {vs.label()} can be read again")
         return table
 
-    def _problem(self, vs: VirtualService, text: str, service: ServiceReport) -> None:
-        service.problem = text
-        if self.problems.get(vs.ipvs_key) != text:
-            self.output.say(f"{vs.label()}: {text}; no change made to it", "problem")
-        self.problems[vs.ipvs_key] = text
+    def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:
+        """Say a problem once while it lasts (and again when it changes)."""
+        service.problem = str(exc)
+        if self.problems.get(vs.ipvs_key) != exc.summary:
+            self.output.say(f"{vs.label()}: {exc}; no change made to it", "problem")
+        self.problems[vs.ipvs_key] = exc.summary
 
     def _apply(self, vs: VirtualService, action: Action, report: PassReport) -> str:
         command = " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *action.args))
@@ -1152,15 +1236,15 @@ class Monitor:
         report = PassReport(started=now)
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
-        targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
-                   for vs in services for rs in vs.servers}
-        results = probe_all(list(targets.values()), self.config.timeout)
-        if self.stop_requested():
+        results = None if self.stop_requested() else probe_all(
+            list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
+        if results is None or self.stop_requested():
+            report.stopped = True
             return report  # asked to stop: leave the table exactly as it is
         for vs in services:
             table = tables[vs.ipvs_key]
             health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
-            by_server = {rs.endpoint: results[targets[(vs.ipvs_key, rs.endpoint)]] for rs in vs.servers}
+            by_server = {rs.endpoint: results[self.targets[(vs.ipvs_key, rs.endpoint)]] for rs in vs.servers}
             done: Dict[str, str] = {}
             if table is not None:
                 decision = decide(vs, by_server, table, health, now)
@@ -1173,6 +1257,8 @@ class Monitor:
                     if vs.on_change and not self.dry_run:
                         self.hooks.start(vs.on_change, vs, event)
                 for action in decision.actions:
+                    if self.stop_requested():
+                        break  # asked to stop: no new change is started
                     done[action.server] = self._apply(vs, action, report)
                 health = decision.health
                 for rs in vs.servers:
@@ -1571,7 +1657,6 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         except OSError as exc:
             click.echo(f"monitor_rs: cannot take the lock {config.lock}: {exc.strerror or exc}", err=True)
             sys.exit(EXIT_FAILED)
-    raise_open_file_limit(sum(len(vs.servers) for vs in config.services) + 256)
     monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop
@@ -1592,7 +1677,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
                    f"service(s), {sum(len(vs.servers) for vs in config.services)} real server(s), every "
                    f"{config.interval:g} s")
     report = monitor.run_pass()  # the first pass also tells whether ipvsadm and IPVS work here
-    if report.unavailable == len(config.services) and not dry_run:
+    if report.unavailable == len(config.services) and not dry_run and not report.stopped:
         click.echo(f"monitor_rs: {report.problems[0]}", err=True)
         sys.exit(EXIT_NO_IPVS)
     snap = after_pass(report)
