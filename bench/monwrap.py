@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Run monitor_rs.py unchanged, timing each pass.
+
+Loads monitor_rs.py (path in $BENCH_MONITOR) as the module ``monitor_rs``,
+wraps ``Monitor.run_pass`` and ``Signals.sleep`` so that every pass appends
+one line ``<start> <end of run_pass> <end of the cycle> <CPU s>`` to
+$BENCH_PASS_LOG (epoch seconds; the cycle ends when the loop goes to sleep, so
+it includes what the loop does after run_pass, e.g. writing a state file; CPU
+is this process's, over the cycle), then calls its CLI with this process's arguments. Nothing
+else is changed: same process, same code path as ``python3 monitor_rs.py``.
+"""
+
+import importlib.util
+import os
+import sys
+import time
+
+path = os.environ["BENCH_MONITOR"]
+spec = importlib.util.spec_from_file_location("monitor_rs", path)
+module = importlib.util.module_from_spec(spec)
+sys.modules["monitor_rs"] = module
+spec.loader.exec_module(module)
+
+log_fd = os.open(os.environ["BENCH_PASS_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+original_run_pass = module.Monitor.run_pass
+
+
+pending = []  # the pass that ran, until the loop goes to sleep
+
+
+def timed_run_pass(self):
+    start, cpu = time.time(), time.process_time()
+    try:
+        return original_run_pass(self)
+    finally:
+        pending[:] = [start, time.time(), cpu]
+        if not hasattr(module, "Signals"):
+            timed_sleep(None, 0)
+
+
+def timed_sleep(self, seconds):
+    """The loop sleeps: the pass, and whatever it does after (publishing), is over."""
+    if pending:
+        start, end, cpu = pending
+        del pending[:]
+        now = time.time()
+        os.write(log_fd, f"{start:.6f} {end:.6f} {now:.6f} {time.process_time() - cpu:.6f}\n".encode())
+    if self is not None:
+        return original_sleep(self, seconds)
+
+
+if hasattr(module, "Signals"):
+    original_sleep = module.Signals.sleep
+    module.Signals.sleep = timed_sleep
+module.Monitor.run_pass = timed_run_pass
+sys.argv[0] = path
+module.main()
