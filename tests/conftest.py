@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 import pytest
@@ -7,6 +8,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from backends import Backend  # noqa: E402
+from harness import Ipvs, Monitor, processes_with_env  # noqa: E402
+
+VIP = "127.0.0.1:80"
 
 
 @pytest.fixture
@@ -22,3 +26,32 @@ def backends():
     yield make
     for backend in started:
         backend.stop()
+
+
+@pytest.fixture
+def ipvs(tmp_path):
+    """The fake ipvsadm, with the virtual service VIP defined (test_e2e overrides this)."""
+    table = Ipvs("fake", tmp_path)
+    table.service(VIP)
+    yield table
+    # A monitor killed (not stopped) in the middle of a hung ipvsadm call leaves that call behind.
+    for pid in processes_with_env(table.state):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Make monitors (not started); each is killed at the end of the test if still running."""
+    started = []
+
+    def make(ipvs, text, *extra, **kw):
+        monitor = Monitor(tmp_path, ipvs, text, *extra, **kw)
+        started.append(monitor)
+        return monitor
+
+    yield make
+    for monitor in started:
+        monitor.kill()

@@ -152,3 +152,18 @@ def config(vip, servers, weights=None, forward="m", interval=0.3, timeout=0.5, e
             f"[virtual {name}]\nvip = {host}\nvport = {port}\nrs = {' '.join(servers)}\n"
             f"rw = {' '.join(map(str, weights))}\ntype = {forward}\n{extra}\n")
     return text + "".join(services)
+
+
+def processes_with_env(text):
+    """PIDs of processes whose environment mentions `text` (e.g. a fake's state file)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if text.encode() in handle.read():
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found

@@ -6,32 +6,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from harness import MONITOR, Ipvs, Monitor, config, wait_until
+from harness import MONITOR, config, wait_until
 
 VIP = "127.0.0.1:80"
-
-
-@pytest.fixture
-def ipvs(tmp_path):
-    table = Ipvs("fake", tmp_path)
-    table.service(VIP)
-    return table
-
-
-@pytest.fixture
-def run(tmp_path):
-    started = []
-
-    def make(ipvs, text, *extra, **kw):
-        monitor = Monitor(tmp_path, ipvs, text, *extra, **kw)
-        started.append(monitor)
-        return monitor
-
-    yield make
-    for monitor in started:
-        monitor.kill()
 
 
 def test_failed_add_is_reported_as_failed(ipvs, run, backends):

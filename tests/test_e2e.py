@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from harness import Ipvs, Monitor, config, wait_until
+from harness import Ipvs, config, wait_until
 
 KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
 
@@ -24,20 +24,6 @@ def ipvs(request, tmp_path):
     table = Ipvs(request.param, tmp_path)
     yield table
     table.close()
-
-
-@pytest.fixture
-def run(tmp_path):
-    started = []
-
-    def make(ipvs, text, *extra):
-        monitor = Monitor(tmp_path, ipvs, text, *extra)
-        started.append(monitor)
-        return monitor
-
-    yield make
-    for monitor in started:
-        monitor.kill()
 
 
 VIP = "127.0.0.1:80"

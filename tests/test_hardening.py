@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import monitor_rs as m
-from harness import MONITOR, SLOW, Ipvs, Monitor, config, wait_until
+from harness import MONITOR, SLOW, config, processes_with_env, wait_until
 
 VIP = "127.0.0.1:80"
 
@@ -53,33 +53,6 @@ VIP = "127.0.0.1:80"
 ###############################################################################
 # Helpers ######################################################################
 ###############################################################################
-
-
-@pytest.fixture
-def ipvs(tmp_path):
-    table = Ipvs("fake", tmp_path)
-    table.service(VIP)
-    yield table
-    # A monitor killed (not stopped) in the middle of a hung ipvsadm call leaves that call behind.
-    for pid in processes_with_env(table.state):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-@pytest.fixture
-def run(tmp_path):
-    started = []
-
-    def make(ipvs, text, *extra, **kw):
-        monitor = Monitor(tmp_path, ipvs, text, *extra, **kw)
-        started.append(monitor)
-        return monitor
-
-    yield make
-    for monitor in started:
-        monitor.kill()
 
 
 def monitor_keys(text, **keys):
@@ -128,21 +101,6 @@ def proc_status(pid):
 
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def processes_with_env(text):
-    """PIDs of processes whose environment mentions `text` (e.g. a fake's state file)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if text.encode() in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            pass
-    return found
 
 
 def slow_ipvsadm(tmp_path, ipvs, seconds=1.0, slow=True):

@@ -9,37 +9,15 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 from click.testing import CliRunner
 
 import monitor_rs as m
-from harness import MONITOR, ROOT, Ipvs, Monitor, config, wait_until
+from harness import MONITOR, ROOT, Monitor, config, wait_until
 
 VIP = "127.0.0.1:80"
-
-
-@pytest.fixture
-def ipvs(tmp_path):
-    table = Ipvs("fake", tmp_path)
-    table.service(VIP)
-    return table
-
-
-@pytest.fixture
-def run(tmp_path):
-    started = []
-
-    def make(ipvs, text, *extra):
-        monitor = Monitor(tmp_path, ipvs, text, *extra)
-        started.append(monitor)
-        return monitor
-
-    yield make
-    for monitor in started:
-        monitor.kill()
 
 
 def invoke(monitor, *args):
