@@ -1663,7 +1663,9 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     publisher = Publisher(output.log.warn)
     live = None
 
-    def after_pass(report: PassReport) -> dict:
+    def after_pass(report: PassReport) -> Optional[dict]:
+        if report.stopped:  # a pass cut short: keep the last full state
+            return None
         snap = snapshot(report, monitor.config, "monitor")
         if not dry_run:
             publisher.publish(snap, monitor.config.state_file, monitor.config.prometheus_file)
@@ -1682,9 +1684,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         sys.exit(EXIT_NO_IPVS)
     snap = after_pass(report)
     if once:
-        show_status(snap, console)
+        if snap is not None:
+            show_status(snap, console)
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
-    if console is not None:  # a terminal: the table, refreshed every pass, under the events
+    if console is not None and snap is not None:  # a terminal: the table, refreshed every pass, under the events
         from rich.console import Group
         from rich.live import Live
         with Live(Group(*status_tables(snap)), console=console, auto_refresh=False) as live:
