@@ -1114,7 +1114,10 @@ class Hooks:
         for proc, deadline, server in self.running:
             code = proc.poll()
             if code is None and time.monotonic() > deadline:
-                proc.kill()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: whatever it started goes too
+                except ProcessLookupError:
+                    pass
                 proc.wait()
                 self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
             elif code is None:
