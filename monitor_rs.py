@@ -551,6 +551,7 @@ class CommandResult:
 
 NO_IPVS = ("Can't initialize ipvs", "Protocol not available", "IP Virtual Server is built")
 STOPPED = -2  # the returncode of a listing cut short by a stop request
+TIMED_OUT = -3  # ... of a call killed at its timeout: a passing fault, not a missing ipvsadm
 
 
 class Ipvsadm:
@@ -579,8 +580,8 @@ class Ipvsadm:
                             proc.communicate()
                             if not late:
                                 return CommandResult(argv, STOPPED, stderr="stopped")
-                            return CommandResult(argv, -1, stderr=f"{self.path} {' '.join(args)}: no answer "
-                                                                  f"within {self.timeout:g} s")
+                            return CommandResult(argv, TIMED_OUT, stderr=f"{self.path} {' '.join(args)}: "
+                                                                         f"no answer within {self.timeout:g} s")
         except FileNotFoundError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not found (install ipvsadm, or give --ipvsadm PATH)")
         except PermissionError:
@@ -594,7 +595,7 @@ class Ipvsadm:
         if result.returncode == STOPPED:
             raise IpvsStopped("stopped")
         if not result.ok:
-            if result.returncode < 0 or any(s in result.stderr for s in NO_IPVS):
+            if result.returncode == -1 or any(s in result.stderr for s in NO_IPVS):
                 raise IpvsUnavailable(result.why())
             if "No such service" in result.stderr:
                 raise ServiceNotDefined(f"virtual service {vs.address} is not defined in IPVS")

@@ -156,3 +156,16 @@ def test_a_second_sigterm_while_stopping_still_exits_0(ipvs, run, backends):
         if monitor.proc.poll() is None:
             monitor.signal(signal.SIGTERM)
         assert monitor.proc.wait(timeout=15) == 0
+
+
+def test_a_hung_listing_at_start_is_a_passing_fault_not_a_missing_ipvs(ipvs, run, backends):
+    """Exit 4 is for a missing ipvsadm or IPVS; a listing that times out at boot is retried."""
+    a = backends(ip="127.0.0.11")
+    ipvs.fault("hang-list")
+    monitor = run(ipvs, config(VIP, [a.address]).replace("[monitor]\n", "[monitor]\nipvsadm_timeout = 0.3\n"))
+    monitor.start()
+    monitor.wait_log("no answer within 0.3 s")
+    assert monitor.proc.poll() is None
+    ipvs.fault("")
+    wait_until(lambda: a.address in ipvs.dests(VIP), what="added once the listing answers")
+    assert monitor.stop()[0] == 0
