@@ -23,6 +23,7 @@ import configparser
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import json
@@ -141,7 +142,7 @@ class VirtualService:
     depool_threshold: float = 0.0
     on_change: Tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property  # frozen: computed once, not per server per pass
     def address(self) -> str:
         """How ipvsadm names the service: ``10.10.10.10:80``, ``[::1]:80`` or the mark."""
         if self.protocol == "fwm":
@@ -152,7 +153,7 @@ class VirtualService:
     def service_args(self) -> Tuple[str, str]:
         return (PROTOCOL_FLAGS[self.protocol], self.address)
 
-    @property
+    @functools.cached_property
     def ipvs_key(self) -> Tuple[str, str]:
         """The (protocol, address) pair that heads this service in ``ipvsadm -Ln``."""
         return (PROTOCOL_NAMES[self.protocol], self.address)
