@@ -18,7 +18,6 @@ lives in the probes, the loop and the CLI; the decision is a pure function.
 
 from __future__ import annotations
 
-import asyncio
 import configparser
 import dataclasses
 import errno
@@ -32,8 +31,10 @@ import os
 import re
 import resource
 import select
+import selectors
 import shlex
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -611,10 +612,12 @@ class Ipvsadm:
 # Probes ######################################################################
 ###############################################################################
 #
-# Every real server of every virtual service is probed at once (asyncio, a
-# bounded fan-out), each probe under ONE total deadline that covers connect,
-# request, status line, headers and the body bytes read.  A probe never raises:
-# it returns a verdict with a short reason an operator can act on.
+# Every real server of every virtual service is probed at once (non-blocking
+# sockets driven by one selector, a bounded fan-out), each probe under ONE
+# total deadline that covers connect, TLS handshake, request, status line,
+# headers and the body bytes read.  A probe never raises: it returns a verdict
+# with a short reason an operator can act on.  (asyncio did this too, at twice
+# the CPU: a loop, tasks and streams per pass cost more than the probes.)
 
 BODY_CAP = 64 * 1024
 LINE_CAP = 8 * 1024
@@ -656,123 +659,196 @@ def _status_ok(code: int, expect: Sequence[Tuple[int, int]]) -> bool:
     return any(low <= code <= high for low, high in expect)
 
 
-async def _http_exchange(target: ProbeTarget, stage: List[str]) -> Tuple[bool, str]:
-    stage[0] = "connect"
-    context = None
-    if target.check == "https":
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # health, not identity
-    reader, writer = await asyncio.open_connection(
-        str(target.ip), target.port, limit=LINE_CAP, ssl=context,
-        server_hostname=(target.host or None) if context else None)
-    try:
-        if target.check == "tcp":
-            return True, "connected"
-        host = target.host or (f"[{target.ip}]" if target.ip.version == 6 else str(target.ip))
-        writer.write(
-            f"GET {target.request} HTTP/1.0\r\nHost: {host}\r\n"
-            f"User-Agent: monitor_rs/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n".encode("latin-1"))
-        stage[0] = "status line"
-        line = await reader.readline()
-        if not line:
-            return False, "closed without answering"
-        match = re.match(rb"HTTP/\d(?:\.\d)? ([0-9]{3})[ \r\n]", line)
-        if not match:
-            return False, "not an HTTP answer"
-        code = int(match.group(1))
-        stage[0] = "headers"
-        length = None
-        for _ in range(HEADER_CAP):
-            line = await reader.readline()
-            if not line.endswith(b"\n"):
-                return False, "closed in the headers"
-            if line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length" and value.strip().isdigit():
-                length = int(value.strip())
-        else:
-            return False, f"more than {HEADER_CAP} header lines"
-        if not _status_ok(code, target.expect):
-            return False, f"HTTP {code}"
-        if not target.receive:
-            return True, f"HTTP {code}"
-        stage[0] = "body"
-        wanted = target.receive.encode("utf-8")
-        body = b""
-        limit = BODY_CAP if length is None else min(length, BODY_CAP)
-        while len(body) < limit:
-            chunk = await reader.read(min(16384, limit - len(body)))
-            if not chunk:
-                break
-            body += chunk
-            if wanted in body:
-                return True, f"HTTP {code}"
-        return False, "receive text not found"
-    finally:
-        writer.close()
-
-
-async def _probe(target: ProbeTarget, stage: List[str], started: float) -> ProbeResult:
-    """One probe, its failure turned into a verdict with a reason (the deadline is the wave's)."""
-    try:
-        ok, reason = await _http_exchange(target, stage)
-    except ConnectionRefusedError:
-        ok, reason = False, "refused"
-    except ConnectionResetError:
-        ok, reason = False, "reset"
-    except (asyncio.LimitOverrunError, ValueError):
-        ok, reason = False, f"line too long in the {stage[0]}"
-    except asyncio.IncompleteReadError:
-        ok, reason = False, f"closed in the {stage[0]}"
-    except ssl.SSLError as exc:
-        ok, reason = False, f"TLS: {exc.reason or exc}"
-    except OSError as exc:
-        names = {errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
-                 errno.ECONNRESET: "reset", errno.ETIMEDOUT: "timeout (connect)"}
-        ok, reason = False, names.get(exc.errno, exc.strerror or str(exc))
-    except Exception as exc:  # whatever a server manages to provoke, it is a failed probe
-        ok, reason = False, f"probe error: {type(exc).__name__}"
-    return ProbeResult(ok, reason, asyncio.get_running_loop().time() - started)
-
-
+STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? ([0-9]{3})[ \r\n]")
 STOP_POLL = 0.1  # how often a wave looks at the stop request
-GRACE_STEPS = 3  # loop turns at the deadline, for answers that arrived but were not read yet
+GRACE_STEPS = 3  # event turns at the deadline, for answers that arrived but were not read yet
+CONNECT_ERRORS = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.EPIPE: "reset",
+                  errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
+                  errno.ETIMEDOUT: "timeout (connect)"}
+_tls_context: Optional[ssl.SSLContext] = None
 
 
-async def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
-    """Probes started together share ONE deadline (one timer, not one per probe).
+def tls_context() -> ssl.SSLContext:
+    """One client context for every https probe: health, not identity, so no certificate check."""
+    global _tls_context
+    if _tls_context is None:
+        _tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        _tls_context.check_hostname = False
+        _tls_context.verify_mode = ssl.CERT_NONE
+    return _tls_context
 
-    Returns None when `stop()` turned true meanwhile: the probes are cancelled."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    stages = [["connect"] for _ in targets]
-    tasks = [loop.create_task(_probe(t, stage, started)) for t, stage in zip(targets, stages)]
-    everything = asyncio.gather(*tasks, return_exceptions=True)
-    stopping = loop.create_future()
 
-    def watch() -> None:
-        if stop():
-            stopping.set_result(None)  # watch() is not re-armed after this
-        else:
-            watcher[0] = loop.call_later(STOP_POLL, watch)
+class _Probe:
+    """One probe in flight: a non-blocking socket moved on by readiness events.
 
-    watcher = [loop.call_later(STOP_POLL, watch)]
-    await asyncio.wait({everything, stopping}, timeout=max(0.0, started + timeout - loop.time()),
-                       return_when=asyncio.FIRST_COMPLETED)
-    watcher[0].cancel()
-    if not everything.done() and not stopping.done():
-        for _ in range(GRACE_STEPS):  # a starved loop must not blame servers that did answer
-            await asyncio.sleep(0)
-    late = [task for task in tasks if not task.done()]
-    for task in late:
-        task.cancel()  # their sockets are closed by _http_exchange's finally
-    await everything
-    if stopping.done():
+    `stage` is where it stands (what a timeout names); `answer` turns the bytes
+    read so far into a verdict, or None to read on."""
+
+    __slots__ = ("target", "selector", "sock", "stage", "connected", "events", "out", "buf",
+                 "code", "length", "headers", "verdict", "latency")
+
+    def __init__(self, target: ProbeTarget, selector: selectors.BaseSelector):
+        self.target, self.selector = target, selector
+        self.sock: Optional[socket.socket] = None
+        self.stage, self.connected, self.events = "connect", False, 0
+        self.out, self.buf = b"", bytearray()
+        self.code, self.length, self.headers = 0, None, 0
+        self.verdict: Optional[Tuple[bool, str]] = None
+        self.latency = 0.0
+
+    def start(self) -> None:
+        t = self.target
+        family = socket.AF_INET6 if t.ip.version == 6 else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        err = self.sock.connect_ex((str(t.ip), t.port))
+        if err not in (0, errno.EINPROGRESS):
+            raise OSError(err, os.strerror(err))
+        self.selector.register(self.sock, selectors.EVENT_WRITE, self)
+        self.events = selectors.EVENT_WRITE
+
+    def _want(self, events: int) -> None:
+        if events != self.events:
+            self.selector.modify(self.sock, events, self)
+            self.events = events
+
+    def step(self, started: float) -> bool:
+        """The socket is ready: go as far as it lets us (a failure of any kind is a verdict).
+
+        True when the probe has just ended: its socket is then closed."""
+        try:
+            if self.sock is None:
+                self.start()
+            else:
+                self.verdict = self._advance()
+        except ssl.SSLWantReadError:
+            self._want(selectors.EVENT_READ)
+        except ssl.SSLWantWriteError:
+            self._want(selectors.EVENT_WRITE)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except ssl.SSLError as exc:
+            self.verdict = False, f"TLS: {exc.reason or exc}"
+        except OSError as exc:
+            self.verdict = False, CONNECT_ERRORS.get(exc.errno, exc.strerror or str(exc))
+        except Exception as exc:  # whatever a server manages to provoke, it is a failed probe
+            self.verdict = False, f"probe error: {type(exc).__name__}"
+        if self.verdict is None:
+            return False
+        self.latency = time.monotonic() - started
+        self.close()
+        return True
+
+    def _advance(self) -> Optional[Tuple[bool, str]]:
+        t = self.target
+        if self.stage == "connect":
+            if not self.connected:
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, os.strerror(err))
+                self.connected = True
+                if t.check == "tcp":
+                    return True, "connected"
+                if t.check == "https":  # the handshake is still the connect stage
+                    self.selector.unregister(self.sock)
+                    self.sock = tls_context().wrap_socket(self.sock, server_hostname=t.host or None,
+                                                          do_handshake_on_connect=False)
+                    self.selector.register(self.sock, self.events, self)
+            if isinstance(self.sock, ssl.SSLSocket):
+                self.sock.do_handshake()
+            host = t.host or (f"[{t.ip}]" if t.ip.version == 6 else str(t.ip))
+            self.out = (f"GET {t.request} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
+                        f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+            self.stage = "status line"
+        if self.out:
+            self.out = self.out[self.sock.send(self.out):]
+            self._want(selectors.EVENT_WRITE if self.out else selectors.EVENT_READ)
+            return None
+        data = self.sock.recv(65536)
+        self.buf += data
+        while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            self.buf += self.sock.recv(65536)  # decrypted bytes the selector cannot see
+        return self.answer(eof=not data)
+
+    def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        """Status line, headers (each line capped), then the body up to BODY_CAP if `receive` is set."""
+        t, buf = self.target, self.buf
+        if self.stage == "status line" and not b"HTTP/".startswith(bytes(buf[:5])):
+            return False, "not an HTTP answer"  # known at once: no need to wait for a newline
+        while self.stage != "body":
+            end = buf.find(b"\n", 0, LINE_CAP)
+            if end < 0:
+                if len(buf) >= LINE_CAP:
+                    return False, f"line too long in the {self.stage}"
+                if not eof:
+                    return None
+                if self.stage == "headers":
+                    return False, "closed in the headers"
+                if not buf:
+                    return False, "closed without answering"
+                end = len(buf) - 1  # a last status line without its newline is judged as it is
+            line = bytes(buf[:end + 1])
+            del buf[:end + 1]
+            if self.stage == "status line":
+                match = STATUS_LINE.match(line)
+                if not match:
+                    return False, "not an HTTP answer"
+                self.code, self.stage = int(match.group(1)), "headers"
+            elif line in (b"\r\n", b"\n"):
+                if not _status_ok(self.code, t.expect):
+                    return False, f"HTTP {self.code}"
+                if not t.receive:
+                    return True, f"HTTP {self.code}"
+                self.stage = "body"
+            else:
+                self.headers += 1
+                if self.headers >= HEADER_CAP:
+                    return False, f"more than {HEADER_CAP} header lines"
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                    self.length = int(value.strip())
+        limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
+        if t.receive.encode("utf-8") in buf[:limit]:
+            return True, f"HTTP {self.code}"
+        if len(buf) >= limit or eof:
+            return False, "receive text not found"
         return None
-    return [ProbeResult(False, f"timeout ({stage[0]})", timeout) if task.cancelled() else task.result()
-            for task, stage in zip(tasks, stages)]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            if self.events:
+                self.selector.unregister(self.sock)
+                self.events = 0
+            self.sock.close()
+
+
+def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
+    """Probes started together share ONE deadline: one event loop over their sockets, no timer each.
+
+    Returns None when `stop()` turned true meanwhile (the sockets are closed)."""
+    started = time.monotonic()
+    deadline = started + timeout
+    with selectors.DefaultSelector() as selector:
+        probes = [_Probe(t, selector) for t in targets]
+        try:
+            unfinished = len(probes)
+            for probe in probes:
+                unfinished -= probe.step(started)  # the connect
+            grace = GRACE_STEPS
+            while unfinished:
+                if stop():
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not grace:  # a starved loop must not blame servers that did answer
+                        break
+                    grace -= 1
+                for key, _ in selector.select(min(max(left, 0.0), STOP_POLL)):
+                    unfinished -= key.data.step(started)
+        finally:
+            for probe in probes:
+                probe.close()
+    return [ProbeResult(*p.verdict, p.latency) if p.verdict else ProbeResult(False, f"timeout ({p.stage})", timeout)
+            for p in probes]
 
 
 def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000,
@@ -781,19 +857,13 @@ def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000
 
     None when asked to stop meanwhile."""
     unique = list(dict.fromkeys(targets))
-    fanout = max(1, fanout)
-
-    async def waves() -> Optional[List[ProbeResult]]:
-        results: List[ProbeResult] = []
-        for first in range(0, len(unique), fanout):
-            wave = await _probe_wave(unique[first:first + fanout], timeout, stop)
-            if wave is None:
-                return None
-            results += wave
-        return results
-
-    results = asyncio.run(waves()) if unique else []
-    return None if results is None else dict(zip(unique, results))
+    results: List[ProbeResult] = []
+    for first in range(0, len(unique), max(1, fanout)):
+        wave = _probe_wave(unique[first:first + max(1, fanout)], timeout, stop)
+        if wave is None:
+            return None
+        results += wave
+    return dict(zip(unique, results))
 
 
 def raise_open_file_limit(wanted: int) -> int:

@@ -824,13 +824,13 @@ HOSTILE = {
     "endless-headers": ("http", "", {f"more than {m.HEADER_CAP} header lines"}),
     "giant-header": ("http", "", {"line too long in the headers"}),
     "giant-status": ("http", "", {"line too long in the status line"}),
-    "nul-flood": ("http", "", {"line too long in the status line"}),
+    "nul-flood": ("http", "", {"not an HTTP answer"}),  # its first byte is not "H"
     "endless-body": ("http", NEEDLE, {"receive text not found"}),
     "gigantic-length": ("http", NEEDLE, {"timeout (body)"}),
-    "garbage": ("http", "", {"not an HTTP answer", "line too long in the status line"}),
+    "garbage": ("http", "", {"not an HTTP answer"}),
     "ssh-banner": ("http", "", {"not an HTTP answer"}),
     "alert-bytes": ("http", "", {"not an HTTP answer", "closed without answering"}),
-    "hello-bytes": ("http", "", {"timeout (status line)"}),
+    "hello-bytes": ("http", "", {"not an HTTP answer"}),  # judged on its first bytes, not at the deadline
     "bad-code": ("http", "", {"not an HTTP answer"}),
     "continue-forever": ("http", "", {"HTTP 100"}),
     "reset-in-headers": ("http", "", {"reset", "closed in the headers"}),
