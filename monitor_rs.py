@@ -111,7 +111,7 @@ class RealServer:
     weight: int
     index: int
 
-    @property
+    @functools.cached_property  # frozen: built once, though asked for many times a pass
     def endpoint(self) -> Endpoint:
         return Endpoint(self.ip, self.port)
 
@@ -642,6 +642,16 @@ class ProbeTarget:
             return cls("tcp", ip, vs.checkport or port)
         return cls(vs.check, ip, vs.checkport or port, vs.request, vs.host, vs.expect, vs.receive)
 
+    @functools.cached_property  # frozen: computed once per config, not per probe per pass
+    def socket_address(self) -> Tuple[int, Tuple[str, int]]:
+        return (socket.AF_INET6 if self.ip.version == 6 else socket.AF_INET), (str(self.ip), self.port)
+
+    @functools.cached_property
+    def http_request(self) -> bytes:
+        host = self.host or (f"[{self.ip}]" if self.ip.version == 6 else str(self.ip))
+        return (f"GET {self.request} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
+                f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+
     def url(self) -> str:
         if self.check == "tcp":
             return f"tcp://{Endpoint(self.ip, self.port)}"
@@ -697,10 +707,9 @@ class _Probe:
         self.latency = 0.0
 
     def start(self) -> None:
-        t = self.target
-        family = socket.AF_INET6 if t.ip.version == 6 else socket.AF_INET
+        family, address = self.target.socket_address
         self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        err = self.sock.connect_ex((str(t.ip), t.port))
+        err = self.sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             raise OSError(err, os.strerror(err))
         self.selector.register(self.sock, selectors.EVENT_WRITE, self)
@@ -755,9 +764,7 @@ class _Probe:
                     self.selector.register(self.sock, self.events, self)
             if isinstance(self.sock, ssl.SSLSocket):
                 self.sock.do_handshake()
-            host = t.host or (f"[{t.ip}]" if t.ip.version == 6 else str(t.ip))
-            self.out = (f"GET {t.request} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
-                        f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+            self.out = t.http_request
             self.stage = "status line"
         if self.out:
             self.out = self.out[self.sock.send(self.out):]
@@ -1489,14 +1496,14 @@ def in_place(snap: dict) -> bool:
 
 
 def write_atomically(path: str, text: str) -> None:
-    """Readers see the old file or the new one, never half of one (even after a kill)."""
+    """Readers see the old file or the new one, never half of one (even after a kill).
+
+    No fsync: these files describe the running process; after a power cut they are stale anyway."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".monitor_rs-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -1562,7 +1569,7 @@ class Publisher:
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
         try:
             if state_path:
-                write_atomically(state_path, json.dumps(snap, indent=1) + "\n")
+                write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
             if metrics_path:
                 write_atomically(metrics_path, metrics_text(snap))
         except OSError as exc:
