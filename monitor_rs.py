@@ -31,7 +31,6 @@ import os
 import re
 import resource
 import select
-import selectors
 import shlex
 import signal
 import socket
@@ -115,8 +114,12 @@ class RealServer:
     def endpoint(self) -> Endpoint:
         return Endpoint(self.ip, self.port)
 
-    def __str__(self) -> str:
+    @functools.cached_property
+    def name(self) -> str:
         return str(self.endpoint)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -487,6 +490,7 @@ class IpvsUnavailable(IpvsError):
     """ipvsadm missing or not runnable, or the kernel has no IPVS."""
 
 
+@functools.lru_cache(maxsize=4096)  # the same addresses come back every pass
 def parse_address(text: str) -> Endpoint:
     """An address as ipvsadm prints it (firewall-mark destinations have port 0)."""
     return parse_endpoint(text, None, lowest_port=0)
@@ -613,7 +617,7 @@ class Ipvsadm:
 ###############################################################################
 #
 # Every real server of every virtual service is probed at once (non-blocking
-# sockets driven by one selector, a bounded fan-out), each probe under ONE
+# sockets under one epoll, a bounded fan-out), each probe under ONE
 # total deadline that covers connect, TLS handshake, request, status line,
 # headers and the body bytes read.  A probe never raises: it returns a verdict
 # with a short reason an operator can act on.  (asyncio did this too, at twice
@@ -694,11 +698,11 @@ class _Probe:
     `stage` is where it stands (what a timeout names); `answer` turns the bytes
     read so far into a verdict, or None to read on."""
 
-    __slots__ = ("target", "selector", "sock", "stage", "connected", "events", "out", "buf",
+    __slots__ = ("target", "poller", "probes", "sock", "stage", "connected", "events", "out", "buf",
                  "code", "length", "headers", "verdict", "latency")
 
-    def __init__(self, target: ProbeTarget, selector: selectors.BaseSelector):
-        self.target, self.selector = target, selector
+    def __init__(self, target: ProbeTarget, poller: select.epoll, probes: Dict[int, "_Probe"]):
+        self.target, self.poller, self.probes = target, poller, probes  # probes: by descriptor
         self.sock: Optional[socket.socket] = None
         self.stage, self.connected, self.events = "connect", False, 0
         self.out, self.buf = b"", bytearray()
@@ -712,12 +716,13 @@ class _Probe:
         err = self.sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             raise OSError(err, os.strerror(err))
-        self.selector.register(self.sock, selectors.EVENT_WRITE, self)
-        self.events = selectors.EVENT_WRITE
+        self.poller.register(self.sock.fileno(), select.EPOLLOUT)
+        self.probes[self.sock.fileno()] = self
+        self.events = select.EPOLLOUT
 
     def _want(self, events: int) -> None:
         if events != self.events:
-            self.selector.modify(self.sock, events, self)
+            self.poller.modify(self.sock.fileno(), events)
             self.events = events
 
     def step(self, started: float) -> bool:
@@ -730,9 +735,9 @@ class _Probe:
             else:
                 self.verdict = self._advance()
         except ssl.SSLWantReadError:
-            self._want(selectors.EVENT_READ)
+            self._want(select.EPOLLIN)
         except ssl.SSLWantWriteError:
-            self._want(selectors.EVENT_WRITE)
+            self._want(select.EPOLLOUT)
         except (BlockingIOError, InterruptedError):
             pass
         except ssl.SSLError as exc:
@@ -757,23 +762,21 @@ class _Probe:
                 self.connected = True
                 if t.check == "tcp":
                     return True, "connected"
-                if t.check == "https":  # the handshake is still the connect stage
-                    self.selector.unregister(self.sock)
+                if t.check == "https":  # the handshake is still the connect stage (same descriptor)
                     self.sock = tls_context().wrap_socket(self.sock, server_hostname=t.host or None,
                                                           do_handshake_on_connect=False)
-                    self.selector.register(self.sock, self.events, self)
             if isinstance(self.sock, ssl.SSLSocket):
                 self.sock.do_handshake()
             self.out = t.http_request
             self.stage = "status line"
         if self.out:
             self.out = self.out[self.sock.send(self.out):]
-            self._want(selectors.EVENT_WRITE if self.out else selectors.EVENT_READ)
+            self._want(select.EPOLLOUT if self.out else select.EPOLLIN)
             return None
         data = self.sock.recv(65536)
         self.buf += data
         while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            self.buf += self.sock.recv(65536)  # decrypted bytes the selector cannot see
+            self.buf += self.sock.recv(65536)  # decrypted bytes epoll cannot see
         return self.answer(eof=not data)
 
     def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
@@ -821,10 +824,9 @@ class _Probe:
         return None
 
     def close(self) -> None:
+        """Closing the descriptor also takes it out of the epoll set."""
         if self.sock is not None:
-            if self.events:
-                self.selector.unregister(self.sock)
-                self.events = 0
+            self.probes.pop(self.sock.fileno(), None)
             self.sock.close()
 
 
@@ -834,8 +836,9 @@ def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optiona
     Returns None when `stop()` turned true meanwhile (the sockets are closed)."""
     started = time.monotonic()
     deadline = started + timeout
-    with selectors.DefaultSelector() as selector:
-        probes = [_Probe(t, selector) for t in targets]
+    by_descriptor: Dict[int, _Probe] = {}
+    with select.epoll() as poller:
+        probes = [_Probe(t, poller, by_descriptor) for t in targets]
         try:
             unfinished = len(probes)
             for probe in probes:
@@ -849,8 +852,10 @@ def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optiona
                     if not grace:  # a starved loop must not blame servers that did answer
                         break
                     grace -= 1
-                for key, _ in selector.select(min(max(left, 0.0), STOP_POLL)):
-                    unfinished -= key.data.step(started)
+                for descriptor, _ in poller.poll(min(max(left, 0.0), STOP_POLL)):
+                    probe = by_descriptor.get(descriptor)
+                    if probe is not None:
+                        unfinished -= probe.step(started)
         finally:
             for probe in probes:
                 probe.close()
