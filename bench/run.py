@@ -16,6 +16,7 @@ stopped at the end, also when interrupted.
 import argparse
 import ctypes
 import json
+import linecache
 import os
 import platform
 import random
@@ -473,6 +474,16 @@ IDLE_FRAMES = {"Signals.sleep", "EpollSelector.select", "_PollLikeSelector.selec
                "DefaultSelector.select", "sleep"}
 
 
+def waiting(frame):
+    """Is this top frame a wait?  A known sleeper, or a source line that calls poll()/select() (py-spy
+    without --native shows a wait in epoll.poll as the Python line that called it)."""
+    if frame.split(" ")[0] in IDLE_FRAMES:
+        return True
+    match = re.search(r" \((.+):(\d+)\)$", frame)
+    source = linecache.getline(match.group(1), int(match.group(2))) if match else ""
+    return ".poll(" in source or ".select(" in source
+
+
 def summarize_profile(raw, out, n):
     """py-spy raw (collapsed stacks) -> the functions with most samples, own and inclusive."""
     own, total, samples, idle, samples_busy = {}, {}, 0, 0, 0
@@ -483,8 +494,9 @@ def summarize_profile(raw, out, n):
                 continue
             count = int(count)
             samples += count
-            frames = [re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", f) for f in stack.split(";")]
-            if frames[-1].split(" ")[0] in IDLE_FRAMES:
+            raw_frames = stack.split(";")
+            frames = [re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", f) for f in raw_frames]
+            if waiting(raw_frames[-1]):
                 idle += count  # waiting in select/epoll/poll: py-spy here cannot tell idle from busy
                 continue
             samples_busy += count
