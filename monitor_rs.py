@@ -620,8 +620,8 @@ class Ipvsadm:
 # sockets under one epoll, a bounded fan-out), each probe under ONE
 # total deadline that covers connect, TLS handshake, request, status line,
 # headers and the body bytes read.  A probe never raises: it returns a verdict
-# with a short reason an operator can act on.  (asyncio did this too, at twice
-# the CPU: a loop, tasks and streams per pass cost more than the probes.)
+# with a short reason an operator can act on.  (asyncio did this too, at three
+# times the CPU: a loop, tasks and streams cost more than the probes.)
 
 BODY_CAP = 64 * 1024
 LINE_CAP = 8 * 1024
