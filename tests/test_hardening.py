@@ -873,8 +873,9 @@ def test_every_hostile_server_fails_with_a_reason_by_its_deadline(farm, tls_file
     for name, (check, receive, _) in cases.items():
         port = farm.add(name.strip())
         targets[name] = m.ProbeTarget(check, ip, port, receive=receive)
-    if tls_files:  # the control: the same TLS server, answering, passes, so the failures are the servers'
+    if tls_files:  # the controls: the same TLS server, answering, passes, so the failures are the servers'
         targets["tls-ok control"] = m.ProbeTarget("https", ip, farm.add("tls-ok"))
+        targets["tls-ok body control"] = m.ProbeTarget("https", ip, farm.add("tls-ok"), receive="ok")
     timeout = 1.0
     began = time.monotonic()
     results = m.probe_all(list(targets.values()), timeout)
@@ -882,6 +883,7 @@ def test_every_hostile_server_fails_with_a_reason_by_its_deadline(farm, tls_file
     assert took < timeout + 2 * SLOW, f"the pass took {took:.2f} s"
     if tls_files:
         assert results[targets.pop("tls-ok control")].ok
+        assert results[targets.pop("tls-ok body control")].ok  # the body read through TLS
     report = []
     for name, target in targets.items():
         r = results[target]
