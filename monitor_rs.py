@@ -328,6 +328,9 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
             ep = parse_endpoint(addr, rport)
         except ValueError as exc:
             raise sec.fail("rs", f"bad real server {addr!r}: {exc}") from None
+        if vip is not None and forward != "-i" and ep.ip.version != vip.version:
+            raise sec.fail("rs", f"real server {addr} is IPv{ep.ip.version} and vip IPv{vip.version}: "
+                                 "only type = i (tunnel) mixes families (IPVS refuses the rest)")
         if not re.fullmatch(r"0*[0-9]{1,10}", weight) or int(weight) > MAX_WEIGHT:
             raise sec.fail("rw", f"weight {weight!r} must be a whole number 0..{MAX_WEIGHT}")
         stored = stored_endpoint(protocol, forward, vport, ep)
@@ -344,6 +347,9 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
             raise sec.fail("fallback", str(exc)) from None
         if stored_endpoint(protocol, forward, vport, fallback) in seen:
             raise sec.fail("fallback", "is also a real server of this virtual service")
+        if vip is not None and forward != "-i" and fallback.ip.version != vip.version:
+            raise sec.fail("fallback", f"is IPv{fallback.ip.version} and vip IPv{vip.version}: "
+                                       "only type = i (tunnel) mixes families")
     try:
         expect = parse_expect(sec.text("expect", "200-399"))
     except ValueError as exc:

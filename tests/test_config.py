@@ -21,7 +21,7 @@ fall = 2
 [virtual web]
 vip = 10.10.10.10
 vport = 80
-rs = 192.168.32.63 192.168.32.73:8080 [2001:db8::5]
+rs = 192.168.32.63 192.168.32.73:8080 192.168.32.83
 rw = 3 1 7
 rport = 8000
 type = m
@@ -46,9 +46,19 @@ def test_defaults_from_monitor_and_per_server_ports(tmp_path):
     config = m.load_config(write(tmp_path, GOOD))
     (vs,) = config.services
     assert vs.fall == 2 and vs.rise == 1
-    assert [str(rs) for rs in vs.servers] == ["192.168.32.63:8000", "192.168.32.73:8080", "[2001:db8::5]:8000"]
+    assert [str(rs) for rs in vs.servers] == ["192.168.32.63:8000", "192.168.32.73:8080", "192.168.32.83:8000"]
     assert [rs.weight for rs in vs.servers] == [3, 1, 7]
-    assert vs.servers[2].ip == ipaddress.ip_address("2001:db8::5")
+
+
+def test_ipv6_service_and_tunnel_mixing_families(tmp_path):
+    v6 = GOOD.replace("vip = 10.10.10.10", "vip = 2001:db8::10").replace(
+        "rs = 192.168.32.63 192.168.32.73:8080 192.168.32.83", "rs = [2001:db8::5] [2001:db8::6]:8080 2001:db8::7")
+    (vs,) = m.load_config(write(tmp_path, v6)).services
+    assert [str(rs) for rs in vs.servers] == ["[2001:db8::5]:8000", "[2001:db8::6]:8080", "[2001:db8::7]:8000"]
+    assert vs.servers[0].ip == ipaddress.ip_address("2001:db8::5")
+    mixed = GOOD.replace("192.168.32.83", "[2001:db8::5]").replace("type = m", "type = i")
+    (vs,) = m.load_config(write(tmp_path, mixed)).services  # IPVS lets only tunnel servers mix families
+    assert [rs.ip.version for rs in vs.servers] == [4, 4, 6]
 
 
 def test_gate_stores_under_the_virtual_port(tmp_path):
@@ -73,14 +83,16 @@ BAD = [
     ("vport = 80", "vport = 65536", "[virtual web] vport = '65536': must be between 1 and 65535"),
     ("vport = 80", "vport = 0", "[virtual web] vport = '0': must be between 1 and 65535"),
     ("rport = 8000", "rport = http", "[virtual web] rport = 'http': not a whole number"),
-    ("rs = 192.168.32.63 192.168.32.73:8080 [2001:db8::5]", "rs =", "[virtual web] rs = '': no real server listed"),
-    ("rs = 192.168.32.63 192.168.32.73:8080 [2001:db8::5]", "rs = 192.168.32.63 bogus 1.2.3.4",
+    ("rs = 192.168.32.63 192.168.32.73:8080 192.168.32.83", "rs =", "[virtual web] rs = '': no real server listed"),
+    ("rs = 192.168.32.63 192.168.32.73:8080 192.168.32.83", "rs = 192.168.32.63 bogus 1.2.3.4",
      "[virtual web] rs = '192.168.32.63 bogus 1.2.3.4': bad real server 'bogus'"),
-    ("rs = 192.168.32.63 192.168.32.73:8080 [2001:db8::5]", "rs = 1.1.1.1 1.1.1.1:8000 2.2.2.2",
+    ("rs = 192.168.32.63 192.168.32.73:8080 192.168.32.83", "rs = 1.1.1.1 1.1.1.1:8000 2.2.2.2",
      "is listed twice"),
-    ("rs = 192.168.32.63 192.168.32.73:8080 [2001:db8::5]", "rs = 1.1.1.1:70000 1.1.1.2 1.1.1.3",
+    ("rs = 192.168.32.63 192.168.32.73:8080 192.168.32.83", "rs = 1.1.1.1:70000 1.1.1.2 1.1.1.3",
      "out of range"),
     ("type = m", "type = dr", "[virtual web] type = 'dr': must be one of"),
+    ("192.168.32.83", "[2001:db8::5]", "real server [2001:db8::5] is IPv6 and vip IPv4: only type = i"),
+    ("type = m", "type = gate\nfallback = [::1]:80", "[virtual web] fallback = '[::1]:80': is IPv6 and vip IPv4"),
     ("fall = 2", "fall = 0", "[virtual web] fall = '0': must be between 1 and 1000"),
     ("interval = 2", "interval = soon", "[monitor] interval = 'soon': not a number"),
     ("interval = 2", "interval = 0", "[monitor] interval = '0': must be between"),
@@ -100,7 +112,7 @@ BAD = [
     ("[virtual web]", "[monitor]", "section 'monitor' already exists"),
     ("type = m", "type = m\ntype = g", "option 'type' in section 'virtual web' already exists"),
     ("[monitor]\ninterval = 2\ntimeout = 0.5\nlog = /tmp/x.log\nfall = 2\n", "", "no [monitor] section"),
-    ("vip = 10.10.10.10\nvport = 80\nrs = 192.168.32.63 192.168.32.73:8080 [2001:db8::5]\nrw = 3 1 7\n"
+    ("vip = 10.10.10.10\nvport = 80\nrs = 192.168.32.63 192.168.32.73:8080 192.168.32.83\nrw = 3 1 7\n"
      "rport = 8000\ntype = m\n", "", "[virtual web] vip = '': required"),
 ]
 
