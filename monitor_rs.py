@@ -295,6 +295,13 @@ def parse_expect(text: str) -> Tuple[Tuple[int, int], ...]:
     return tuple(ranges)
 
 
+def _family_clash(vip: Optional[IPAddress], forward: str, ip: IPAddress) -> str:
+    """Why IPVS would refuse this server in this service, or "": only tunnel servers may mix families."""
+    if vip is None or forward == "-i" or ip.version == vip.version:
+        return ""
+    return f"is IPv{ip.version} and vip IPv{vip.version}: only type = i (tunnel) mixes families"
+
+
 def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
     protocol = sec.choice("protocol", "tcp", {p: p for p in PROTOCOL_FLAGS})
     if protocol == "fwm":
@@ -328,9 +335,9 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
             ep = parse_endpoint(addr, rport)
         except ValueError as exc:
             raise sec.fail("rs", f"bad real server {addr!r}: {exc}") from None
-        if vip is not None and forward != "-i" and ep.ip.version != vip.version:
-            raise sec.fail("rs", f"real server {addr} is IPv{ep.ip.version} and vip IPv{vip.version}: "
-                                 "only type = i (tunnel) mixes families (IPVS refuses the rest)")
+        clash = _family_clash(vip, forward, ep.ip)
+        if clash:
+            raise sec.fail("rs", f"real server {addr} {clash}")
         if not re.fullmatch(r"0*[0-9]{1,10}", weight) or int(weight) > MAX_WEIGHT:
             raise sec.fail("rw", f"weight {weight!r} must be a whole number 0..{MAX_WEIGHT}")
         stored = stored_endpoint(protocol, forward, vport, ep)
@@ -347,9 +354,9 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
             raise sec.fail("fallback", str(exc)) from None
         if stored_endpoint(protocol, forward, vport, fallback) in seen:
             raise sec.fail("fallback", "is also a real server of this virtual service")
-        if vip is not None and forward != "-i" and fallback.ip.version != vip.version:
-            raise sec.fail("fallback", f"is IPv{fallback.ip.version} and vip IPv{vip.version}: "
-                                       "only type = i (tunnel) mixes families")
+        clash = _family_clash(vip, forward, fallback.ip)
+        if clash:
+            raise sec.fail("fallback", clash)
     try:
         expect = parse_expect(sec.text("expect", "200-399"))
     except ValueError as exc:
@@ -875,9 +882,10 @@ def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000
 
     None when asked to stop meanwhile."""
     unique = list(dict.fromkeys(targets))
+    fanout = max(1, fanout)
     results: List[ProbeResult] = []
-    for first in range(0, len(unique), max(1, fanout)):
-        wave = _probe_wave(unique[first:first + max(1, fanout)], timeout, stop)
+    for first in range(0, len(unique), fanout):
+        wave = _probe_wave(unique[first:first + fanout], timeout, stop)
         if wave is None:
             return None
         results += wave
