@@ -843,12 +843,56 @@ class _Probe:
             self.sock.close()
 
 
+class WatchClock:
+    """The time the monitor spent watching its probes: only waits in poll()
+    count, up to what was asked of them, less the time the monitor was
+    runnable but not running (the kernel's run_delay in schedstat).
+
+    So a monitor that was stopped (SIGSTOP), descheduled, starved by busy
+    loops, or busy with its own work (the connects of a thousand probes) does
+    not charge that time to the real servers; a monitor that runs fine sees
+    this clock move with the wall clock, and a real outage is acted on in the
+    usual time."""
+
+    SCHEDSTAT = "/proc/thread-self/schedstat"
+
+    def __init__(self):
+        self.watched = 0.0
+        try:
+            self._fd: Optional[int] = os.open(self.SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None  # no schedstat: stops and busy time are still not charged
+
+    def _run_delay(self) -> float:
+        if self._fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def poll(self, poller: select.epoll, wait: float) -> list:
+        """poller.poll(wait), counting what of it was spent watching."""
+        delay, start = self._run_delay(), time.monotonic()
+        events = poller.poll(wait)
+        spent = time.monotonic() - start - (self._run_delay() - delay)
+        self.watched += min(max(spent, 0.0), wait)
+        return events
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
     """Probes started together share ONE deadline: one event loop over their sockets, no timer each.
 
+    The deadline is on the WatchClock: what the monitor spends not watching
+    (its connects, a stall, a starved CPU) is never a server's timeout.
     Returns None when `stop()` turned true meanwhile (the sockets are closed)."""
     started = time.monotonic()
-    deadline = started + timeout
+    clock = WatchClock()
     by_descriptor: Dict[int, _Probe] = {}
     with select.epoll() as poller:
         probes = [_Probe(t, poller, by_descriptor) for t in targets]
@@ -860,16 +904,17 @@ def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optiona
             while unfinished:
                 if stop():
                     return None
-                left = deadline - time.monotonic()
+                left = timeout - clock.watched
                 if left <= 0:
-                    if not grace:  # a starved loop must not blame servers that did answer
+                    if not grace:  # answers that arrived are read before anyone is blamed
                         break
                     grace -= 1
-                for descriptor, _ in poller.poll(min(max(left, 0.0), STOP_POLL)):
+                for descriptor, _ in clock.poll(poller, min(max(left, 0.0), STOP_POLL)):
                     probe = by_descriptor.get(descriptor)
                     if probe is not None:
                         unfinished -= probe.step(started)
         finally:
+            clock.close()
             for probe in probes:
                 probe.close()
     return [ProbeResult(*p.verdict, p.latency) if p.verdict else ProbeResult(False, f"timeout ({p.stage})", timeout)
