@@ -1517,13 +1517,15 @@ def in_place(snap: dict) -> bool:
 def write_atomically(path: str, text: str) -> None:
     """Readers see the old file or the new one, never half of one (even after a kill).
 
-    No fsync: these files describe the running process; after a power cut they are stale anyway."""
+    The folder may belong to someone else: its names are only created (O_EXCL), renamed
+    and removed, never followed.  No fsync: these files describe the running process;
+    after a power cut they are stale anyway."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".monitor_rs-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # through the descriptor: the name may have been swapped
             handle.write(text)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,0 +1,180 @@
+"""Trust (issue 11): the files root writes, the programs root runs, where the state lives.
+
+Run as root (as on a director, and as these tests run here): every attack is
+made for real -- symlinks to a victim file, a config or a program others can
+write, a swap of a temporary name -- and the victim is checked byte for byte.
+What a non-root operator sees is checked in a child process that has really
+become uid 65534 (nobody): `as_nobody` forks, drops to that user, and sends
+back what the function returned.
+
+1. write_atomically sets the mode through the descriptor: a swapped temp name
+   never makes root chmod another file.
+"""
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import monitor_rs as m
+from harness import ROOT, SLOW, config, wait_until
+
+VIP = "127.0.0.1:80"
+NOBODY = 65534
+VICTIM = b"precious: root's own file\n"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks are on what root does")
+
+
+###############################################################################
+# Helpers ######################################################################
+###############################################################################
+
+
+def as_nobody(function, env=None):
+    """Run `function` in a forked child that is uid/gid 65534 (with `env` changes to its
+    environment: a value None removes the variable); return what it returned (JSON-able)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            for key, value in (env or {}).items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            try:
+                answer = {"ok": function()}
+            except BaseException as exc:  # noqa: B902 -- reported to the parent
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            with os.fdopen(write_end, "w") as handle:
+                handle.write(json.dumps(answer))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    answer = json.loads(data)
+    if "error" in answer:
+        raise AssertionError(f"in the child as nobody: {answer['error']}")
+    return answer["ok"]
+
+
+def fake_table(ipvs):
+    """{'RIP:PORT': weight} of VIP, read from the fake's state file."""
+    try:
+        with open(ipvs.state) as handle:
+            state = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    for svc in state["services"]:
+        if f"{svc['addr']}:{svc['port']}" == VIP:
+            return {f"{d['addr']}:{d['port']}": d["weight"] for d in svc["dests"]}
+    return {}
+
+
+def changes(ipvs):
+    if not os.path.exists(ipvs.calls):
+        return []
+    with open(ipvs.calls) as handle:
+        calls = [json.loads(line)["argv"] for line in handle if line.strip()]
+    return [argv for argv in calls if argv[:1] in (["-a"], ["-d"], ["-e"])]
+
+
+def victim(folder, mode=0o600):
+    path = folder / "victim"
+    path.write_bytes(VICTIM)
+    os.chmod(path, mode)
+    return path
+
+
+def one_line_refusal(proc, *words):
+    """Exit 2, exactly one line on stderr, `monitor_rs: ...`, naming `words`."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("monitor_rs: ") and proc.stderr.count("\n") == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr, (word, proc.stderr)
+
+
+def with_run_dir(run_dir, *args):
+    """argv of monitor_rs.py (this worktree's) with RUN_DIR moved to `run_dir`."""
+    prelude = (f"import sys; sys.path.insert(0, {ROOT!r}); import monitor_rs as m; m.RUN_DIR = {run_dir!r}; "
+               "m.main()")
+    return [sys.executable, "-c", prelude, *args]
+
+
+class Said(m.Output):
+    """An Output that keeps what was said, as (kind, message)."""
+
+    def __init__(self):
+        super().__init__(m.LogFile(None), None, to_log=False, echo=False)
+        self.lines = []
+
+    def say(self, message, kind="info", log=True):
+        self.lines.append((kind, message))
+
+
+@pytest.fixture
+def shared():
+    """A folder in /tmp that nobody may read (0755, root's): for what a non-root operator reads."""
+    folder = tempfile.mkdtemp(prefix="monitor_rs-trust-")
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+###############################################################################
+# 1. write_atomically: the mode through the descriptor ########################
+###############################################################################
+
+
+def test_write_atomically_never_chmods_through_a_swapped_temp_name(tmp_path, monkeypatch):
+    """The folder of state_file / prometheus_file may be someone else's: that user can swap the
+    temp name for a symlink the moment it exists.  Here the swap is made before anything else is
+    done with the name (the worst case, no race to win): the victim keeps its mode and bytes."""
+    other = tmp_path / "root-only"
+    other.mkdir()
+    target = victim(other, 0o600)
+    theirs = tmp_path / "their-folder"
+    theirs.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_swap(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        os.unlink(name)
+        os.symlink(target, name)  # the other user's move
+        return fd, name
+
+    monkeypatch.setattr(m.tempfile, "mkstemp", mkstemp_then_swap)
+    m.write_atomically(str(theirs / "state.json"), "{}\n")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600, "root made the victim 0644"
+    assert target.read_bytes() == VICTIM
+
+
+def test_write_atomically_gives_0644_whatever_the_umask(tmp_path):
+    """The mode is still set (readers such as --status of another user and node_exporter need it)."""
+    old = os.umask(0o077)
+    try:
+        m.write_atomically(str(tmp_path / "state.json"), "{}\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "state.json").st_mode) == 0o644
+    assert (tmp_path / "state.json").read_text() == "{}\n"
+    assert os.listdir(tmp_path) == ["state.json"]  # no temp file left behind
+
