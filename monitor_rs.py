@@ -35,6 +35,7 @@ import shlex
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -1069,6 +1070,21 @@ def timestamp(when: Optional[float] = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
+def open_regular(path: str, flags: int, mode: int) -> int:
+    """os.open for writing as root: never through a symlink (someone else's link would
+    have root write where it points), and only a regular file (a FIFO would hang us)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symlink, not followed", path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
+
+
 class LogFile:
     """Append-only log that survives rotation, deletion and a full disk."""
 
@@ -1081,14 +1097,14 @@ class LogFile:
     def _open(self) -> int:
         if self.fd is not None:
             try:
-                st = os.stat(self.path)
+                st = os.lstat(self.path)
                 fst = os.fstat(self.fd)
                 if (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
                     return self.fd
             except OSError:
                 pass
             self.close()  # moved or deleted: reopen under the name
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return self.fd
 
     def write(self, message: str, when: Optional[float] = None) -> None:
@@ -1431,8 +1447,9 @@ class AlreadyRunning(Exception):
 
 
 def take_lock(path: str) -> int:
-    """flock a PID file; the kernel drops the lock when we die, however we die."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """flock a PID file; the kernel drops the lock when we die, however we die.
+    Never through a symlink: we truncate it."""
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -9,6 +9,7 @@ back what the function returned.
 
 1. write_atomically sets the mode through the descriptor: a swapped temp name
    never makes root chmod another file.
+2. The lock and the log are never opened through a symlink.
 """
 
 import dataclasses
@@ -177,4 +178,61 @@ def test_write_atomically_gives_0644_whatever_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "state.json").st_mode) == 0o644
     assert (tmp_path / "state.json").read_text() == "{}\n"
     assert os.listdir(tmp_path) == ["state.json"]  # no temp file left behind
+
+
+###############################################################################
+# 2. The lock and the log: never through a symlink ############################
+###############################################################################
+
+
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(ipvs, run, backends, tmp_path):
+    a = backends(ip="127.0.0.11")
+    target = victim(tmp_path)
+    monitor = run(ipvs, config(VIP, [a.address]))
+    os.symlink(target, monitor.lock)
+    proc = monitor.once()
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)  # as for a lock that cannot be taken
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("monitor_rs: cannot take the lock ")
+    assert "symlink" in proc.stderr, proc.stderr
+    assert target.read_bytes() == VICTIM, "root truncated the file the lock pointed to"
+    assert changes(ipvs) == []
+
+
+def test_take_lock_refuses_a_symlink_and_what_is_no_regular_file(tmp_path):
+    target = victim(tmp_path)
+    os.symlink(target, tmp_path / "lock")
+    with pytest.raises(OSError, match="symlink"):
+        m.take_lock(str(tmp_path / "lock"))
+    assert target.read_bytes() == VICTIM
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError, match="not a regular file"):
+        m.take_lock(str(tmp_path / "fifo"))
+
+
+def test_a_symlinked_log_is_not_followed_and_monitoring_goes_on(ipvs, run, backends, tmp_path):
+    a = backends(ip="127.0.0.11")
+    target = victim(tmp_path)
+    monitor = run(ipvs, config(VIP, [a.address]))
+    os.symlink(target, monitor.log)
+    proc = monitor.once()
+    assert proc.returncode == 0, proc.stderr
+    assert fake_table(ipvs) == {a.address: 1}, "the pass still did its work"
+    problems = [line for line in proc.stderr.splitlines() if "cannot write log" in line]
+    assert len(problems) == 1 and "symlink" in problems[0] and "monitoring goes on" in problems[0], proc.stderr
+    assert target.read_bytes() == VICTIM, "root appended to the file the log pointed to"
+
+
+def test_log_file_never_opens_a_fifo(tmp_path):
+    """A FIFO at the log's name would block the monitor on open: refused, said once."""
+    os.mkfifo(tmp_path / "log")
+    said = []
+    log = m.LogFile(str(tmp_path / "log"), warn=said.append)
+    writer = threading.Thread(target=lambda: (log.write("one"), log.write("two")), daemon=True)
+    writer.start()
+    writer.join(10 * SLOW)
+    try:
+        assert not writer.is_alive(), "the monitor hung opening the log"
+    finally:
+        os.close(os.open(tmp_path / "log", os.O_RDONLY | os.O_NONBLOCK))  # sets a hung writer free
+    assert len(said) == 1 and "cannot write log" in said[0] and "monitoring goes on" in said[0], said
 
