@@ -372,6 +372,8 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
         on_change = tuple(shlex.split(sec.text("on_change")))
     except ValueError as exc:
         raise sec.fail("on_change", f"cannot split into a command: {exc}") from None
+    if any(CONTROL.search(word) for word in on_change):
+        raise sec.fail("on_change", "control character (NUL, escape, ...) in the command")
     return VirtualService(
         name=name,
         protocol=protocol,
@@ -393,6 +395,9 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
         depool_threshold=sec.number("depool_threshold", 0.0, 0.0, 1.0),
         on_change=on_change,
     )
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a program name or argument from the config
 
 
 def default_run_path(config_path: str, suffix: str) -> str:
@@ -427,6 +432,8 @@ def load_config(path: str) -> Config:
     for key in top.values:
         if key not in MONITOR_KEYS | SERVICE_KEYS:
             raise top.fail(key, "unknown key")
+    if CONTROL.search(top.text("ipvsadm")):
+        raise top.fail("ipvsadm", "control character (NUL, escape, ...) in the program name")
     settings = dict(
         interval=top.number("interval", 3.0, 0.1, 86400.0),
         timeout=top.number("timeout", 1.0, 0.01, 3600.0),
@@ -1218,8 +1225,10 @@ class Hooks:
         try:
             proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            self.output.say(f"{event.server} on_change {argv[0]} could not start: {exc.strerror or exc}", "failed")
+        except Exception as exc:  # OSError, or ValueError (a NUL byte): a hook never stops the pass
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            name = argv[0] if argv[0].isprintable() else repr(argv[0])
+            self.output.say(f"{event.server} on_change {name} could not start: {why}", "failed")
             return
         self.running.append((proc, time.monotonic() + self.TIMEOUT, event.server))
 

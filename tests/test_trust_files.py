@@ -10,6 +10,8 @@ back what the function returned.
 1. write_atomically sets the mode through the descriptor: a swapped temp name
    never makes root chmod another file.
 2. The lock and the log are never opened through a symlink.
+6. Control characters in on_change / ipvsadm are refused at load; a hook that
+   cannot start never stops the pass.
 """
 
 import dataclasses
@@ -236,3 +238,50 @@ def test_log_file_never_opens_a_fifo(tmp_path):
         os.close(os.open(tmp_path / "log", os.O_RDONLY | os.O_NONBLOCK))  # sets a hung writer free
     assert len(said) == 1 and "cannot write log" in said[0] and "monitoring goes on" in said[0], said
 
+
+###############################################################################
+# 6. Control characters; a hook that cannot start ############################
+###############################################################################
+
+
+@pytest.mark.parametrize("key, value", [("on_change", "/bin/true\x00x"), ("on_change", "/bin/true 'a\x1bb'"),
+                                        ("on_change", "'/bin/tr\n  ue'"), ("ipvsadm", "/sbin/ipvs\x00adm"),
+                                        ("ipvsadm", "ipvsadm\x1b[31m")])
+def test_control_characters_in_programs_are_refused_naming_the_key(key, value, tmp_path):
+    conf = tmp_path / "c.conf"
+    text = config(VIP, ["127.0.0.11:8080"])
+    if key == "ipvsadm":
+        text = text.replace("[monitor]\n", f"[monitor]\nipvsadm = {value}\n")
+    else:
+        text += f"on_change = {value}\n"
+    conf.write_text(text)
+    with pytest.raises(m.ConfigError) as info:
+        m.load_config(str(conf))
+    message = str(info.value)
+    assert f"] {key} = " in message and "control character" in message and "\n" not in message, message
+
+
+def test_a_hook_that_cannot_start_is_said_and_never_raises(tmp_path):
+    said = Said()
+    hooks = m.Hooks(said)
+    (tmp_path / "c.conf").write_text(config(VIP, ["127.0.0.11:8080"]))
+    vs = m.load_config(str(tmp_path / "c.conf")).services[0]
+    event = m.Event("127.0.0.11:8080", "down", "refused")
+    hooks.start(("/bin/true\x00x",), vs, event)  # NUL: ValueError from exec
+    hooks.start((str(tmp_path / "missing"),), vs, event)  # OSError
+    assert [kind for kind, _ in said.lines] == ["failed", "failed"], said.lines
+    assert "could not start" in said.lines[0][1] and "\x00" not in said.lines[0][1]
+    assert hooks.running == []
+
+
+def test_a_pass_makes_its_changes_when_a_hook_cannot_start(ipvs, backends, tmp_path):
+    """Before: the hook's ValueError ended the pass before its changes, and every pass after."""
+    a = backends(ip="127.0.0.11")
+    (tmp_path / "c.conf").write_text(config(VIP, [a.address]))
+    cfg = m.load_config(str(tmp_path / "c.conf"))
+    vs = dataclasses.replace(cfg.services[0], on_change=("/bin/true\x00x",))  # past the config's check
+    said = Said()
+    monitor = m.Monitor(dataclasses.replace(cfg, services=(vs,)), m.Ipvsadm(ipvs.path), said)
+    report = monitor.run_pass()
+    assert report.ok and fake_table(ipvs) == {a.address: 1}
+    assert sum("could not start" in message for _, message in said.lines) == 1, said.lines
