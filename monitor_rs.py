@@ -32,6 +32,7 @@ import re
 import resource
 import select
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -374,6 +375,10 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
         raise sec.fail("on_change", f"cannot split into a command: {exc}") from None
     if any(CONTROL.search(word) for word in on_change):
         raise sec.fail("on_change", "control character (NUL, escape, ...) in the command")
+    if on_change:
+        why = unsafe_program(on_change[0])
+        if why:
+            raise sec.fail("on_change", why)
     return VirtualService(
         name=name,
         protocol=protocol,
@@ -400,6 +405,72 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a program name or argument from the config
 
 
+def unsafe_path(path: str) -> str:
+    """Why root must not read or run `path`, or "": as sshd's StrictModes and cron.
+
+    The file, and every folder on its way from /, must be owned by root (or by
+    us) and writable by no one else, or another user could change what root
+    reads or runs.  A folder with the sticky bit (/tmp) may be world-writable:
+    there others cannot replace what they do not own.  Symlinks are followed
+    one by one, and the folder each one lives in is checked too.  A path that
+    does not exist is "" here: reading or running it fails on its own."""
+    trusted = {0, os.geteuid()}
+    full = os.path.join(os.getcwd(), path)  # not abspath: "link/.." is not "" until the link is read
+    pending = [part for part in full.split("/") if part]
+    current, hops = "/", 0
+    try:
+        why = _unsafe_entry("/", os.lstat("/"), trusted, last=not pending)
+        while pending and not why:
+            name = pending.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                current = os.path.dirname(current)  # already checked on the way down
+                continue
+            entry = os.path.join(current, name)
+            st = os.lstat(entry)
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > 40:
+                    return f"{path}: too many levels of symbolic links"
+                if st.st_uid not in trusted:  # in a sticky folder its owner may point it elsewhere
+                    return f"symlink {entry} is owned by uid {st.st_uid}, not by root"
+                target = os.readlink(entry)
+                if target.startswith("/"):
+                    current = "/"
+                pending[:0] = [part for part in target.split("/") if part]
+                continue
+            why = _unsafe_entry(entry, st, trusted, last=not pending)
+            current = entry
+    except OSError:
+        return ""
+    return why
+
+
+def _unsafe_entry(entry: str, st: os.stat_result, trusted: set, last: bool) -> str:
+    """Why this one file or folder on a path is not safe for root, or ""."""
+    if st.st_uid not in trusted:
+        return f"{entry} is owned by uid {st.st_uid}, not by root"
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o022:
+        return ""
+    if stat.S_ISDIR(st.st_mode) and not last and mode & stat.S_ISVTX:
+        return ""  # sticky: others may add names here, not replace ours
+    who = {0o020: "its group", 0o002: "others", 0o022: "its group and others"}[mode & 0o022]
+    return f"{entry} is writable by {who} (mode {mode:04o})"
+
+
+def unsafe_program(name: str) -> str:
+    """Why root must not run the program `name` (a path, or a name found through PATH), or "".
+
+    Only when we are root; a program not found is left to the "not found" of its run."""
+    if os.geteuid() != 0:
+        return ""
+    found = shutil.which(name)
+    why = unsafe_path(found) if found else ""
+    return f"{name}: not run as root, others can change it: {why}" if why else ""
+
+
 def default_run_path(config_path: str, suffix: str) -> str:
     """One lock and one state file per config: under /run when we may write there."""
     digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
@@ -416,6 +487,9 @@ def load_config(path: str) -> Config:
         strict=True,
     )
     parser.optionxform = str.lower
+    why = unsafe_path(path) if os.geteuid() == 0 else ""
+    if why:
+        raise ConfigError(f"{path}: not read as root, others can change it: {why}")
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
@@ -1757,7 +1831,11 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         config = load_config(config_path)
         overrides = {"interval": interval, "timeout": timeout, "log": log_file, "ipvsadm": ipvsadm_path,
                      "lock": lock_file, "state_file": state_file}
-        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        why = unsafe_program(config.ipvsadm)  # run every pass as root: the config's, or --ipvsadm
+        if why:
+            raise ConfigError(f"ipvsadm {why}")
+        return config
 
     try:
         config = load()

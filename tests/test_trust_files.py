@@ -10,6 +10,8 @@ back what the function returned.
 1. write_atomically sets the mode through the descriptor: a swapped temp name
    never makes root chmod another file.
 2. The lock and the log are never opened through a symlink.
+5. As root: a config, an on_change program or an ipvsadm that others can
+   write is refused (exit 2, one line), and nothing is run or changed.
 6. Control characters in on_change / ipvsadm are refused at load; a hook that
    cannot start never stops the pass.
 """
@@ -237,6 +239,146 @@ def test_log_file_never_opens_a_fifo(tmp_path):
     finally:
         os.close(os.open(tmp_path / "log", os.O_RDONLY | os.O_NONBLOCK))  # sets a hung writer free
     assert len(said) == 1 and "cannot write log" in said[0] and "monitoring goes on" in said[0], said
+
+
+###############################################################################
+# 5. As root: no config, hook or ipvsadm that others can write ################
+###############################################################################
+
+
+def hook_script(folder, marker):
+    path = folder / "hook.sh"
+    path.write_text(f"#!/bin/sh\necho ran >> '{marker}'\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.mark.parametrize("how", ["mode 666", "owned by nobody", "through a symlink to a 666 file"])
+def test_a_config_others_can_write_is_refused(how, ipvs, run, backends, tmp_path):
+    a = backends(ip="127.0.0.11")
+    marker = tmp_path / "hook-ran"
+    hook = hook_script(tmp_path, marker)
+    monitor = run(ipvs, config(VIP, [a.address], extra=f"on_change = {hook}"))
+    if how == "mode 666":
+        os.chmod(monitor.config, 0o666)
+    elif how == "owned by nobody":
+        os.chown(monitor.config, NOBODY, NOBODY)
+    else:
+        real = tmp_path / "real.conf"
+        os.rename(monitor.config, real)
+        os.chmod(real, 0o666)
+        os.symlink(real, monitor.config)
+    proc = monitor.once()
+    one_line_refusal(proc, "not read as root", "others can change it")
+    assert changes(ipvs) == [] and not marker.exists()
+    one_line_refusal(subprocess.run(monitor.argv + ["--check-config"], capture_output=True, text=True,
+                                    timeout=60 * SLOW), "not read as root")
+
+
+def test_an_on_change_program_others_can_write_is_refused(ipvs, run, backends, tmp_path):
+    a = backends(ip="127.0.0.11")
+    marker = tmp_path / "hook-ran"
+    hook = hook_script(tmp_path, marker)
+    os.chmod(hook, 0o757)  # o+w
+    monitor = run(ipvs, config(VIP, [a.address], extra=f"on_change = {hook} --arg"))
+    one_line_refusal(monitor.once(), "on_change", f"{hook} is writable by others (mode 0757)")
+    assert changes(ipvs) == [] and not marker.exists()
+    one_line_refusal(subprocess.run(monitor.argv + ["--check-config"], capture_output=True, text=True,
+                                    timeout=60 * SLOW), "on_change")
+
+
+def test_an_on_change_program_found_through_path_in_an_open_folder_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    os.chmod(folder, 0o777)  # no sticky bit
+    hook_script(folder, tmp_path / "marker").rename(folder / "my-hook")
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    conf = tmp_path / "c.conf"
+    conf.write_text(config(VIP, ["127.0.0.11:8080"], extra="on_change = my-hook"))
+    with pytest.raises(m.ConfigError, match=r"on_change = 'my-hook': my-hook: .* writable by"):
+        m.load_config(str(conf))
+
+
+@pytest.mark.parametrize("where", ["--ipvsadm", "config key"])
+def test_an_ipvsadm_in_a_folder_others_can_write_is_refused(where, ipvs, run, backends, tmp_path):
+    a = backends(ip="127.0.0.11")
+    folder = tmp_path / "open"
+    folder.mkdir()
+    os.chmod(folder, 0o777)  # o+w, no sticky bit: anyone may put another ipvsadm there
+    wrapper = folder / "ipvsadm"
+    wrapper.write_text(f"#!/bin/sh\nexec '{ipvs.path}' \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    text = config(VIP, [a.address])
+    if where == "config key":
+        text = text.replace("[monitor]\n", f"[monitor]\nipvsadm = {wrapper}\n")
+    monitor = run(ipvs, text)
+    at = monitor.argv.index("--ipvsadm")
+    if where == "config key":
+        del monitor.argv[at:at + 2]
+    else:
+        monitor.argv[at + 1] = str(wrapper)
+    one_line_refusal(monitor.once(), "ipvsadm", f"{folder} is writable by")
+    assert ipvs.listing_calls() == [["-A", "-t", VIP, "-s", "wrr"]]  # the test's own: not even a listing
+    one_line_refusal(subprocess.run(monitor.argv + ["--check-config"], capture_output=True, text=True,
+                                    timeout=60 * SLOW), "ipvsadm")
+
+
+def test_a_clean_config_hook_and_ipvsadm_are_accepted_even_in_a_sticky_folder(ipvs, run, backends, tmp_path):
+    """The same as above, owned by root, written by no one else: runs.  A sticky world-writable
+    folder (as /tmp) is fine: others cannot replace what root owns there."""
+    a = backends(ip="127.0.0.11")
+    folder = tmp_path / "sticky"
+    folder.mkdir()
+    os.chmod(folder, 0o1777)
+    wrapper = folder / "ipvsadm"
+    wrapper.write_text(f"#!/bin/sh\nexec '{ipvs.path}' \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    marker = tmp_path / "hook-ran"
+    hook = hook_script(folder, marker)
+    monitor = run(ipvs, config(VIP, [a.address], extra=f"on_change = {hook}"))
+    monitor.argv[monitor.argv.index("--ipvsadm") + 1] = str(wrapper)
+    proc = monitor.once()
+    assert proc.returncode == 0, proc.stderr
+    assert fake_table(ipvs) == {a.address: 1}
+    wait_until(lambda: marker.exists(), what="the hook ran")
+
+
+def test_unsafe_path_walks_every_folder_and_symlink(tmp_path):
+    base = tmp_path / "t"
+    base.mkdir()
+    (base / "f").write_text("x")
+    assert m.unsafe_path(str(base / "f")) == ""
+    os.chmod(base / "f", 0o620)
+    assert "writable by its group (mode 0620)" in m.unsafe_path(str(base / "f"))
+    os.chmod(base / "f", 0o644)
+    sticky = base / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    os.symlink(base / "f", sticky / "link")
+    assert m.unsafe_path(str(sticky / "link")) == ""  # root's link to root's file
+    os.lchown(sticky / "link", NOBODY, NOBODY)  # someone else's link in a sticky folder: they may repoint it
+    assert "symlink" in m.unsafe_path(str(sticky / "link")) and "uid 65534" in m.unsafe_path(str(sticky / "link"))
+    open_dir = base / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    os.symlink(base / "f", base / "via")
+    os.symlink("../f", open_dir / "rel")  # the target is safe, the folder of the link is not
+    assert f"{open_dir} is writable by" in m.unsafe_path(str(base / "open" / "rel"))
+    assert m.unsafe_path(str(base / "via")) == ""
+    (open_dir / "sub").mkdir()
+    (open_dir / "f").write_text("x")
+    os.symlink(open_dir / "sub", base / "lnk")  # lnk/.. is the open folder, not base
+    assert f"{open_dir} is writable by" in m.unsafe_path(str(base / "lnk" / ".." / "f"))
+    assert m.unsafe_path(str(base / "missing")) == ""  # left to the "cannot read" of its open
+
+
+def test_not_root_checks_nothing(tmp_path, monkeypatch):
+    """The checks guard what root runs; an ordinary user may run their own files."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(config(VIP, ["127.0.0.11:8080"]))
+    os.chmod(conf, 0o666)
+    monkeypatch.setattr(m.os, "geteuid", lambda: 1000)
+    assert m.load_config(str(conf)).services
 
 
 ###############################################################################
