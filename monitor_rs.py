@@ -471,11 +471,70 @@ def unsafe_program(name: str) -> str:
     return f"{name}: not run as root, others can change it: {why}" if why else ""
 
 
+RUN_DIR = "/run/monitor_rs"  # what the systemd unit's RuntimeDirectory=monitor_rs creates
+
+
+def private_run_dir() -> str:
+    """A non-root monitor's own folder for its default lock and state: never a shared name."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        return os.path.join(runtime, "monitor_rs")
+    return f"/tmp/monitor_rs-{os.geteuid()}"
+
+
+def run_dirs() -> List[str]:
+    """The folders of default locks and state files, in the order --status looks: a root
+    monitor's first, whoever asks, then our own."""
+    return [RUN_DIR] if os.geteuid() == 0 else [RUN_DIR, private_run_dir()]
+
+
 def default_run_path(config_path: str, suffix: str) -> str:
-    """One lock and one state file per config: under /run when we may write there."""
+    """One lock and one state file per config, in RUN_DIR; a non-root monitor that
+    cannot write there uses its own private folder."""
     digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
-    folder = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
-    return os.path.join(folder, f"monitor_rs-{digest}.{suffix}")
+    folder = RUN_DIR
+    if os.geteuid() != 0 and not os.access(RUN_DIR, os.W_OK):
+        folder = private_run_dir()
+    return os.path.join(folder, f"{digest}.{suffix}")
+
+
+def make_run_dir(folder: str) -> str:
+    """Create (when absent) and check a folder of default locks and state files; "" when fit,
+    else why not, in one line.
+
+    RUN_DIR: a real folder (no symlink), owned by root (or by us), that no one else may
+    write; created 0755.  A private folder: a real folder of ours, mode 0700, created so;
+    an existing one that is not is never trusted (in /tmp anyone may have made it)."""
+    private = folder != RUN_DIR
+    mode = 0o700 if private else 0o755
+    try:
+        os.mkdir(folder, mode)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, mode)  # the mode asked for, whatever the umask
+        finally:
+            os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    try:
+        st = os.lstat(folder)
+    except OSError as exc:
+        return f"cannot use {folder}: {exc.strerror or exc}"
+    euid, have = os.geteuid(), stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return f"{folder} is a symlink, not a folder: refusing it"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{folder} is not a folder: refusing it"
+    if private and (st.st_uid != euid or have != 0o700):
+        return (f"{folder} is not a private folder of uid {euid} (owner uid {st.st_uid}, mode {have:04o}): "
+                "refusing it")
+    if not private and st.st_uid not in (0, euid):
+        return f"{folder} is owned by uid {st.st_uid}, not by root: refusing it"
+    if not private and have & 0o022:
+        return f"{folder} is writable by others (mode {have:04o}): refusing it"
+    return ""
 
 
 def load_config(path: str) -> Config:
@@ -1640,12 +1699,28 @@ def read_state(path: str, now: float) -> Optional[dict]:
     try:
         with open(path, encoding="utf-8") as handle:
             snap = json.load(handle)
-        os.kill(int(snap["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+        pid = int(snap["pid"])
+        if now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10:
+            return None  # stale: that monitor is stuck or the file is not its
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
-    if now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10:
-        return None  # stale: that monitor is stuck or the file is not its
+    if pid <= 0:
+        return None  # kill(0) and kill(-1) would ask about groups, not a monitor
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass  # alive, and not ours: a root monitor, asked by an operator
+    except (OSError, OverflowError):
+        return None
     return snap
+
+
+def state_files(config: Config) -> List[str]:
+    """Where --status looks: the configured state file; or, when that is the default, a
+    root monitor's (RUN_DIR) first, then our own folder's -- one place, whoever asks."""
+    name = os.path.basename(default_run_path(config.path, "state.json"))
+    defaults = [os.path.join(folder, name) for folder in run_dirs()]
+    return defaults if config.state_file in defaults else [config.state_file]
 
 
 def _label(value: str) -> str:
@@ -1690,6 +1765,10 @@ class Publisher:
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
         try:
             if state_path:
+                folder = os.path.dirname(state_path)
+                why = make_run_dir(folder) if folder in run_dirs() else ""  # a default one: its folder made, checked
+                if why:
+                    raise OSError(errno.EACCES, why, state_path)
                 write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
             if metrics_path:
                 write_atomically(metrics_path, metrics_text(snap))
@@ -1774,7 +1853,8 @@ def show_config(config: Config) -> None:
 
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
     """--status: a running monitor's state, else one pass of probes that changes nothing."""
-    snap = read_state(config.state_file, time.time())
+    now = time.time()
+    snap = next((s for s in (read_state(path, now) for path in state_files(config)) if s is not None), None)
     if snap is None:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
@@ -1856,6 +1936,11 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
 
     output = Output(LogFile(config.log), console, to_log=not dry_run)
     if not dry_run:
+        folder = os.path.dirname(config.lock)
+        why = make_run_dir(folder) if folder in run_dirs() else ""  # a default lock: its folder made and checked
+        if why:
+            click.echo(f"monitor_rs: {why}", err=True)
+            sys.exit(EXIT_FAILED)
         try:  # the lock's descriptor stays open, and the lock held, for the life of the process
             take_lock(config.lock)
         except AlreadyRunning as exc:

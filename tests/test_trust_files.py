@@ -10,6 +10,10 @@ back what the function returned.
 1. write_atomically sets the mode through the descriptor: a swapped temp name
    never makes root chmod another file.
 2. The lock and the log are never opened through a symlink.
+3. The default lock and state live in RUN_DIR (/run/monitor_rs), else in a
+   private folder of a non-root monitor's own; --status finds a root
+   monitor's state whoever asks.
+4. read_state: a PID that exists but is not ours is alive.
 5. As root: a config, an on_change program or an ipvsadm that others can
    write is refused (exit 2, one line), and nothing is run or changed.
 6. Control characters in on_change / ipvsadm are refused at load; a hook that
@@ -239,6 +243,200 @@ def test_log_file_never_opens_a_fifo(tmp_path):
     finally:
         os.close(os.open(tmp_path / "log", os.O_RDONLY | os.O_NONBLOCK))  # sets a hung writer free
     assert len(said) == 1 and "cannot write log" in said[0] and "monitoring goes on" in said[0], said
+
+
+###############################################################################
+# 3. One place for the default lock and state, whoever asks ###################
+###############################################################################
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    """RUN_DIR moved to a folder of the test (never the machine's /run/monitor_rs)."""
+    base = tmp_path / "run"
+    base.mkdir()
+    os.chmod(tmp_path, 0o755)  # nobody may look, as in /run
+    folder = str(base / "monitor_rs")
+    monkeypatch.setattr(m, "RUN_DIR", folder)
+    return folder
+
+
+def test_default_lock_and_state_of_root_are_in_run_dir_named_by_the_config(run_dir, tmp_path):
+    conf = tmp_path / "monitorRS.conf"
+    digest = m.default_run_path(str(conf), "lock")[len(run_dir) + 1:-len(".lock")]
+    assert m.default_run_path(str(conf), "lock") == os.path.join(run_dir, f"{digest}.lock")
+    assert m.default_run_path(str(conf), "state.json") == os.path.join(run_dir, f"{digest}.state.json")
+    assert len(digest) == 10 and digest != os.path.basename(m.default_run_path(str(tmp_path / "other.conf"),
+                                                                                 "lock"))[:10]
+
+
+def test_root_creates_run_dir_0755_and_refuses_one_it_cannot_trust(run_dir, tmp_path):
+    old = os.umask(0o077)
+    try:
+        assert m.make_run_dir(run_dir) == ""
+    finally:
+        os.umask(old)
+    st = os.lstat(run_dir)
+    assert stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o755
+    assert m.make_run_dir(run_dir) == ""  # there already: fine
+    os.chown(run_dir, NOBODY, NOBODY)
+    assert "owned by uid 65534" in m.make_run_dir(run_dir)
+    os.chown(run_dir, 0, 0)
+    os.chmod(run_dir, 0o777)
+    assert "writable by others" in m.make_run_dir(run_dir)
+    os.rmdir(run_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, run_dir)
+    assert "is a symlink" in m.make_run_dir(run_dir)
+
+
+def test_a_root_monitor_with_a_symlinked_run_dir_exits_with_one_line(run_dir, ipvs, backends, tmp_path):
+    """The same refusal end to end, with the default lock and state (no --lock-file / --state-file)."""
+    a = backends(ip="127.0.0.11")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, run_dir)
+    conf = tmp_path / "monitorRS.conf"
+    conf.write_text(config(VIP, [a.address]))
+    proc = subprocess.run(with_run_dir(run_dir, "--config", str(conf), "--ipvsadm", ipvs.path, "--log-file", "",
+                                       "--once"), capture_output=True, text=True, timeout=60 * SLOW)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"monitor_rs: {run_dir} is a symlink"), proc.stderr
+    assert os.listdir(elsewhere) == [] and changes(ipvs) == []
+
+
+def test_a_default_state_file_in_a_symlinked_run_dir_is_not_written_and_said_once(run_dir, tmp_path):
+    """The state file's folder is made and checked when it is first written (a monitor that stops at
+    its first pass, e.g. without ipvsadm, makes none): refused, said once, monitoring goes on."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, run_dir)
+    said = []
+    publisher = m.Publisher(said.append)
+    snap = {"services": [], "time": 0, "pass_seconds": 0}
+    for _ in range(3):
+        publisher.publish(snap, os.path.join(run_dir, "0123456789.state.json"), "")
+    assert len(said) == 1 and "is a symlink" in said[0] and "monitoring goes on" in said[0], said
+    assert os.listdir(elsewhere) == []
+
+
+def test_a_non_root_monitor_uses_a_private_folder_of_its_own(run_dir, shared):
+    """Not /tmp/monitor_rs-<hash>.lock, a name anyone could have made first: $XDG_RUNTIME_DIR/monitor_rs,
+    else /tmp/monitor_rs-<uid>, created 0700 and checked."""
+    xdg = Path(shared) / "xdg"
+    xdg.mkdir(mode=0o700)
+    os.chown(xdg, NOBODY, NOBODY)
+    conf = os.path.join(shared, "monitorRS.conf")
+
+    def child():
+        lock = m.default_run_path(conf, "lock")
+        made = m.make_run_dir(os.path.dirname(lock))
+        st = os.lstat(os.path.dirname(lock))
+        return [lock, made, st.st_uid, stat.S_IMODE(st.st_mode), m.run_dirs()]
+
+    lock, made, uid, mode, dirs = as_nobody(child, {"XDG_RUNTIME_DIR": str(xdg)})
+    assert os.path.dirname(lock) == str(xdg / "monitor_rs") and made == "" and (uid, mode) == (NOBODY, 0o700)
+    assert dirs == [run_dir, str(xdg / "monitor_rs")]  # --status looks at a root monitor's first
+    assert as_nobody(m.private_run_dir, {"XDG_RUNTIME_DIR": None}) == f"/tmp/monitor_rs-{NOBODY}"
+
+
+@pytest.mark.parametrize("plant", ["root's", "0755", "symlink"])
+def test_a_non_root_monitor_never_trusts_a_private_folder_it_did_not_make_right(plant, run_dir, shared):
+    xdg = Path(shared) / "xdg"
+    xdg.mkdir()
+    os.chmod(xdg, 0o777)  # say anyone could plant things there
+    folder = xdg / "monitor_rs"
+    if plant == "root's":
+        folder.mkdir(mode=0o700)
+    elif plant == "0755":
+        folder.mkdir(mode=0o755)
+        os.chown(folder, NOBODY, NOBODY)
+    else:
+        target = Path(shared) / "target"
+        target.mkdir(mode=0o700)
+        os.chown(target, NOBODY, NOBODY)
+        os.symlink(target, folder)
+    why = as_nobody(lambda: m.make_run_dir(str(folder)), {"XDG_RUNTIME_DIR": str(xdg)})
+    assert why.endswith("refusing it") and str(folder) in why, why
+
+
+def test_status_by_a_non_root_operator_shows_the_root_monitor(shared, ipvs, backends, monkeypatch):
+    """The monitor runs as root with the default state file; an operator (here: nobody) asks
+    --status: the answer is that monitor's state, not 'no running monitor' and probes of its own."""
+    run_dir = os.path.join(shared, "run", "monitor_rs")
+    os.mkdir(os.path.dirname(run_dir), 0o755)
+    monkeypatch.setattr(m, "RUN_DIR", run_dir)
+    xdg = os.path.join(shared, "xdg")
+    os.mkdir(xdg, 0o700)
+    os.chown(xdg, NOBODY, NOBODY)
+    a = backends(ip="127.0.0.11")
+    conf = os.path.join(shared, "monitorRS.conf")
+    with open(conf, "w") as handle:
+        handle.write(config(VIP, [a.address], interval=0.3))
+    os.chmod(conf, 0o644)
+    log = os.path.join(shared, "monitor.log")
+    proc = subprocess.Popen(with_run_dir(run_dir, "--config", conf, "--ipvsadm", ipvs.path, "--log-file", log),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        state = m.default_run_path(conf, "state.json")
+        assert os.path.dirname(state) == run_dir
+        wait_until(lambda: os.path.exists(state), what="the root monitor's state file in RUN_DIR")
+
+        def status():
+            out = io.StringIO()
+            sys.stdout = out
+            try:
+                m.main(["--config", conf, "--status", "--json"])
+            except SystemExit:
+                pass
+            finally:
+                sys.stdout = sys.__stdout__
+            return json.loads(out.getvalue())
+
+        snap = as_nobody(status, {"XDG_RUNTIME_DIR": xdg})
+        assert snap["source"] == "monitor" and snap["pid"] == proc.pid, snap
+        assert os.listdir(xdg) == []  # asking made nothing
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30 * SLOW)
+
+
+def test_explicit_lock_and_state_file_still_win(run_dir, tmp_path):
+    conf = tmp_path / "monitorRS.conf"
+    conf.write_text(config(VIP, ["127.0.0.11:8080"]).replace(
+        "[monitor]\n", f"[monitor]\nlock = {tmp_path}/my.lock\nstate_file = {tmp_path}/my.state\n"))
+    cfg = m.load_config(str(conf))
+    assert (cfg.lock, cfg.state_file) == (f"{tmp_path}/my.lock", f"{tmp_path}/my.state")
+    assert m.state_files(cfg) == [f"{tmp_path}/my.state"]
+    conf.write_text(config(VIP, ["127.0.0.11:8080"]))
+    cfg = m.load_config(str(conf))
+    assert os.path.dirname(cfg.lock) == run_dir and m.state_files(cfg) == [cfg.state_file]
+    assert not os.path.exists(run_dir)  # loading a config (--check-config, the fuzzers) creates nothing
+
+
+###############################################################################
+# 4. read_state: a PID that is not ours is alive ##############################
+###############################################################################
+
+
+def state_of(path, pid):
+    path.write_text(json.dumps({"pid": pid, "time": time.time(), "interval": 3, "services": []}))
+    os.chmod(path, 0o644)
+    return str(path)
+
+
+def test_read_state_of_a_root_monitor_asked_by_another_user(shared):
+    """kill(pid, 0) says EPERM for a root process asked by nobody: alive, not dead."""
+    path = state_of(Path(shared) / "state.json", os.getpid())  # this (root) process: alive
+    snap = as_nobody(lambda: m.read_state(path, time.time()))
+    assert snap is not None and snap["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("pid", [0, -1])
+def test_read_state_with_a_pid_that_names_a_group_is_no_monitor(pid, tmp_path):
+    """kill(0, 0) and kill(-1, 0) succeed (they ask about groups): not a sign of a running monitor."""
+    assert m.read_state(state_of(tmp_path / "state.json", pid), time.time()) is None
 
 
 ###############################################################################
