@@ -1892,9 +1892,10 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
 @click.option("--ipvsadm", "ipvsadm_path", type=click.Path(dir_okay=False), metavar="PATH",
               help="The ipvsadm program (config: ipvsadm).")
 @click.option("--lock-file", type=click.Path(dir_okay=False), metavar="PATH",
-              help="Single-instance lock (config: lock; default one per config file, under /run).")
+              help="Single-instance lock (config: lock; default one per config file, in /run/monitor_rs).")
 @click.option("--state-file", type=click.Path(dir_okay=False), metavar="PATH",
-              help="State file rewritten every pass (config: state_file; default one per config file, under /run).")
+              help="State file rewritten every pass (config: state_file; default one per config file, in "
+              "/run/monitor_rs).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log servers that stay as they are, every pass.")
 @click.version_option(__version__, "--version", prog_name="monitor_rs")
 def main(config_path, once, dry_run, status, as_json, check_config, interval, timeout, log_file, ipvsadm_path,
