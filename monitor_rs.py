@@ -412,13 +412,14 @@ def unsafe_path(path: str) -> str:
     us) and writable by no one else, or another user could change what root
     reads or runs.  A folder with the sticky bit (/tmp) may be world-writable:
     there others cannot replace what they do not own.  Symlinks are followed
-    one by one, and the folder each one lives in is checked too.  A path that
-    does not exist is "" here: reading or running it fails on its own."""
+    one by one, and the folder each one lives in is checked too.  A name that
+    does not exist is checked as the folder that would hold it: one others may
+    write to (sticky or not) lets them create it later."""
     trusted = {0, os.geteuid()}
-    full = os.path.join(os.getcwd(), path)  # not abspath: "link/.." is not "" until the link is read
-    pending = [part for part in full.split("/") if part]
     current, hops = "/", 0
     try:
+        full = path if path.startswith("/") else os.path.join(os.getcwd(), path)  # not abspath: "link/.."
+        pending = [part for part in full.split("/") if part]
         why = _unsafe_entry("/", os.lstat("/"), trusted, last=not pending)
         while pending and not why:
             name = pending.pop(0)
@@ -428,7 +429,10 @@ def unsafe_path(path: str) -> str:
                 current = os.path.dirname(current)  # already checked on the way down
                 continue
             entry = os.path.join(current, name)
-            st = os.lstat(entry)
+            try:
+                st = os.lstat(entry)
+            except FileNotFoundError:
+                return _unsafe_entry(current, os.lstat(current), trusted, last=True)
             if stat.S_ISLNK(st.st_mode):
                 hops += 1
                 if hops > 40:
@@ -463,10 +467,11 @@ def _unsafe_entry(entry: str, st: os.stat_result, trusted: set, last: bool) -> s
 def unsafe_program(name: str) -> str:
     """Why root must not run the program `name` (a path, or a name found through PATH), or "".
 
-    Only when we are root; a program not found is left to the "not found" of its run."""
+    Only when we are root.  A name not found through PATH is left to the "not found" of
+    its run; a path is checked even when nothing (runnable) is there yet."""
     if os.geteuid() != 0:
         return ""
-    found = shutil.which(name)
+    found = shutil.which(name) or (name if "/" in name else None)
     why = unsafe_path(found) if found else ""
     return f"{name}: not run as root, others can change it: {why}" if why else ""
 
@@ -546,11 +551,15 @@ def load_config(path: str) -> Config:
         strict=True,
     )
     parser.optionxform = str.lower
-    why = unsafe_path(path) if os.geteuid() == 0 else ""
-    if why:
-        raise ConfigError(f"{path}: not read as root, others can change it: {why}")
     try:
         with open(path, encoding="utf-8") as handle:
+            if os.geteuid() == 0:  # checked once open: what is checked is what is read
+                why = unsafe_path(path)
+                st, held = os.stat(path), os.fstat(handle.fileno())
+                if not why and (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+                    why = "it changed while it was opened"
+                if why:
+                    raise ConfigError(f"{path}: not read as root, others can change it: {why}")
             parser.read_file(handle)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None

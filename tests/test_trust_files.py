@@ -567,7 +567,25 @@ def test_unsafe_path_walks_every_folder_and_symlink(tmp_path):
     (open_dir / "f").write_text("x")
     os.symlink(open_dir / "sub", base / "lnk")  # lnk/.. is the open folder, not base
     assert f"{open_dir} is writable by" in m.unsafe_path(str(base / "lnk" / ".." / "f"))
-    assert m.unsafe_path(str(base / "missing")) == ""  # left to the "cannot read" of its open
+    assert m.unsafe_path(str(base / "missing")) == ""  # no one else can put it there: left to its open
+    assert f"{sticky} is writable by" in m.unsafe_path(str(sticky / "missing"))  # anyone may create it later
+    assert f"{sticky} is writable by" in m.unsafe_path(str(sticky / "no" / "such"))
+
+
+def test_a_program_not_there_yet_in_a_folder_anyone_may_write_is_refused(ipvs, run, backends, tmp_path):
+    """A hook or ipvsadm path that does not exist yet in /tmp (sticky) is not "not found" for ever:
+    anyone may create it, and root would run it.  A name not found through PATH is left as it was."""
+    a = backends(ip="127.0.0.11")
+    folder = tmp_path / "sticky"
+    folder.mkdir()
+    os.chmod(folder, 0o1777)
+    monitor = run(ipvs, config(VIP, [a.address], extra=f"on_change = {folder}/later-hook"))
+    one_line_refusal(monitor.once(), "on_change", f"{folder} is writable by")
+    monitor = run(ipvs, config(VIP, [a.address]), name="second.conf")
+    monitor.argv[monitor.argv.index("--ipvsadm") + 1] = str(folder / "later-ipvsadm")
+    one_line_refusal(monitor.once(), "ipvsadm", f"{folder} is writable by")
+    assert m.unsafe_program("no-such-program-anywhere") == ""
+    assert changes(ipvs) == []
 
 
 def test_not_root_checks_nothing(tmp_path, monkeypatch):
