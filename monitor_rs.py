@@ -32,9 +32,11 @@ import re
 import resource
 import select
 import shlex
+import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -371,6 +373,12 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
         on_change = tuple(shlex.split(sec.text("on_change")))
     except ValueError as exc:
         raise sec.fail("on_change", f"cannot split into a command: {exc}") from None
+    if any(CONTROL.search(word) for word in on_change):
+        raise sec.fail("on_change", "control character (NUL, escape, ...) in the command")
+    if on_change:
+        why = unsafe_program(on_change[0])
+        if why:
+            raise sec.fail("on_change", why)
     return VirtualService(
         name=name,
         protocol=protocol,
@@ -394,11 +402,144 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
     )
 
 
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a program name or argument from the config
+
+
+def unsafe_path(path: str) -> str:
+    """Why root must not read or run `path`, or "": as sshd's StrictModes and cron.
+
+    The file, and every folder on its way from /, must be owned by root (or by
+    us) and writable by no one else, or another user could change what root
+    reads or runs.  A folder with the sticky bit (/tmp) may be world-writable:
+    there others cannot replace what they do not own.  Symlinks are followed
+    one by one, and the folder each one lives in is checked too.  A name that
+    does not exist is checked as the folder that would hold it: one others may
+    write to (sticky or not) lets them create it later."""
+    trusted = {0, os.geteuid()}
+    current, hops = "/", 0
+    try:
+        full = path if path.startswith("/") else os.path.join(os.getcwd(), path)  # not abspath: "link/.."
+        pending = [part for part in full.split("/") if part]
+        why = _unsafe_entry("/", os.lstat("/"), trusted, last=not pending)
+        while pending and not why:
+            name = pending.pop(0)
+            if name == ".":
+                continue
+            if name == "..":
+                current = os.path.dirname(current)  # already checked on the way down
+                continue
+            entry = os.path.join(current, name)
+            try:
+                st = os.lstat(entry)
+            except FileNotFoundError:
+                return _unsafe_entry(current, os.lstat(current), trusted, last=True)
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > 40:
+                    return f"{path}: too many levels of symbolic links"
+                if st.st_uid not in trusted:  # in a sticky folder its owner may point it elsewhere
+                    return f"symlink {entry} is owned by uid {st.st_uid}, not by root"
+                target = os.readlink(entry)
+                if target.startswith("/"):
+                    current = "/"
+                pending[:0] = [part for part in target.split("/") if part]
+                continue
+            why = _unsafe_entry(entry, st, trusted, last=not pending)
+            current = entry
+    except OSError:
+        return ""
+    return why
+
+
+def _unsafe_entry(entry: str, st: os.stat_result, trusted: set, last: bool) -> str:
+    """Why this one file or folder on a path is not safe for root, or ""."""
+    if st.st_uid not in trusted:
+        return f"{entry} is owned by uid {st.st_uid}, not by root"
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o022:
+        return ""
+    if stat.S_ISDIR(st.st_mode) and not last and mode & stat.S_ISVTX:
+        return ""  # sticky: others may add names here, not replace ours
+    who = {0o020: "its group", 0o002: "others", 0o022: "its group and others"}[mode & 0o022]
+    return f"{entry} is writable by {who} (mode {mode:04o})"
+
+
+def unsafe_program(name: str) -> str:
+    """Why root must not run the program `name` (a path, or a name found through PATH), or "".
+
+    Only when we are root.  A name not found through PATH is left to the "not found" of
+    its run; a path is checked even when nothing (runnable) is there yet."""
+    if os.geteuid() != 0:
+        return ""
+    found = shutil.which(name) or (name if "/" in name else None)
+    why = unsafe_path(found) if found else ""
+    return f"{name}: not run as root, others can change it: {why}" if why else ""
+
+
+RUN_DIR = "/run/monitor_rs"  # what the systemd unit's RuntimeDirectory=monitor_rs creates
+
+
+def private_run_dir() -> str:
+    """A non-root monitor's own folder for its default lock and state: never a shared name."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        return os.path.join(runtime, "monitor_rs")
+    return f"/tmp/monitor_rs-{os.geteuid()}"
+
+
+def run_dirs() -> List[str]:
+    """The folders of default locks and state files, in the order --status looks: a root
+    monitor's first, whoever asks, then our own."""
+    return [RUN_DIR] if os.geteuid() == 0 else [RUN_DIR, private_run_dir()]
+
+
 def default_run_path(config_path: str, suffix: str) -> str:
-    """One lock and one state file per config: under /run when we may write there."""
+    """One lock and one state file per config, in RUN_DIR; a non-root monitor that
+    cannot write there uses its own private folder."""
     digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
-    folder = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
-    return os.path.join(folder, f"monitor_rs-{digest}.{suffix}")
+    folder = RUN_DIR
+    if os.geteuid() != 0 and not os.access(RUN_DIR, os.W_OK):
+        folder = private_run_dir()
+    return os.path.join(folder, f"{digest}.{suffix}")
+
+
+def make_run_dir(folder: str) -> str:
+    """Create (when absent) and check a folder of default locks and state files; "" when fit,
+    else why not, in one line.
+
+    RUN_DIR: a real folder (no symlink), owned by root (or by us), that no one else may
+    write; created 0755.  A private folder: a real folder of ours, mode 0700, created so;
+    an existing one that is not is never trusted (in /tmp anyone may have made it)."""
+    private = folder != RUN_DIR
+    mode = 0o700 if private else 0o755
+    try:
+        os.mkdir(folder, mode)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, mode)  # the mode asked for, whatever the umask
+        finally:
+            os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    try:
+        st = os.lstat(folder)
+    except OSError as exc:
+        return f"cannot use {folder}: {exc.strerror or exc}"
+    euid, have = os.geteuid(), stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return f"{folder} is a symlink, not a folder: refusing it"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{folder} is not a folder: refusing it"
+    if private and (st.st_uid != euid or have != 0o700):
+        return (f"{folder} is not a private folder of uid {euid} (owner uid {st.st_uid}, mode {have:04o}): "
+                "refusing it")
+    if not private and st.st_uid not in (0, euid):
+        return f"{folder} is owned by uid {st.st_uid}, not by root: refusing it"
+    if not private and have & 0o022:
+        return f"{folder} is writable by others (mode {have:04o}): refusing it"
+    return ""
 
 
 def load_config(path: str) -> Config:
@@ -412,6 +553,13 @@ def load_config(path: str) -> Config:
     parser.optionxform = str.lower
     try:
         with open(path, encoding="utf-8") as handle:
+            if os.geteuid() == 0:  # checked once open: what is checked is what is read
+                why = unsafe_path(path)
+                st, held = os.stat(path), os.fstat(handle.fileno())
+                if not why and (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+                    why = "it changed while it was opened"
+                if why:
+                    raise ConfigError(f"{path}: not read as root, others can change it: {why}")
             parser.read_file(handle)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
@@ -426,6 +574,8 @@ def load_config(path: str) -> Config:
     for key in top.values:
         if key not in MONITOR_KEYS | SERVICE_KEYS:
             raise top.fail(key, "unknown key")
+    if CONTROL.search(top.text("ipvsadm")):
+        raise top.fail("ipvsadm", "control character (NUL, escape, ...) in the program name")
     settings = dict(
         interval=top.number("interval", 3.0, 0.1, 86400.0),
         timeout=top.number("timeout", 1.0, 0.01, 3600.0),
@@ -1114,6 +1264,21 @@ def timestamp(when: Optional[float] = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
 
 
+def open_regular(path: str, flags: int, mode: int) -> int:
+    """os.open for writing as root: never through a symlink (someone else's link would
+    have root write where it points), and only a regular file (a FIFO would hang us)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symlink, not followed", path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
+
+
 class LogFile:
     """Append-only log that survives rotation, deletion and a full disk."""
 
@@ -1126,14 +1291,14 @@ class LogFile:
     def _open(self) -> int:
         if self.fd is not None:
             try:
-                st = os.stat(self.path)
+                st = os.lstat(self.path)
                 fst = os.fstat(self.fd)
                 if (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino):
                     return self.fd
             except OSError:
                 pass
             self.close()  # moved or deleted: reopen under the name
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return self.fd
 
     def write(self, message: str, when: Optional[float] = None) -> None:
@@ -1247,8 +1412,10 @@ class Hooks:
         try:
             proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            self.output.say(f"{event.server} on_change {argv[0]} could not start: {exc.strerror or exc}", "failed")
+        except Exception as exc:  # OSError, or ValueError (a NUL byte): a hook never stops the pass
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            name = argv[0] if argv[0].isprintable() else repr(argv[0])
+            self.output.say(f"{event.server} on_change {name} could not start: {why}", "failed")
             return
         self.running.append((proc, time.monotonic() + self.TIMEOUT, event.server))
 
@@ -1476,8 +1643,9 @@ class AlreadyRunning(Exception):
 
 
 def take_lock(path: str) -> int:
-    """flock a PID file; the kernel drops the lock when we die, however we die."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """flock a PID file; the kernel drops the lock when we die, however we die.
+    Never through a symlink: we truncate it."""
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -1562,13 +1730,15 @@ def in_place(snap: dict) -> bool:
 def write_atomically(path: str, text: str) -> None:
     """Readers see the old file or the new one, never half of one (even after a kill).
 
-    No fsync: these files describe the running process; after a power cut they are stale anyway."""
+    The folder may belong to someone else: its names are only created (O_EXCL), renamed
+    and removed, never followed.  No fsync: these files describe the running process;
+    after a power cut they are stale anyway."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".monitor_rs-", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # through the descriptor: the name may have been swapped
             handle.write(text)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -1583,12 +1753,28 @@ def read_state(path: str, now: float) -> Optional[dict]:
     try:
         with open(path, encoding="utf-8") as handle:
             snap = json.load(handle)
-        os.kill(int(snap["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+        pid = int(snap["pid"])
+        if now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10:
+            return None  # stale: that monitor is stuck or the file is not its
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
-    if now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10:
-        return None  # stale: that monitor is stuck or the file is not its
+    if pid <= 0:
+        return None  # kill(0) and kill(-1) would ask about groups, not a monitor
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass  # alive, and not ours: a root monitor, asked by an operator
+    except (OSError, OverflowError):
+        return None
     return snap
+
+
+def state_files(config: Config) -> List[str]:
+    """Where --status looks: the configured state file; or, when that is the default, a
+    root monitor's (RUN_DIR) first, then our own folder's -- one place, whoever asks."""
+    name = os.path.basename(default_run_path(config.path, "state.json"))
+    defaults = [os.path.join(folder, name) for folder in run_dirs()]
+    return defaults if config.state_file in defaults else [config.state_file]
 
 
 def _label(value: str) -> str:
@@ -1633,6 +1819,10 @@ class Publisher:
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
         try:
             if state_path:
+                folder = os.path.dirname(state_path)
+                why = make_run_dir(folder) if folder in run_dirs() else ""  # a default one: its folder made, checked
+                if why:
+                    raise OSError(errno.EACCES, why, state_path)
                 write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
             if metrics_path:
                 write_atomically(metrics_path, metrics_text(snap))
@@ -1717,7 +1907,8 @@ def show_config(config: Config) -> None:
 
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
     """--status: a running monitor's state, else one pass of probes that changes nothing."""
-    snap = read_state(config.state_file, time.time())
+    now = time.time()
+    snap = next((s for s in (read_state(path, now) for path in state_files(config)) if s is not None), None)
     if snap is None:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
@@ -1755,9 +1946,10 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
 @click.option("--ipvsadm", "ipvsadm_path", type=click.Path(dir_okay=False), metavar="PATH",
               help="The ipvsadm program (config: ipvsadm).")
 @click.option("--lock-file", type=click.Path(dir_okay=False), metavar="PATH",
-              help="Single-instance lock (config: lock; default one per config file, under /run).")
+              help="Single-instance lock (config: lock; default one per config file, in /run/monitor_rs).")
 @click.option("--state-file", type=click.Path(dir_okay=False), metavar="PATH",
-              help="State file rewritten every pass (config: state_file; default one per config file, under /run).")
+              help="State file rewritten every pass (config: state_file; default one per config file, in "
+              "/run/monitor_rs).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log servers that stay as they are, every pass.")
 @click.version_option(__version__, "--version", prog_name="monitor_rs")
 def main(config_path, once, dry_run, status, as_json, check_config, interval, timeout, log_file, ipvsadm_path,
@@ -1774,7 +1966,11 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         config = load_config(config_path)
         overrides = {"interval": interval, "timeout": timeout, "log": log_file, "ipvsadm": ipvsadm_path,
                      "lock": lock_file, "state_file": state_file}
-        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        why = unsafe_program(config.ipvsadm)  # run every pass as root: the config's, or --ipvsadm
+        if why:
+            raise ConfigError(f"ipvsadm {why}")
+        return config
 
     try:
         config = load()
@@ -1795,6 +1991,11 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
 
     output = Output(LogFile(config.log), console, to_log=not dry_run)
     if not dry_run:
+        folder = os.path.dirname(config.lock)
+        why = make_run_dir(folder) if folder in run_dirs() else ""  # a default lock: its folder made and checked
+        if why:
+            click.echo(f"monitor_rs: {why}", err=True)
+            sys.exit(EXIT_FAILED)
         try:  # the lock's descriptor stays open, and the lock held, for the life of the process
             take_lock(config.lock)
         except AlreadyRunning as exc:
