@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import encodings.idna
 import errno
 import fcntl
 import functools
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -134,11 +136,11 @@ class VirtualService:
     servers: Tuple[RealServer, ...]
     forward: str  # -g | -m | -i
     check: str = "http"
-    request: str = "/"
+    request: str = "/"  # as sent: non-ASCII percent-encoded (encode_request), at load
     receive: str = ""
     expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
     checkport: Optional[int] = None
-    host: str = ""
+    host: str = ""  # as sent (Host header, TLS server name): IDNA-encoded (encode_host), at load
     fall: int = 1
     rise: int = 1
     quiescent: bool = False
@@ -295,6 +297,40 @@ def parse_expect(text: str) -> Tuple[Tuple[int, int], ...]:
     return tuple(ranges)
 
 
+PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
+
+
+def encode_request(path: str) -> str:
+    """The request path as it goes on the wire: non-ASCII percent-encoded as UTF-8; ASCII,
+    ``%XX`` escapes and reserved characters kept exactly as written."""
+    return urllib.parse.quote(path, safe=PRINTABLE_ASCII)
+
+
+def encode_host(host: str) -> str:
+    """The host as it goes on the wire (Host header, TLS server name): ASCII, non-ASCII labels
+    IDNA-encoded (``bücher.example`` -> ``xn--bcher-kva.example``).  ValueError says which
+    label cannot be (empty, or over the 63 characters of a DNS label once encoded)."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    labels = encodings.idna.dots.split(host)
+    if len(labels) > 1 and not labels[-1]:
+        labels.pop()  # one trailing dot: a fully qualified name
+    for label in labels:
+        if not label:
+            raise ValueError("has an empty label (a dot first, or two in a row)")
+        try:
+            encodings.idna.ToASCII(label)
+        except UnicodeError as exc:
+            if "too long" not in str(exc):
+                raise ValueError(f"label {label!r} cannot be IDNA-encoded: {exc}") from None
+            shown = label if len(label) <= 20 else label[:16] + "..."
+            raise ValueError(f"label {shown!r} is over 63 characters once encoded: "
+                             "a DNS label has 63 at most") from None
+    raise ValueError("cannot be IDNA-encoded")
+
+
 def _family_clash(vip: Optional[IPAddress], forward: str, ip: IPAddress) -> str:
     """Why IPVS would refuse this server in this service, or "": only tunnel servers may mix families."""
     if vip is None or forward == "-i" or ip.version == vip.version:
@@ -364,9 +400,14 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
     request = sec.text("request", "/")
     if any(c in request for c in "\r\n ") or not request.isprintable():
         raise sec.fail("request", "must be a path without spaces or control characters")
+    request = encode_request(request)
     host = sec.text("host")
     if any(c in host for c in "\r\n ") or not host.isprintable():
         raise sec.fail("host", "must be a host name without spaces or control characters")
+    try:
+        host = encode_host(host)
+    except ValueError as exc:
+        raise sec.fail("host", str(exc)) from None
     try:
         on_change = tuple(shlex.split(sec.text("on_change")))
     except ValueError as exc:
@@ -648,7 +689,7 @@ class ProbeTarget:
     check: str
     ip: IPAddress
     port: int
-    request: str = "/"
+    request: str = "/"  # request and host as sent: ASCII, encoded at config load (encode_request, encode_host)
     host: str = ""
     expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
     receive: str = ""

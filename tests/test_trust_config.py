@@ -1,0 +1,153 @@
+"""Trust (issue 11): the values the config accepts, and the command line.
+
+Each test below failed on main before its fix (reproduced there):
+
+1. A non-ASCII request path or host, or a host label over 63 characters, made
+   every probe fail with UnicodeEncodeError (the pool deleted by --once) while
+   --check-config said ok: now the path is percent-encoded (UTF-8), the host
+   IDNA-encoded (Host header and TLS server name), an impossible host refused
+   at start.
+2. ``rs = ::1:8080`` was the address ::1:8080 on the default port: now refused
+   as ambiguous (brackets for a port).
+3. ``--json`` without ``--status`` started the daemon; a typo'd section was
+   reported as a missing [monitor]; unknown keys got no suggestion.
+4. A directory or an unreadable file as config (or a directory as log, lock,
+   state file, ipvsadm) got click's three-line usage error, or a warning at
+   the first write: now one ``monitor_rs:`` line and exit 2.
+5. A lock file that cannot be taken exited 1 (the code of a failed change),
+   undocumented: now 5, in --help.
+6. ``-v`` lines did not name the virtual service.
+7. An unwritable state or metrics file was reported under the temporary
+   file's name.
+8. An IPv6 firewall-mark service was listed and changed without ``-6`` (so
+   "not defined in IPVS"), and an fwm service mixing families was not refused.
+
+Monitors run as subprocesses against the fake ipvsadm (and, for the fwm
+scenario, the kernel's IPVS too inside the VM), servers on loopback only.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import monitor_rs as m
+from harness import MONITOR, SLOW, Ipvs, config, wait_until
+
+VIP = "127.0.0.1:80"
+KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
+
+
+def write(tmp_path, text, name="monitorRS.conf"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def load_error(tmp_path, text):
+    """The one line load_config refuses `text` with."""
+    path = write(tmp_path, text)
+    with pytest.raises(m.ConfigError) as caught:
+        m.load_config(path)
+    message = str(caught.value)
+    assert message.startswith(path + ": ") and "\n" not in message
+    return message
+
+
+def one_line(proc):
+    """stderr of a refused start: exit 2, exactly one `monitor_rs:` line, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("monitor_rs: "), proc.stderr
+    return lines[0]
+
+
+def with_config(monitor, text):
+    """Rewrite the monitor's config as UTF-8, whatever the locale (the harness writes it in the locale's)."""
+    monitor.config.write_text(text, encoding="utf-8")
+    return monitor
+
+
+def calls(ipvs):
+    return ipvs.listing_calls()  # every ipvsadm argv, in order (fake only)
+
+
+###############################################################################
+# 1. Non-ASCII request paths and hosts #########################################
+###############################################################################
+
+
+def test_unicode_request_and_host_are_encoded_on_the_wire(ipvs, run, backends):
+    """request = /santé/状態, host = bücher.example: the probe passes (the server stays in IPVS) and
+    the server saw the UTF-8 percent-encoded path and the punycode Host.  (Was: UnicodeEncodeError in
+    every probe, and --once deleted the server.)"""
+    a = backends(ip="127.0.0.11")
+    ipvs.run("-a", "-t", VIP, "-r", a.address, "-m", "-w", "1")
+    text = config(VIP, [a.address], [1], extra="request = /santé/状態\nhost = bücher.example\n")
+    monitor = with_config(run(ipvs, ""), text)
+    proc = monitor.once()
+    assert proc.returncode == 0, proc.stderr
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 1)}
+    head = a.requests[-1]
+    assert head.startswith(b"GET /sant%C3%A9/%E7%8A%B6%E6%85%8B HTTP/1.0\r\n")
+    assert b"\r\nHost: xn--bcher-kva.example\r\n" in head + b"\r\n"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl here to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    proc = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                           "-days", "2", "-keyout", str(key), "-out", str(cert)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("openssl could not make a certificate")
+    return str(cert), str(key)
+
+
+def test_https_probe_sends_the_idna_host_as_server_name_and_host(ipvs, run, backends, tls_files):
+    """check = https, host = 状態.example: the TLS server name and the Host header are the A-label."""
+    a = backends(ip="127.0.0.12", tls=tls_files)
+    ipvs.run("-a", "-t", VIP, "-r", a.address, "-m", "-w", "1")
+    text = config(VIP, [a.address], [1], timeout=2, extra="check = https\nhost = 状態.example\n")
+    monitor = with_config(run(ipvs, ""), text)
+    proc = monitor.once()
+    assert proc.returncode == 0, proc.stderr
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 1)}
+    assert a.server_names[-1] == "xn--8huq10b.example"
+    assert b"\r\nHost: xn--8huq10b.example\r\n" in a.requests[-1] + b"\r\n"
+
+
+@pytest.mark.parametrize("host, why", [
+    ("a" * 64 + ".example", "is over 63 characters once encoded"),
+    ("一二三四五六七八九十百千万億兆京" * 2 + ".example", "is over 63 characters once encoded"),  # 32 characters
+    ("www..example", "has an empty label"),
+    (".example", "has an empty label"),
+])
+@pytest.mark.parametrize("mode", ["--check-config", "--once"])
+def test_a_host_that_cannot_be_encoded_is_refused_at_start(ipvs, run, backends, host, why, mode):
+    """Was: --check-config ok, and with check = https every probe failed (the TLS server name
+    could not be encoded), so --once deleted the whole pool.  Now: exit 2, one line naming
+    file, section and key, the table untouched."""
+    a = backends(ip="127.0.0.13")
+    ipvs.run("-a", "-t", VIP, "-r", a.address, "-m", "-w", "1")
+    monitor = with_config(run(ipvs, ""), config(VIP, [a.address], [1], extra=f"check = https\nhost = {host}\n"))
+    proc = subprocess.run(monitor.argv + [mode], capture_output=True, text=True, timeout=60 * SLOW)
+    line = one_line(proc)
+    assert f"{monitor.config}: [virtual web] host = {host!r}: " in line and why in line
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 1)}
+
+
+def test_request_keeps_ascii_escapes_and_reserved_characters(tmp_path):
+    """Only what is not ASCII is encoded: an operator's %XX, ?, &, [ ] and a lone % go as written."""
+    text = ("[monitor]\n[virtual web]\nvip = 10.0.0.1\nvport = 80\nrs = 10.0.0.2\n"
+            "request = /a%2Fb/ü?x=é&y=[1]&z=100%\nhost = Bücher.Example.\n")
+    (vs,) = m.load_config(write(tmp_path, text)).services
+    assert vs.request == "/a%2Fb/%C3%BC?x=%C3%A9&y=[1]&z=100%"
+    assert vs.host == "xn--bcher-kva.Example."
+    target = m.ProbeTarget.of(vs, vs.servers[0].ip, 80)
+    assert target.http_request.startswith(b"GET /a%2Fb/%C3%BC?x=%C3%A9&y=[1]&z=100% HTTP/1.0\r\n"
+                                          b"Host: xn--bcher-kva.Example.\r\n")
