@@ -262,8 +262,16 @@ def parse_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        parse_ip(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_endpoint(text: str, default_port: Optional[int], lowest_port: int = 1) -> Endpoint:
-    """``1.2.3.4``, ``1.2.3.4:80``, ``[::1]``, ``[::1]:80`` or a bare ``::1``."""
+    """``1.2.3.4``, ``1.2.3.4:80``, ``[::1]``, ``[::1]:80`` or a bare ``::1`` (not ``::1:80``: ambiguous)."""
     text = text.strip()
     match = re.fullmatch(r"\[([^\]]+)\](?::([0-9]+))?", text)
     if match:
@@ -272,6 +280,11 @@ def parse_endpoint(text: str, default_port: Optional[int], lowest_port: int = 1)
         host, port = text.split(":")
     else:
         host, port = text, None
+        head, _, last = text.rpartition(":")
+        if head and re.fullmatch(r"[0-9]{1,5}", last) and _is_ip(head):
+            # ``::1:8080`` is an address (::1:8080) to ipaddress, but surely meant ::1 port 8080
+            raise ValueError(f"{text!r} is ambiguous: write [{head}]:{last} for a port "
+                             f"(or [{text}] for the address)")
     ip = parse_ip(host)  # ValueError names the bad address
     if port is None:
         if default_port is None:

@@ -151,3 +151,32 @@ def test_request_keeps_ascii_escapes_and_reserved_characters(tmp_path):
     target = m.ProbeTarget.of(vs, vs.servers[0].ip, 80)
     assert target.http_request.startswith(b"GET /a%2Fb/%C3%BC?x=%C3%A9&y=[1]&z=100% HTTP/1.0\r\n"
                                           b"Host: xn--bcher-kva.Example.\r\n")
+
+
+###############################################################################
+# 2. A bare IPv6 address with a port ##########################################
+###############################################################################
+
+V6 = "[monitor]\n[virtual web]\nvip = 2001:db8::1\nvport = 80\nrport = 8000\ntype = m\n"
+
+
+@pytest.mark.parametrize("key, value, hint", [
+    ("rs", "::1:8080", "write [::1]:8080 for a port"),
+    ("rs", "2001:db8::10:443", "write [2001:db8::10]:443 for a port"),
+    ("rs", "fd00::10 fd00::1:65535", "write [fd00::1]:65535 for a port"),
+    ("fallback", "::1:8080", "write [::1]:8080 for a port"),
+])
+def test_a_bare_ipv6_address_with_a_port_is_refused_as_ambiguous(tmp_path, key, value, hint):
+    """Was: ::1:8080 taken as the address ::1:8080 on port 8000 (rport)."""
+    text = V6 + ("rs = 2001:db8::5\n" if key == "fallback" else "") + f"{key} = {value}\n"
+    message = load_error(tmp_path, text)
+    assert f"[virtual web] {key} = {value!r}: " in message and "ambiguous" in message and hint in message
+
+
+@pytest.mark.parametrize("rs, want", [
+    ("::1", "[::1]:8000"), ("fd00::10", "[fd00::10]:8000"), ("2001:db8::10", "[2001:db8::10]:8000"),
+    ("[::1]:8080", "[::1]:8080"), ("[::1:8080]", "[::1:8080]:8000"), ("::1:abcd", "[::1:abcd]:8000"),
+])
+def test_bare_ipv6_addresses_without_a_port_are_still_accepted(tmp_path, rs, want):
+    (vs,) = m.load_config(write(tmp_path, V6 + f"rs = {rs}\n")).services
+    assert [str(s) for s in vs.servers] == [want]
