@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import encodings.idna
 import errno
 import fcntl
@@ -455,6 +456,25 @@ def default_run_path(config_path: str, suffix: str) -> str:
     return os.path.join(folder, f"monitor_rs-{digest}.{suffix}")
 
 
+def _section_hint(name: str) -> str:
+    """The known section a mistyped one most likely meant, or ""."""
+    if difflib.get_close_matches(name.lower(), ["monitor"], 1, 0.6):
+        return "monitor"
+    word, _, rest = name.partition(" ")
+    if rest.strip() and difflib.get_close_matches(word.lower(), ["virtual"], 1, 0.6):
+        return f"virtual {rest.strip()}"
+    return ""
+
+
+def _unknown_key(sec: _Section, key: str, known) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(known), 1, 0.75)
+    if close:
+        return sec.fail(key, f"unknown key (did you mean {close[0]}?)")
+    if sec.name != "monitor" and key in MONITOR_KEYS:
+        return sec.fail(key, "unknown key here: it belongs in [monitor]")
+    return sec.fail(key, "unknown key")
+
+
 def load_config(path: str) -> Config:
     """Read and check a whole config; raise ConfigError with one line on any fault."""
     parser = configparser.ConfigParser(
@@ -474,12 +494,17 @@ def load_config(path: str) -> Config:
     except configparser.Error as exc:
         raise ConfigError(f"{path}: " + " ".join(str(exc).split())) from None
 
+    for name in parser.sections():  # first: a typo'd [monitor] is named as the typo it is
+        if name != "monitor" and not re.fullmatch(r"virtual\s+(\S.*)", name):
+            hint = _section_hint(name)
+            raise ConfigError(f"{path}: unknown section [{name}] " + (
+                f"(did you mean [{hint}]?)" if hint else "(expected [monitor] or [virtual NAME])"))
     if not parser.has_section("monitor"):
         raise ConfigError(f"{path}: no [monitor] section")
     top = _Section(path, "monitor", parser["monitor"])
     for key in top.values:
         if key not in MONITOR_KEYS | SERVICE_KEYS:
-            raise top.fail(key, "unknown key")
+            raise _unknown_key(top, key, MONITOR_KEYS | SERVICE_KEYS)
     settings = dict(
         interval=top.number("interval", 3.0, 0.1, 86400.0),
         timeout=top.number("timeout", 1.0, 0.01, 3600.0),
@@ -496,12 +521,10 @@ def load_config(path: str) -> Config:
         if name == "monitor":
             continue
         match = re.fullmatch(r"virtual\s+(\S.*)", name)
-        if not match:
-            raise ConfigError(f"{path}: [{name}]: unknown section (expected [monitor] or [virtual NAME])")
         own = dict(parser[name])
         for key in own:
             if key not in SERVICE_KEYS:
-                raise _Section(path, name, own).fail(key, "unknown key")
+                raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS)
         merged = {k: v for k, v in top.values.items() if k in SERVICE_KEYS}
         merged.update(own)
         vs = _load_service(path, _Section(path, name, merged), match.group(1).strip())
@@ -1779,6 +1802,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     (--once), or not all in place (--status); 2 bad config or usage; 3 another
     monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here.
     """
+    if as_json and not status:
+        click.echo("monitor_rs: --json goes with --status (it prints the status as JSON)", err=True)
+        sys.exit(EXIT_CONFIG)
+
     def load() -> Config:
         config = load_config(config_path)
         overrides = {"interval": interval, "timeout": timeout, "log": log_file, "ipvsadm": ipvsadm_path,

@@ -180,3 +180,47 @@ def test_a_bare_ipv6_address_with_a_port_is_refused_as_ambiguous(tmp_path, key, 
 def test_bare_ipv6_addresses_without_a_port_are_still_accepted(tmp_path, rs, want):
     (vs,) = m.load_config(write(tmp_path, V6 + f"rs = {rs}\n")).services
     assert [str(s) for s in vs.servers] == [want]
+
+
+###############################################################################
+# 3. Usage: --json, section and key names ######################################
+###############################################################################
+
+
+def test_json_without_status_is_a_usage_error(ipvs, run, backends):
+    """Was: --json silently ignored, and the monitor ran (here: one pass that added the server)."""
+    a = backends(ip="127.0.0.14")
+    monitor = run(ipvs, config(VIP, [a.address]))
+    before = len(calls(ipvs))
+    line = one_line(monitor.once("--json"))
+    assert "--json" in line and "--status" in line
+    assert calls(ipvs)[before:] == [] and ipvs.dests(VIP) == {}
+
+
+@pytest.mark.parametrize("section, message", [
+    ("monitr", "unknown section [monitr] (did you mean [monitor]?)"),
+    ("Monitor", "unknown section [Monitor] (did you mean [monitor]?)"),
+    ("virtal web", "unknown section [virtal web] (did you mean [virtual web]?)"),
+    ("frontend", "unknown section [frontend] (expected [monitor] or [virtual NAME])"),
+])
+def test_a_mistyped_section_is_named_with_a_suggestion(tmp_path, section, message):
+    """Was: "no [monitor] section" for [monitr], before the unknown section was even looked at."""
+    text = f"[{section}]\ninterval = 2\n[virtual web]\nvip = 10.0.0.1\nvport = 80\nrs = 10.0.0.2\n"
+    assert load_error(tmp_path, text).endswith(": " + message)
+
+
+@pytest.mark.parametrize("where, key, message", [
+    ("monitor", "intervall", "unknown key (did you mean interval?)"),
+    ("monitor", "reqest", "unknown key (did you mean request?)"),
+    ("virtual", "chekport", "unknown key (did you mean checkport?)"),
+    ("virtual", "interval", "unknown key here: it belongs in [monitor]"),
+    ("virtual", "weight", "unknown key"),
+])
+def test_an_unknown_key_gets_the_closest_known_one(tmp_path, where, key, message):
+    top, service = ("[monitor]\n", "[virtual web]\nvip = 10.0.0.1\nvport = 80\nrs = 10.0.0.2\n")
+    if where == "monitor":
+        top += f"{key} = 1\n"
+    else:
+        service += f"{key} = 1\n"
+    text = top + service
+    assert load_error(tmp_path, text).endswith(f" {key} = '1': {message}")
