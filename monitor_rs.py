@@ -487,6 +487,8 @@ def load_config(path: str) -> Config:
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -1724,7 +1726,21 @@ def show_status(snap: dict, console) -> None:
 
 import click  # noqa: E402  (kept beside the code that uses it)
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_RUNNING, EXIT_NO_IPVS = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_RUNNING, EXIT_NO_IPVS, EXIT_NO_LOCK = 0, 1, 2, 3, 4, 5
+# Settings that name a file, and the option that overrides each: a directory there is a config error.
+PATH_OPTIONS = {"log": "--log-file", "lock": "--lock-file", "state_file": "--state-file",
+                "prometheus_file": "", "ipvsadm": "--ipvsadm"}
+
+
+def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
+    """A directory given as a file fails at start (or reload) in one line, not at the first write."""
+    for key, option in PATH_OPTIONS.items():
+        value = getattr(config, key)
+        if key == "ipvsadm" and "/" not in value:
+            continue  # a bare name is looked up in PATH
+        if value and os.path.isdir(value):
+            where = f"{option} {value}" if key in from_cli else f"{config.path}: [monitor] {key} = {value!r}"
+            raise ConfigError(f"{where}: is a directory, not a file")
 
 
 def show_config(config: Config) -> None:
@@ -1767,7 +1783,7 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, default=DEFAULT_CONFIG, show_default=True,
-              type=click.Path(dir_okay=False), metavar="PATH",
+              metavar="PATH",  # no click.Path checks: load_config says what is wrong, in one line
               help=f"Config file. Found as: this option, else ${CONFIG_ENV}, else {DEFAULT_CONFIG}.")
 @click.option("--once", is_flag=True, help="One pass, then exit: 0 when every change it needed succeeded.")
 @click.option("--dry-run", is_flag=True,
@@ -1782,13 +1798,13 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
               help="Seconds between passes (config: interval; default 3).")
 @click.option("--timeout", type=click.FloatRange(0.01, 3600), metavar="SECONDS",
               help="Total deadline of one probe (config: timeout; default 1).")
-@click.option("--log-file", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--log-file", metavar="PATH",
               help=f"Log file (config: log; default {DEFAULT_LOG}); '' for none.")
-@click.option("--ipvsadm", "ipvsadm_path", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--ipvsadm", "ipvsadm_path", metavar="PATH",
               help="The ipvsadm program (config: ipvsadm).")
-@click.option("--lock-file", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--lock-file", metavar="PATH",
               help="Single-instance lock (config: lock; default one per config file, under /run).")
-@click.option("--state-file", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--state-file", metavar="PATH",
               help="State file rewritten every pass (config: state_file; default one per config file, under /run).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log servers that stay as they are, every pass.")
 @click.version_option(__version__, "--version", prog_name="monitor_rs")
@@ -1800,7 +1816,8 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     Runs until SIGTERM or SIGINT (the IPVS table is left as it is), re-reads
     its config on SIGHUP. Exit status: 0 ok; 1 a change or a listing failed
     (--once), or not all in place (--status); 2 bad config or usage; 3 another
-    monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here.
+    monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here;
+    5 the lock file cannot be opened or locked (lock, --lock-file).
     """
     if as_json and not status:
         click.echo("monitor_rs: --json goes with --status (it prints the status as JSON)", err=True)
@@ -1810,7 +1827,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         config = load_config(config_path)
         overrides = {"interval": interval, "timeout": timeout, "log": log_file, "ipvsadm": ipvsadm_path,
                      "lock": lock_file, "state_file": state_file}
-        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        config = dataclasses.replace(config, **given)
+        check_paths(config, given)
+        return config
 
     try:
         config = load()
@@ -1838,7 +1858,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             sys.exit(EXIT_RUNNING)
         except OSError as exc:
             click.echo(f"monitor_rs: cannot take the lock {config.lock}: {exc.strerror or exc}", err=True)
-            sys.exit(EXIT_FAILED)
+            sys.exit(EXIT_NO_LOCK)
     monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop

@@ -224,3 +224,76 @@ def test_an_unknown_key_gets_the_closest_known_one(tmp_path, where, key, message
         service += f"{key} = 1\n"
     text = top + service
     assert load_error(tmp_path, text).endswith(f" {key} = '1': {message}")
+
+
+###############################################################################
+# 4. Files that are not what they should be ####################################
+###############################################################################
+
+
+def run_cli(*args, prefix=(), timeout=60):
+    return subprocess.run([*prefix, sys.executable, MONITOR, *args], capture_output=True, text=True,
+                          timeout=timeout * SLOW)
+
+
+def test_a_directory_as_config_is_one_line(tmp_path):
+    """Was: click's usage error (Usage:, Try ..., Error: ...)."""
+    line = one_line(run_cli("--config", str(tmp_path), "--check-config"))
+    assert line == f"monitor_rs: {tmp_path}: is a directory, not a config file"
+
+
+def test_an_unreadable_config_is_one_line(tmp_path):
+    """Was: click's usage error "File ... is not readable".  As root, without the capabilities
+    that let root read anything (so the file's mode counts)."""
+    path = write(tmp_path, "[monitor]\n")
+    os.chmod(path, 0)
+    prefix = ()
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root, and no setpriv to drop the capability to read anything")
+        prefix = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
+    line = one_line(run_cli("--config", path, "--check-config", prefix=prefix))
+    assert line == f"monitor_rs: {path}: cannot read config: Permission denied"
+
+
+@pytest.mark.parametrize("option", ["--log-file", "--lock-file", "--state-file", "--ipvsadm"])
+def test_a_directory_for_a_file_option_is_one_line(ipvs, run, tmp_path, option):
+    """Was: click's three-line usage error."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    monitor = run(ipvs, config(VIP, ["127.0.0.15"]))
+    line = one_line(monitor.once(option, str(folder)))  # the last of a repeated option wins
+    assert line == f"monitor_rs: {option} {folder}: is a directory, not a file"
+
+
+@pytest.mark.parametrize("key", ["log", "lock", "state_file", "prometheus_file", "ipvsadm"])
+def test_a_directory_for_a_file_in_the_config_is_one_line(ipvs, tmp_path, key):
+    """Was, e.g. for log or prometheus_file: the pass ran, and a warning came at the first write."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    text = config(VIP, ["127.0.0.15"]).replace("[monitor]\n", f"[monitor]\n{key} = {folder}\n")
+    path = write(tmp_path, text)
+    line = one_line(run_cli("--config", path, "--ipvsadm", ipvs.path, "--once") if key != "ipvsadm"
+                    else run_cli("--config", path, "--once"))
+    assert line == f"monitor_rs: {path}: [monitor] {key} = '{folder}': is a directory, not a file"
+    assert ipvs.dests(VIP) == {}
+
+
+###############################################################################
+# 5. A lock that cannot be taken ##############################################
+###############################################################################
+
+
+def test_a_lock_that_cannot_be_taken_exits_5_as_documented(ipvs, run, tmp_path):
+    """Was: exit 1, the code of a failed change, and --help did not say it."""
+    monitor = run(ipvs, config(VIP, ["127.0.0.15"]))
+    proc = monitor.once("--lock-file", str(tmp_path / "no-such-folder" / "lock"))
+    assert proc.returncode == 5
+    assert proc.stderr.splitlines() == [f"monitor_rs: cannot take the lock {tmp_path}/no-such-folder/lock: "
+                                        "No such file or directory"]
+    assert ipvs.dests(VIP) == {}
+    helptext = " ".join(run_cli("--help").stdout.split())
+    assert "5 the lock file cannot be opened or locked" in helptext
+    assert "3 another monitor holds the lock of this config" in helptext
+    codes = [m.EXIT_OK, m.EXIT_FAILED, m.EXIT_CONFIG, m.EXIT_RUNNING, m.EXIT_NO_IPVS, m.EXIT_NO_LOCK]
+    assert codes == list(range(6)) and m.EXIT_NO_LOCK == 5
