@@ -1448,9 +1448,10 @@ class Monitor:
                 result = by_server[rs.endpoint]
                 if self.verbose and table is not None and str(rs) not in done:
                     if result.ok and stored is not None:
-                        self.output.say(f"{rs} is work nice now ({result.reason}, {result.latency * 1000:.0f} ms)")
+                        self.output.say(f"{rs} is work nice now in {vs.label()} "
+                                        f"({result.reason}, {result.latency * 1000:.0f} ms)")
                     elif not result.ok and stored is None:
-                        self.output.say(f"{rs} is still out of work: {result.reason}")
+                        self.output.say(f"{rs} is still out of work in {vs.label()}: {result.reason}")
                 reports[vs.ipvs_key].rows.append(ServerRow(
                     str(rs), rs.weight, None if stored is None else stored.weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))

@@ -297,3 +297,18 @@ def test_a_lock_that_cannot_be_taken_exits_5_as_documented(ipvs, run, tmp_path):
     assert "3 another monitor holds the lock of this config" in helptext
     codes = [m.EXIT_OK, m.EXIT_FAILED, m.EXIT_CONFIG, m.EXIT_RUNNING, m.EXIT_NO_IPVS, m.EXIT_NO_LOCK]
     assert codes == list(range(6)) and m.EXIT_NO_LOCK == 5
+
+
+###############################################################################
+# 6. -v names the virtual service ##############################################
+###############################################################################
+
+
+def test_verbose_lines_name_the_virtual_service(ipvs, run, backends):
+    a, b = backends(ip="127.0.0.16"), backends(ip="127.0.0.17")
+    b.stop()  # refuses: out of work, and not in IPVS
+    ipvs.run("-a", "-t", VIP, "-r", a.address, "-m", "-w", "1")
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [1, 1]))
+    assert monitor.once("-v").returncode == 0
+    assert monitor.count(f"{a.address} is work nice now in 127.0.0.1:80 (web) (HTTP 200, ") == 1
+    assert monitor.count(f"{b.address} is still out of work in 127.0.0.1:80 (web): refused") == 1
