@@ -1666,13 +1666,15 @@ class Publisher:
         self.problem = ""
 
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
+        path = state_path  # named in the warning: not exc.filename, which is the temporary file's
         try:
             if state_path:
                 write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
+            path = metrics_path
             if metrics_path:
                 write_atomically(metrics_path, metrics_text(snap))
         except OSError as exc:
-            problem = f"monitor_rs: cannot write {exc.filename or 'state'}: {exc.strerror or exc}; monitoring goes on"
+            problem = f"monitor_rs: cannot write {path}: {exc.strerror or exc}; monitoring goes on"
             if problem != self.problem:
                 self.warn(problem)
             self.problem = problem

@@ -312,3 +312,25 @@ def test_verbose_lines_name_the_virtual_service(ipvs, run, backends):
     assert monitor.once("-v").returncode == 0
     assert monitor.count(f"{a.address} is work nice now in 127.0.0.1:80 (web) (HTTP 200, ") == 1
     assert monitor.count(f"{b.address} is still out of work in 127.0.0.1:80 (web): refused") == 1
+
+
+###############################################################################
+# 7. An unwritable state or metrics file is named ##############################
+###############################################################################
+
+
+@pytest.mark.parametrize("which", ["state", "metrics"])
+def test_an_unwritable_state_or_metrics_file_is_named_not_its_temporary_file(ipvs, run, backends, tmp_path,
+                                                                             which):
+    a = backends(ip="127.0.0.18")
+    target = tmp_path / "gone" / f"{which}.out"  # its folder does not exist
+    text = config(VIP, [a.address])
+    extra = []
+    if which == "metrics":
+        text = text.replace("[monitor]\n", f"[monitor]\nprometheus_file = {target}\n")
+    else:
+        extra = ["--state-file", str(target)]
+    proc = run(ipvs, text).once(*extra)
+    assert proc.returncode == 0
+    assert proc.stderr.splitlines() == [f"monitor_rs: cannot write {target}: No such file or directory; "
+                                        "monitoring goes on"]
