@@ -149,15 +149,27 @@ class VirtualService:
     depool_threshold: float = 0.0
     on_change: Tuple[str, ...] = ()
 
+    @functools.cached_property
+    def family(self) -> int:
+        """4 or 6.  A firewall-mark service has no address: IPVS keys it by mark AND family
+        (``-f N`` or ``-f N -6``); it is IPv6 when its real servers and fallback all are
+        (a tunnel service mixing families is the IPv4 one, ``-f N``)."""
+        if self.vip is not None:
+            return self.vip.version
+        ips = [rs.ip for rs in self.servers] + ([self.fallback.ip] if self.fallback else [])
+        return 6 if ips and all(ip.version == 6 for ip in ips) else 4
+
     @functools.cached_property  # frozen: computed once, not per server per pass
     def address(self) -> str:
-        """How ipvsadm names the service: ``10.10.10.10:80``, ``[::1]:80`` or the mark."""
+        """How ipvsadm names the service: ``10.10.10.10:80``, ``[::1]:80``, the mark, or ``1 IPv6``."""
         if self.protocol == "fwm":
-            return str(self.fwmark)
+            return f"{self.fwmark} IPv6" if self.family == 6 else str(self.fwmark)
         return str(Endpoint(self.vip, self.vport))
 
-    @property
-    def service_args(self) -> Tuple[str, str]:
+    @functools.cached_property
+    def service_args(self) -> Tuple[str, ...]:
+        if self.protocol == "fwm":
+            return ("-f", str(self.fwmark), "-6") if self.family == 6 else ("-f", str(self.fwmark))
         return (PROTOCOL_FLAGS[self.protocol], self.address)
 
     @functools.cached_property
@@ -407,6 +419,13 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
         clash = _family_clash(vip, forward, fallback.ip)
         if clash:
             raise sec.fail("fallback", clash)
+    if protocol == "fwm" and forward != "-i":  # one family per mark service, as IPVS keeps it
+        first = servers[0]
+        for key, other in [("rs", rs.endpoint) for rs in servers] + [("fallback", fallback)]:
+            if other is not None and other.ip.version != first.ip.version:
+                raise sec.fail(key, f"{other} is IPv{other.ip.version} and real server {first} "
+                                    f"IPv{first.ip.version}: a firewall-mark service has one family; "
+                                    "only type = i (tunnel) mixes families")
     try:
         expect = parse_expect(sec.text("expect", "200-399"))
     except ValueError as exc:
@@ -615,8 +634,11 @@ def parse_listing(text: str) -> Dict[Tuple[str, str], Table]:
                     raise ValueError
                 ep = parse_address(fields[1])
                 current[ep] = Destination(ep, fields[2], int(fields[3]), int(fields[4]), int(fields[5]))
-            elif fields[0] in ("TCP", "UDP", "SCTP", "FWM") and len(fields) >= 3:
-                address = fields[1] if fields[0] == "FWM" else str(parse_address(fields[1]))
+            elif fields[0] == "FWM" and len(fields) >= 3:  # ``FWM  1 wrr`` or ``FWM  1 IPv6 wrr``
+                address = fields[1] + (" IPv6" if fields[2] == "IPv6" else "")
+                current = services.setdefault((fields[0], address), {})
+            elif fields[0] in ("TCP", "UDP", "SCTP") and len(fields) >= 3:
+                address = str(parse_address(fields[1]))
                 current = services.setdefault((fields[0], address), {})
             else:
                 raise ValueError

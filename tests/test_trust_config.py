@@ -334,3 +334,120 @@ def test_an_unwritable_state_or_metrics_file_is_named_not_its_temporary_file(ipv
     assert proc.returncode == 0
     assert proc.stderr.splitlines() == [f"monitor_rs: cannot write {target}: No such file or directory; "
                                         "monitoring goes on"]
+
+
+###############################################################################
+# 8. IPv6 firewall-mark services ###############################################
+###############################################################################
+
+FWM = "[monitor]\n[virtual mark]\nprotocol = fwm\nfwmark = 7\nrport = 80\n"
+
+
+def test_an_ipv6_fwm_service_is_named_with_dash_6(tmp_path):
+    (vs,) = m.load_config(write(tmp_path, FWM + "rs = [2001:db8::5] 2001:db8::6\ntype = m\n")).services
+    assert vs.service_args == ("-f", "7", "-6") and vs.ipvs_key == ("FWM", "7 IPv6")
+    assert vs.address == "7 IPv6" and vs.label() == "7 IPv6 (mark)"
+    assert m._change_args(vs, "-d", vs.servers[0].endpoint) == ("-d", "-f", "7", "-6", "-r", "[2001:db8::5]:80")
+    (v4,) = m.load_config(write(tmp_path, FWM + "rs = 10.0.0.5\n")).services
+    assert v4.service_args == ("-f", "7") and v4.ipvs_key == ("FWM", "7") and v4.address == "7"
+
+
+@pytest.mark.parametrize("lines, key, message", [
+    ("rs = 10.0.0.5 [2001:db8::5]\n", "rs", "[2001:db8::5]:80 is IPv6 and real server 10.0.0.5:80 IPv4"),
+    ("rs = 2001:db8::5 10.0.0.5\n", "rs", "10.0.0.5:80 is IPv4 and real server [2001:db8::5]:80 IPv6"),
+    ("rs = 10.0.0.5\nfallback = [::1]:80\n", "fallback", "[::1]:80 is IPv6 and real server 10.0.0.5:80 IPv4"),
+])
+def test_an_fwm_service_mixing_families_is_refused_unless_tunnel(tmp_path, lines, key, message):
+    """Was: accepted, and every add of the other family FAILED at run time."""
+    error = load_error(tmp_path, FWM + lines + "type = m\n")
+    assert f"[virtual mark] {key} = " in error and message in error
+    assert "only type = i (tunnel) mixes families" in error
+    (vs,) = m.load_config(write(tmp_path, FWM + lines + "type = i\n")).services  # IPVS lets tunnels mix
+    assert vs.service_args == ("-f", "7")  # the IPv4 mark service, as before
+
+
+def test_both_fwm_families_of_one_mark_are_two_services(tmp_path):
+    """IPVS keys an fwm service by mark and family: [virtual a] and [virtual b] are not duplicates."""
+    text = FWM + "rs = 10.0.0.5\n[virtual six]\nprotocol = fwm\nfwmark = 7\nrport = 80\nrs = ::1\n"
+    assert [vs.ipvs_key for vs in m.load_config(write(tmp_path, text)).services] == [("FWM", "7"), ("FWM", "7 IPv6")]
+
+
+def test_listing_keys_an_ipv6_fwm_service_apart():
+    text = ("IP Virtual Server version 1.2.1 (size=4096)\n"
+            "Prot LocalAddress:Port Scheduler Flags\n"
+            "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            "FWM  7 IPv6 wlc\n"
+            "  -> [2001:db8::30]:0             Route   1      0          0         \n"
+            "FWM  7 wlc\n"
+            "  -> 192.168.1.30:0               Route   1      0          0         \n")
+    services = m.parse_listing(text)
+    assert set(services) == {("FWM", "7 IPv6"), ("FWM", "7")}
+    assert [str(ep) for ep in services[("FWM", "7 IPv6")]] == ["[2001:db8::30]:0"]
+    assert [str(ep) for ep in services[("FWM", "7")]] == ["192.168.1.30:0"]
+
+
+# The fake, as ipvsadm 1.31 (ipvsadm.c): -6 comes after -f and makes the mark
+# service IPv6 (svc.af); the kernel finds a mark service by mark AND family;
+# the listing names it "FWM  7 IPv6" (print_service_entry), -S "-f 7 -6".
+
+def test_fake_keys_an_fwm_service_by_mark_and_family(tmp_path):
+    fake = Ipvs("fake", tmp_path)
+    fake.run("-A", "-f", "7", "-6", "-s", "wrr")
+    missing = fake.run("-Ln", "-f", "7", check=False)  # the IPv4 mark service 7 is another one
+    assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", "No such service\n")
+    added = fake.run("-a", "-f", "7", "-r", "[::1]:8080", "-m", check=False)
+    assert (added.returncode, added.stderr) == (2, "Different address family is allowed only for tunneling servers\n")
+    fake.run("-a", "-f", "7", "-6", "-r", "[::1]:8080", "-m", "-w", "3")
+    fake.run("-e", "-f", "7", "-6", "-r", "[::1]:8080", "-m", "-w", "4")
+    assert fake.run("-Ln", "-f", "7", "-6").stdout == (
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        "FWM  7 IPv6 wrr\n"
+        "  -> [::1]:8080                   Masq    4      0          0         \n")
+    assert fake.run("-Sn").stdout == "-A -f 7 -6 -s wrr\n-a -f 7 -6 -r [::1]:8080 -m -w 4\n"
+    fake.run("-A", "-f", "7", "-s", "rr")  # the IPv4 one may exist beside it
+    fake.run("-d", "-f", "7", "-6", "-r", "[::1]:8080")
+    assert fake.run("-Ln", "-f", "7", "-6").stdout.endswith("FWM  7 IPv6 wrr\n")
+    early = fake.run("-Ln", "-6", "-f", "7", check=False)
+    assert (early.returncode, early.stderr) == (2, "-6 used before -f\n\n")
+
+
+@pytest.fixture(params=[
+    "fake",
+    pytest.param("kernel", marks=[pytest.mark.ipvs, pytest.mark.skipif(
+        not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")]),
+])
+def table(request, tmp_path):
+    """The fake or the kernel's IPVS table, empty (as in test_e2e)."""
+    t = Ipvs(request.param, tmp_path)
+    yield t
+    t.close()
+
+
+def fwm6(table):
+    """{'[RIP]:PORT': (forward, weight)} of the IPv6 mark service 7, as ipvsadm lists it."""
+    (dests,) = m.parse_listing(table.run("-Ln", "-f", "7", "-6").stdout).values()
+    return {str(ep): (d.forward, d.weight) for ep, d in dests.items()}
+
+
+def test_ipv6_fwm_service_end_to_end(table, run, backends):
+    """Servers on ::1 in the IPv6 mark service 7: added with -f 7 -6, removed when one stops, back when
+    it starts again.  (Was: "virtual service 7 is not defined in IPVS", nothing ever added.)"""
+    try:
+        a, b = backends(ip="::1"), backends(ip="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    table.run("-A", "-f", "7", "-6", "-s", "wrr")
+    text = (f"[monitor]\ninterval = 0.2\ntimeout = 0.5\n[virtual mark6]\nprotocol = fwm\nfwmark = 7\n"
+            f"rport = {a.port}\nrs = ::1 [::1]:{b.port}\nrw = 2 3\ntype = m\n")
+    monitor = run(table, text).start()
+    want = {f"[::1]:{a.port}": ("Masq", 2), f"[::1]:{b.port}": ("Masq", 3)}
+    wait_until(lambda: fwm6(table) == want, what="both IPv6 servers in the IPv6 mark service")
+    b.stop()
+    wait_until(lambda: fwm6(table) == {f"[::1]:{a.port}": ("Masq", 2)}, what="the stopped server removed")
+    b.start()
+    wait_until(lambda: fwm6(table) == want, what="the server back")
+    code, _, err = monitor.stop()
+    assert code == 0 and "Traceback" not in err
+    assert monitor.count("not defined in IPVS") == 0 and monitor.count("FAILED") == 0
+    assert monitor.count(f"[::1]:{b.port} is out of work, deleted from 7 IPv6 (mark6)") == 1
