@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
+import encodings.idna
 import errno
 import fcntl
 import functools
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -136,11 +139,11 @@ class VirtualService:
     servers: Tuple[RealServer, ...]
     forward: str  # -g | -m | -i
     check: str = "http"
-    request: str = "/"
+    request: str = "/"  # as sent: non-ASCII percent-encoded (encode_request), at load
     receive: str = ""
     expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
     checkport: Optional[int] = None
-    host: str = ""
+    host: str = ""  # as sent (Host header, TLS server name): IDNA-encoded (encode_host), at load
     fall: int = 1
     rise: int = 1
     quiescent: bool = False
@@ -148,15 +151,27 @@ class VirtualService:
     depool_threshold: float = 0.0
     on_change: Tuple[str, ...] = ()
 
+    @functools.cached_property
+    def family(self) -> int:
+        """4 or 6.  A firewall-mark service has no address: IPVS keys it by mark AND family
+        (``-f N`` or ``-f N -6``); it is IPv6 when its real servers and fallback all are
+        (a tunnel service mixing families is the IPv4 one, ``-f N``)."""
+        if self.vip is not None:
+            return self.vip.version
+        ips = [rs.ip for rs in self.servers] + ([self.fallback.ip] if self.fallback else [])
+        return 6 if ips and all(ip.version == 6 for ip in ips) else 4
+
     @functools.cached_property  # frozen: computed once, not per server per pass
     def address(self) -> str:
-        """How ipvsadm names the service: ``10.10.10.10:80``, ``[::1]:80`` or the mark."""
+        """How ipvsadm names the service: ``10.10.10.10:80``, ``[::1]:80``, the mark, or ``1 IPv6``."""
         if self.protocol == "fwm":
-            return str(self.fwmark)
+            return f"{self.fwmark} IPv6" if self.family == 6 else str(self.fwmark)
         return str(Endpoint(self.vip, self.vport))
 
-    @property
-    def service_args(self) -> Tuple[str, str]:
+    @functools.cached_property
+    def service_args(self) -> Tuple[str, ...]:
+        if self.protocol == "fwm":
+            return ("-f", str(self.fwmark), "-6") if self.family == 6 else ("-f", str(self.fwmark))
         return (PROTOCOL_FLAGS[self.protocol], self.address)
 
     @functools.cached_property
@@ -262,8 +277,16 @@ def parse_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        parse_ip(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_endpoint(text: str, default_port: Optional[int], lowest_port: int = 1) -> Endpoint:
-    """``1.2.3.4``, ``1.2.3.4:80``, ``[::1]``, ``[::1]:80`` or a bare ``::1``."""
+    """``1.2.3.4``, ``1.2.3.4:80``, ``[::1]``, ``[::1]:80`` or a bare ``::1`` (not ``::1:80``: ambiguous)."""
     text = text.strip()
     match = re.fullmatch(r"\[([^\]]+)\](?::([0-9]+))?", text)
     if match:
@@ -272,6 +295,11 @@ def parse_endpoint(text: str, default_port: Optional[int], lowest_port: int = 1)
         host, port = text.split(":")
     else:
         host, port = text, None
+        head, _, last = text.rpartition(":")
+        if head and re.fullmatch(r"[0-9]{1,5}", last) and _is_ip(head):
+            # ``::1:8080`` is an address (::1:8080) to ipaddress, but surely meant ::1 port 8080
+            raise ValueError(f"{text!r} is ambiguous: write [{head}]:{last} for a port "
+                             f"(or [{text}] for the address)")
     ip = parse_ip(host)  # ValueError names the bad address
     if port is None:
         if default_port is None:
@@ -295,6 +323,40 @@ def parse_expect(text: str) -> Tuple[Tuple[int, int], ...]:
             raise ValueError(part)
         ranges.append((low, high))
     return tuple(ranges)
+
+
+PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
+
+
+def encode_request(path: str) -> str:
+    """The request path as it goes on the wire: non-ASCII percent-encoded as UTF-8; ASCII,
+    ``%XX`` escapes and reserved characters kept exactly as written."""
+    return urllib.parse.quote(path, safe=PRINTABLE_ASCII)
+
+
+def encode_host(host: str) -> str:
+    """The host as it goes on the wire (Host header, TLS server name): ASCII, non-ASCII labels
+    IDNA-encoded (``bücher.example`` -> ``xn--bcher-kva.example``).  ValueError says which
+    label cannot be (empty, or over the 63 characters of a DNS label once encoded)."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    labels = encodings.idna.dots.split(host)
+    if len(labels) > 1 and not labels[-1]:
+        labels.pop()  # one trailing dot: a fully qualified name
+    for label in labels:
+        if not label:
+            raise ValueError("has an empty label (a dot first, or two in a row)")
+        try:
+            encodings.idna.ToASCII(label)
+        except UnicodeError as exc:
+            if "too long" not in str(exc):
+                raise ValueError(f"label {label!r} cannot be IDNA-encoded: {exc}") from None
+            shown = label if len(label) <= 20 else label[:16] + "..."
+            raise ValueError(f"label {shown!r} is over 63 characters once encoded: "
+                             "a DNS label has 63 at most") from None
+    raise ValueError("cannot be IDNA-encoded")
 
 
 def _family_clash(vip: Optional[IPAddress], forward: str, ip: IPAddress) -> str:
@@ -359,6 +421,13 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
         clash = _family_clash(vip, forward, fallback.ip)
         if clash:
             raise sec.fail("fallback", clash)
+    if protocol == "fwm" and forward != "-i":  # one family per mark service, as IPVS keeps it
+        first = servers[0]
+        for key, other in [("rs", rs.endpoint) for rs in servers] + [("fallback", fallback)]:
+            if other is not None and other.ip.version != first.ip.version:
+                raise sec.fail(key, f"{other} is IPv{other.ip.version} and real server {first} "
+                                    f"IPv{first.ip.version}: a firewall-mark service has one family; "
+                                    "only type = i (tunnel) mixes families")
     try:
         expect = parse_expect(sec.text("expect", "200-399"))
     except ValueError as exc:
@@ -366,9 +435,14 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
     request = sec.text("request", "/")
     if any(c in request for c in "\r\n ") or not request.isprintable():
         raise sec.fail("request", "must be a path without spaces or control characters")
+    request = encode_request(request)
     host = sec.text("host")
     if any(c in host for c in "\r\n ") or not host.isprintable():
         raise sec.fail("host", "must be a host name without spaces or control characters")
+    try:
+        host = encode_host(host)
+    except ValueError as exc:
+        raise sec.fail("host", str(exc)) from None
     try:
         on_change = tuple(shlex.split(sec.text("on_change")))
     except ValueError as exc:
@@ -542,6 +616,25 @@ def make_run_dir(folder: str) -> str:
     return ""
 
 
+def _section_hint(name: str) -> str:
+    """The known section a mistyped one most likely meant, or ""."""
+    if difflib.get_close_matches(name.lower(), ["monitor"], 1, 0.6):
+        return "monitor"
+    word, _, rest = name.partition(" ")
+    if rest.strip() and difflib.get_close_matches(word.lower(), ["virtual"], 1, 0.6):
+        return f"virtual {rest.strip()}"
+    return ""
+
+
+def _unknown_key(sec: _Section, key: str, known) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(known), 1, 0.75)
+    if close:
+        return sec.fail(key, f"unknown key (did you mean {close[0]}?)")
+    if sec.name != "monitor" and key in MONITOR_KEYS:
+        return sec.fail(key, "unknown key here: it belongs in [monitor]")
+    return sec.fail(key, "unknown key")
+
+
 def load_config(path: str) -> Config:
     """Read and check a whole config; raise ConfigError with one line on any fault."""
     parser = configparser.ConfigParser(
@@ -561,6 +654,8 @@ def load_config(path: str) -> Config:
                 if why:
                     raise ConfigError(f"{path}: not read as root, others can change it: {why}")
             parser.read_file(handle)
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -568,12 +663,17 @@ def load_config(path: str) -> Config:
     except configparser.Error as exc:
         raise ConfigError(f"{path}: " + " ".join(str(exc).split())) from None
 
+    for name in parser.sections():  # first: a typo'd [monitor] is named as the typo it is
+        if name != "monitor" and not re.fullmatch(r"virtual\s+(\S.*)", name):
+            hint = _section_hint(name)
+            raise ConfigError(f"{path}: unknown section [{name}] " + (
+                f"(did you mean [{hint}]?)" if hint else "(expected [monitor] or [virtual NAME])"))
     if not parser.has_section("monitor"):
         raise ConfigError(f"{path}: no [monitor] section")
     top = _Section(path, "monitor", parser["monitor"])
     for key in top.values:
         if key not in MONITOR_KEYS | SERVICE_KEYS:
-            raise top.fail(key, "unknown key")
+            raise _unknown_key(top, key, MONITOR_KEYS | SERVICE_KEYS)
     if CONTROL.search(top.text("ipvsadm")):
         raise top.fail("ipvsadm", "control character (NUL, escape, ...) in the program name")
     settings = dict(
@@ -592,12 +692,10 @@ def load_config(path: str) -> Config:
         if name == "monitor":
             continue
         match = re.fullmatch(r"virtual\s+(\S.*)", name)
-        if not match:
-            raise ConfigError(f"{path}: [{name}]: unknown section (expected [monitor] or [virtual NAME])")
         own = dict(parser[name])
         for key in own:
             if key not in SERVICE_KEYS:
-                raise _Section(path, name, own).fail(key, "unknown key")
+                raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS)
         merged = {k: v for k, v in top.values.items() if k in SERVICE_KEYS}
         merged.update(own)
         vs = _load_service(path, _Section(path, name, merged), match.group(1).strip())
@@ -686,8 +784,11 @@ def parse_listing(text: str) -> Dict[Tuple[str, str], Table]:
                     raise ValueError
                 ep = parse_address(fields[1])
                 current[ep] = Destination(ep, fields[2], int(fields[3]), int(fields[4]), int(fields[5]))
-            elif fields[0] in ("TCP", "UDP", "SCTP", "FWM") and len(fields) >= 3:
-                address = fields[1] if fields[0] == "FWM" else str(parse_address(fields[1]))
+            elif fields[0] == "FWM" and len(fields) >= 3:  # ``FWM  1 wrr`` or ``FWM  1 IPv6 wrr``
+                address = fields[1] + (" IPv6" if fields[2] == "IPv6" else "")
+                current = services.setdefault((fields[0], address), {})
+            elif fields[0] in ("TCP", "UDP", "SCTP") and len(fields) >= 3:
+                address = str(parse_address(fields[1]))
                 current = services.setdefault((fields[0], address), {})
             else:
                 raise ValueError
@@ -798,7 +899,7 @@ class ProbeTarget:
     check: str
     ip: IPAddress
     port: int
-    request: str = "/"
+    request: str = "/"  # request and host as sent: ASCII, encoded at config load (encode_request, encode_host)
     host: str = ""
     expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
     receive: str = ""
@@ -1581,9 +1682,10 @@ class Monitor:
                 result = by_server[rs.endpoint]
                 if self.verbose and table is not None and str(rs) not in done:
                     if result.ok and stored is not None:
-                        self.output.say(f"{rs} is work nice now ({result.reason}, {result.latency * 1000:.0f} ms)")
+                        self.output.say(f"{rs} is work nice now in {vs.label()} "
+                                        f"({result.reason}, {result.latency * 1000:.0f} ms)")
                     elif not result.ok and stored is None:
-                        self.output.say(f"{rs} is still out of work: {result.reason}")
+                        self.output.say(f"{rs} is still out of work in {vs.label()}: {result.reason}")
                 reports[vs.ipvs_key].rows.append(ServerRow(
                     str(rs), rs.weight, None if stored is None else stored.weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
@@ -1817,6 +1919,7 @@ class Publisher:
         self.problem = ""
 
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
+        path = state_path  # named in the warning: not exc.filename, which is the temporary file's
         try:
             if state_path:
                 folder = os.path.dirname(state_path)
@@ -1824,10 +1927,11 @@ class Publisher:
                 if why:
                     raise OSError(errno.EACCES, why, state_path)
                 write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
+            path = metrics_path
             if metrics_path:
                 write_atomically(metrics_path, metrics_text(snap))
         except OSError as exc:
-            problem = f"monitor_rs: cannot write {exc.filename or 'state'}: {exc.strerror or exc}; monitoring goes on"
+            problem = f"monitor_rs: cannot write {path}: {exc.strerror or exc}; monitoring goes on"
             if problem != self.problem:
                 self.warn(problem)
             self.problem = problem
@@ -1882,7 +1986,21 @@ def show_status(snap: dict, console) -> None:
 
 import click  # noqa: E402  (kept beside the code that uses it)
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_RUNNING, EXIT_NO_IPVS = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_RUNNING, EXIT_NO_IPVS, EXIT_NO_LOCK = 0, 1, 2, 3, 4, 5
+# Settings that name a file, and the option that overrides each: a directory there is a config error.
+PATH_OPTIONS = {"log": "--log-file", "lock": "--lock-file", "state_file": "--state-file",
+                "prometheus_file": "", "ipvsadm": "--ipvsadm"}
+
+
+def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
+    """A directory given as a file fails at start (or reload) in one line, not at the first write."""
+    for key, option in PATH_OPTIONS.items():
+        value = getattr(config, key)
+        if key == "ipvsadm" and "/" not in value:
+            continue  # a bare name is looked up in PATH
+        if value and os.path.isdir(value):
+            where = f"{option} {value}" if key in from_cli else f"{config.path}: [monitor] {key} = {value!r}"
+            raise ConfigError(f"{where}: is a directory, not a file")
 
 
 def show_config(config: Config) -> None:
@@ -1926,7 +2044,7 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, default=DEFAULT_CONFIG, show_default=True,
-              type=click.Path(dir_okay=False), metavar="PATH",
+              metavar="PATH",  # no click.Path checks: load_config says what is wrong, in one line
               help=f"Config file. Found as: this option, else ${CONFIG_ENV}, else {DEFAULT_CONFIG}.")
 @click.option("--once", is_flag=True, help="One pass, then exit: 0 when every change it needed succeeded.")
 @click.option("--dry-run", is_flag=True,
@@ -1941,13 +2059,13 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
               help="Seconds between passes (config: interval; default 3).")
 @click.option("--timeout", type=click.FloatRange(0.01, 3600), metavar="SECONDS",
               help="Total deadline of one probe (config: timeout; default 1).")
-@click.option("--log-file", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--log-file", metavar="PATH",
               help=f"Log file (config: log; default {DEFAULT_LOG}); '' for none.")
-@click.option("--ipvsadm", "ipvsadm_path", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--ipvsadm", "ipvsadm_path", metavar="PATH",
               help="The ipvsadm program (config: ipvsadm).")
-@click.option("--lock-file", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--lock-file", metavar="PATH",
               help="Single-instance lock (config: lock; default one per config file, in /run/monitor_rs).")
-@click.option("--state-file", type=click.Path(dir_okay=False), metavar="PATH",
+@click.option("--state-file", metavar="PATH",
               help="State file rewritten every pass (config: state_file; default one per config file, in "
               "/run/monitor_rs).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log servers that stay as they are, every pass.")
@@ -1960,13 +2078,20 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     Runs until SIGTERM or SIGINT (the IPVS table is left as it is), re-reads
     its config on SIGHUP. Exit status: 0 ok; 1 a change or a listing failed
     (--once), or not all in place (--status); 2 bad config or usage; 3 another
-    monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here.
+    monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here;
+    5 the lock file cannot be opened or locked (lock, --lock-file).
     """
+    if as_json and not status:
+        click.echo("monitor_rs: --json goes with --status (it prints the status as JSON)", err=True)
+        sys.exit(EXIT_CONFIG)
+
     def load() -> Config:
         config = load_config(config_path)
         overrides = {"interval": interval, "timeout": timeout, "log": log_file, "ipvsadm": ipvsadm_path,
                      "lock": lock_file, "state_file": state_file}
-        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        config = dataclasses.replace(config, **given)
+        check_paths(config, given)
         why = unsafe_program(config.ipvsadm)  # run every pass as root: the config's, or --ipvsadm
         if why:
             raise ConfigError(f"ipvsadm {why}")
@@ -1995,7 +2120,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         why = make_run_dir(folder) if folder in run_dirs() else ""  # a default lock: its folder made and checked
         if why:
             click.echo(f"monitor_rs: {why}", err=True)
-            sys.exit(EXIT_FAILED)
+            sys.exit(EXIT_NO_LOCK)
         try:  # the lock's descriptor stays open, and the lock held, for the life of the process
             take_lock(config.lock)
         except AlreadyRunning as exc:
@@ -2003,7 +2128,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             sys.exit(EXIT_RUNNING)
         except OSError as exc:
             click.echo(f"monitor_rs: cannot take the lock {config.lock}: {exc.strerror or exc}", err=True)
-            sys.exit(EXIT_FAILED)
+            sys.exit(EXIT_NO_LOCK)
     monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop

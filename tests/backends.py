@@ -3,21 +3,31 @@
 Modes: ok (200 with `body`), http500, hang (accept, never answer), drip (one
 byte every 0.3 s), garbage (not HTTP), endless-headers, huge-body, reset.
 `stop()` closes the listener (connections are refused), `start()` reopens it
-on the same address and port.
+on the same address and port.  `requests` holds the head of every request
+received (bytes, up to the blank line); with `tls=(cert, key)` it speaks TLS,
+and `server_names` holds the server name (SNI) each client sent.
 """
 
 import socket
+import ssl
 import threading
 import time
 
 
 class Backend:
-    def __init__(self, ip="127.0.0.1", port=0, mode="ok", body="hello from backend"):
+    def __init__(self, ip="127.0.0.1", port=0, mode="ok", body="hello from backend", tls=None):
         self.ip, self.port, self.mode, self.body = ip, port, mode, body
         self.listener = None
         self.hits = 0
+        self.requests = []
+        self.server_names = []
         self.open_conns = []
         self.lock = threading.Lock()
+        self.context = None
+        if tls:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(*tls)
+            self.context.sni_callback = lambda sock, name, context: self.server_names.append(name)
         self.start()
 
     @property
@@ -63,12 +73,16 @@ class Backend:
         mode = self.mode
         try:
             conn.settimeout(30)
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
             data = b""
             while b"\r\n\r\n" not in data and len(data) < 65536:
                 chunk = conn.recv(4096)
                 if not chunk:
                     return
                 data += chunk
+            with self.lock:
+                self.requests.append(data.partition(b"\r\n\r\n")[0])
             if mode == "hang":
                 with self.lock:
                     self.open_conns.append(conn)

@@ -108,7 +108,7 @@ BAD = [
     ("type = m", "type = m\nfallback = 192.168.32.63:8000", "is also a real server"),
     ("type = m", "type = m\ncheck = icmp", "[virtual web] check = 'icmp': must be one of"),
     ("vip = 10.10.10.10\n", "", "[virtual web] vip = '': required"),
-    ("[virtual web]", "[web2]", "[web2]: unknown section (expected [monitor] or [virtual NAME])"),
+    ("[virtual web]", "[web2]", "unknown section [web2] (expected [monitor] or [virtual NAME])"),
     ("[virtual web]", "[monitor]", "section 'monitor' already exists"),
     ("type = m", "type = m\ntype = g", "option 'type' in section 'virtual web' already exists"),
     ("[monitor]\ninterval = 2\ntimeout = 0.5\nlog = /tmp/x.log\nfall = 2\n", "", "no [monitor] section"),

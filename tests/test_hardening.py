@@ -1181,7 +1181,7 @@ with open({out!r}, "a") as handle:
 def test_shell_crafted_values_reach_ipvsadm_and_on_change_only_as_argv_words(ipvs, run, backends, tmp_path):
     """Where the config lets text through (a path, a service name, the request, the host, the on_change
     command), it is never seen by a shell: ipvsadm and the hook get it as argv words, byte for byte."""
-    pwned = f"/tmp/monitor_rs-pwned-{uuid.uuid4().hex}"
+    pwned = f"/tmp/monitor_rs-pwned-{uuid.uuid4().hex[:12]}"  # short: in the host, a DNS label (63 at most)
     inject_ = f"$(touch {pwned}) `touch {pwned}`; touch {pwned} && touch {pwned}"
     folder = tmp_path / f"bin dir; touch {pwned.replace('/', '_')} $(touch {pwned.replace('/', '_')})"
     folder.mkdir()

@@ -199,7 +199,7 @@ def test_a_symlinked_lock_is_refused_and_its_target_untouched(ipvs, run, backend
     monitor = run(ipvs, config(VIP, [a.address]))
     os.symlink(target, monitor.lock)
     proc = monitor.once()
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)  # as for a lock that cannot be taken
+    assert proc.returncode == m.EXIT_NO_LOCK, (proc.returncode, proc.stderr)  # as for a lock that cannot be taken
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("monitor_rs: cannot take the lock ")
     assert "symlink" in proc.stderr, proc.stderr
     assert target.read_bytes() == VICTIM, "root truncated the file the lock pointed to"
@@ -301,7 +301,7 @@ def test_a_root_monitor_with_a_symlinked_run_dir_exits_with_one_line(run_dir, ip
     conf.write_text(config(VIP, [a.address]))
     proc = subprocess.run(with_run_dir(run_dir, "--config", str(conf), "--ipvsadm", ipvs.path, "--log-file", "",
                                        "--once"), capture_output=True, text=True, timeout=60 * SLOW)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.returncode == m.EXIT_NO_LOCK and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"monitor_rs: {run_dir} is a symlink"), proc.stderr
     assert os.listdir(elsewhere) == [] and changes(ipvs) == []
 
