@@ -571,6 +571,7 @@ class CommandResult:
 NO_IPVS = ("Can't initialize ipvs", "Protocol not available", "IP Virtual Server is built")
 STOPPED = -2  # the returncode of a listing cut short by a stop request
 TIMED_OUT = -3  # ... of a call killed at its timeout: a passing fault, not a missing ipvsadm
+KILL_GRACE = 1.0  # seconds a killed ipvsadm's pipes may take to close before they are given up
 
 
 class Ipvsadm:
@@ -581,32 +582,57 @@ class Ipvsadm:
 
     def run(self, args: Sequence[str], stop=None) -> CommandResult:
         """Run ipvsadm under its timeout; with `stop`, a stop request cuts it short
-        (for listings only: a change, once started, is let finish)."""
+        (for listings only: a change, once started, is let finish).
+
+        It runs in a session of its own, so that a timeout or a stop kills all it
+        started (a wrapper script that does not exec, a modprobe), and no wait
+        after that is without a bound."""
         argv = (self.path, *args)
         try:
-            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, errors="replace") as proc:
-                deadline = time.monotonic() + self.timeout
-                while True:
-                    try:
-                        wait = deadline - time.monotonic()
-                        out, err = proc.communicate(timeout=max(0.0, min(wait, 0.1) if stop else wait))
-                        return CommandResult(argv, proc.returncode, out, err)
-                    except subprocess.TimeoutExpired:
-                        late = time.monotonic() >= deadline
-                        if late or (stop is not None and stop()):
-                            proc.kill()
-                            proc.communicate()
-                            if not late:
-                                return CommandResult(argv, STOPPED, stderr="stopped")
-                            return CommandResult(argv, TIMED_OUT, stderr=f"{self.path} {' '.join(args)}: "
-                                                                         f"no answer within {self.timeout:g} s")
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, errors="replace", start_new_session=True)
         except FileNotFoundError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not found (install ipvsadm, or give --ipvsadm PATH)")
         except PermissionError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not executable")
         except OSError as exc:
             return CommandResult(argv, -1, stderr=f"{self.path}: cannot run: {exc.strerror or exc}")
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                try:
+                    wait = deadline - time.monotonic()
+                    out, err = proc.communicate(timeout=max(0.0, min(wait, 0.1) if stop else wait))
+                    return CommandResult(argv, proc.returncode, out, err)
+                except subprocess.TimeoutExpired:
+                    late = time.monotonic() >= deadline
+                    if late or (stop is not None and stop()):
+                        why = self._kill(proc, " ".join(argv))
+                        return CommandResult(argv, TIMED_OUT, stderr=why) if late else \
+                            CommandResult(argv, STOPPED, stderr="stopped")
+        finally:
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+
+    def _kill(self, proc: subprocess.Popen, command: str) -> str:
+        """Kill the whole process group of a call (the leader is not reaped yet, so its
+        PID is still the group's), wait a bounded time; say why, in one line."""
+        try:  # did ipvsadm itself exit, and something it left behind holds its pipes?
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            exited = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        why = f"{command}: " + (f"its output was still open after {self.timeout:g} s" if exited
+                                 else f"no answer within {self.timeout:g} s")
+        try:
+            proc.communicate(timeout=KILL_GRACE)
+        except subprocess.TimeoutExpired:  # leave them: closed by run(), reaped by subprocess later
+            why += (", and it did not die when killed: given up" if proc.poll() is None
+                    else ", held by a process outside its process group: given up")
+        return why
 
     def read_service(self, vs: VirtualService, stop=None) -> Table:
         """The destinations of one virtual service, as the kernel has them now."""
@@ -1216,7 +1242,10 @@ class Hooks:
                     os.killpg(proc.pid, signal.SIGKILL)  # its own session: whatever it started goes too
                 except ProcessLookupError:
                     pass
-                proc.wait()
+                try:
+                    proc.wait(timeout=KILL_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass  # stuck in the kernel: subprocess reaps it later; the loop must not wait
                 self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
             elif code is None:
                 still.append((proc, deadline, server))
