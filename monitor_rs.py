@@ -1088,11 +1088,36 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
 #
 # The log file gets plain ``YYYY-MM-DD HH:MM:SS, RIP:PORT message`` lines (the
 # original's timestamp), one write per line, reopened when logrotate moved it.
-# A log that cannot be written is said once on stderr and monitoring goes on.
+# A log that cannot be written is said once on stderr and monitoring goes on;
+# so is a console that cannot be written (a full disk under `> file`, a pipe
+# nobody reads, a terminal gone): the console is given up, the log goes on.
 
 
 def timestamp(when: Optional[float] = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def _to_devnull(fd: int) -> None:
+    """Point a standard descriptor at /dev/null: what is still buffered for it, and
+    Python's flush at exit (which would turn exit 0 into 120), then go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def to_stderr(text: str) -> None:
+    """One line on stderr.  Under the live view stderr goes through the console: if that
+    fails, straight to stderr; a stderr that cannot be written either is dropped."""
+    for stream in (sys.stderr, getattr(sys.stderr, "rich_proxied_file", None)):
+        if stream is None:
+            continue
+        try:
+            print(text, file=stream, flush=True)
+            return
+        except (OSError, ValueError):
+            pass
+    _to_devnull(2)
 
 
 class LogFile:
@@ -1100,7 +1125,7 @@ class LogFile:
 
     def __init__(self, path: Optional[str], warn=None):
         self.path = path
-        self.warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.warn = warn or to_stderr
         self.fd: Optional[int] = None
         self.problem: Optional[str] = None
 
@@ -1153,6 +1178,13 @@ class Output:
 
     def __init__(self, log: LogFile, console=None, to_log: bool = True, echo: bool = True):
         self.log, self.console, self.to_log, self.echo = log, console, to_log, echo
+        self.live = None  # the live table (rich.live.Live) while it is shown
+        if console is not None:
+            console.on_broken_pipe = self._broken_pipe  # rich's own exits 1
+
+    @staticmethod
+    def _broken_pipe() -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def say(self, message: str, kind: str = "info", log: bool = True) -> None:
         now = time.time()
@@ -1162,9 +1194,36 @@ class Output:
             return
         if self.console is not None:
             from rich.text import Text
-            self.console.print(Text(f"{timestamp(now)} ", style="dim") + Text(message, style=STYLES.get(kind, "")))
+            line = Text(f"{timestamp(now)} ", style="dim") + Text(message, style=STYLES.get(kind, ""))
+            self.show(lambda: self.console.print(line))
         else:
-            print(f"{timestamp(now)}, {message}", flush=True)
+            self.show(lambda: print(f"{timestamp(now)}, {message}"))
+
+    def show(self, write) -> None:
+        """Run one console write (an event, the live table, --once's table).  The first
+        that fails is said once on stderr and ends console output: monitoring goes on."""
+        if not self.echo:
+            return
+        try:
+            write()
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError as exc:
+            self._console_failed(exc)
+
+    def _console_failed(self, exc: OSError) -> None:
+        self.echo = False
+        _to_devnull(1)
+        if self.console is not None:
+            if self.live is not None:
+                try:
+                    self.live.stop()  # gives stderr back: the live view sends it through the console
+                except OSError:
+                    pass
+            self.console.quiet = True
+        where = f" (events go on to {self.log.path})" if self.to_log and self.log.path else ""
+        to_stderr(f"monitor_rs: cannot write to stdout: {exc.strerror or exc}; console output stops here, "
+                  f"monitoring goes on{where}")
 
 
 ###############################################################################
@@ -1770,7 +1829,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         sys.exit(EXIT_OK)
 
     console = None
-    if sys.stdout.isatty() and not as_json:
+    if sys.stdout is not None and sys.stdout.isatty() and not as_json:  # None: started with stdout closed
         from rich.console import Console
         console = Console(highlight=False)
     ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
@@ -1801,7 +1860,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             publisher.publish(snap, monitor.config.state_file, monitor.config.prometheus_file)
         if live is not None:
             from rich.console import Group
-            live.update(Group(*status_tables(snap)), refresh=True)
+            output.show(lambda: live.update(Group(*status_tables(snap)), refresh=True))
         return snap
 
     if not once:
@@ -1815,14 +1874,20 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     snap = after_pass(report)
     if once:
         if snap is not None:
-            show_status(snap, console)
+            output.show(lambda: show_status(snap, console))
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
-    if console is not None and snap is not None:  # a terminal: the table, refreshed every pass, under the events
+    if console is not None and snap is not None and output.echo:
+        # A terminal: the table, refreshed every pass, under the events.
         from rich.console import Group
         from rich.live import Live
-        with Live(Group(*status_tables(snap)), console=console, auto_refresh=False) as live:
+        live = output.live = Live(Group(*status_tables(snap)), console=console, auto_refresh=False)
+        output.show(lambda: live.start(refresh=True))
+        try:
             signals.sleep(config.interval)
             run_forever(monitor, signals, load, after_pass)
+        finally:
+            output.show(live.stop)
+            output.live = None
     else:
         signals.sleep(config.interval)
         run_forever(monitor, signals, load, after_pass)

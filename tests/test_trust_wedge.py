@@ -331,22 +331,26 @@ def test_a_terminal_that_goes_away_does_not_stop_monitoring(ipvs, run, backends)
     assert err.count("cannot write to stdout") == 1, err
 
 
-@pytest.mark.parametrize("failure", ["full", "pipe"])
+@pytest.mark.parametrize("failure", ["full", "pipe", "closed"])
 def test_once_exits_with_its_normal_code_when_stdout_fails(failure, ipvs, run, backends):
-    """--once prints its table at the end: 0 when every change succeeded (not 1, not 120), 1 when one failed."""
+    """--once prints its table at the end: 0 when every change succeeded (not 1, not 120), 1 when one
+    failed.  Started with stdout closed (`>&-`), it has no stdout at all (was: a traceback, exit 1)."""
     a, c = backends(ip="127.0.0.11"), backends(ip="127.0.0.13")
 
     def once(monitor):
+        argv = monitor.argv + ["--once"]
         read_end, write_end = os.pipe()
         os.close(read_end)
         try:
             with open("/dev/full", "w") as full:
-                proc = subprocess.run(monitor.argv + ["--once"], stdout=full if failure == "full" else write_end,
-                                      stderr=subprocess.PIPE, text=True, timeout=60 * SLOW)
+                stdout = {"full": full, "pipe": write_end, "closed": None}[failure]
+                if failure == "closed":
+                    argv = ["sh", "-c", 'exec "$@" >&-', "sh", *argv]
+                proc = subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60 * SLOW)
         finally:
             os.close(write_end)
         assert "Traceback" not in proc.stderr
-        assert proc.stderr.count("cannot write to stdout") == 1, proc.stderr
+        assert proc.stderr.count("cannot write to stdout") == (failure != "closed"), proc.stderr
         return proc
 
     proc = once(run(ipvs, config(VIP, [a.address])))
