@@ -32,6 +32,7 @@ import re
 import resource
 import select
 import shlex
+import shutil
 import signal
 import socket
 import ssl
@@ -574,11 +575,22 @@ TIMED_OUT = -3  # ... of a call killed at its timeout: a passing fault, not a mi
 KILL_GRACE = 1.0  # seconds a killed ipvsadm's pipes may take to close before they are given up
 
 
+SBIN_DIRS = ("/usr/sbin", "/sbin")  # where Debian puts ipvsadm; cron's PATH (/usr/bin:/bin) lacks them
+
+
+def find_program(name: str) -> str:
+    """A bare name not found on PATH is looked for in SBIN_DIRS too: the path found
+    there, else the name as given (found on PATH at each run, or named in the error)."""
+    if not name or os.sep in name or shutil.which(name):
+        return name
+    return shutil.which(name, path=os.pathsep.join(SBIN_DIRS)) or name
+
+
 class Ipvsadm:
     """The one door to the kernel table."""
 
     def __init__(self, path: str = "ipvsadm", timeout: float = 5.0):
-        self.path, self.timeout = path, timeout
+        self.path, self.timeout = find_program(path), timeout  # once, at start and at each reload
 
     def run(self, args: Sequence[str], stop=None) -> CommandResult:
         """Run ipvsadm under its timeout; with `stop`, a stop request cuts it short

@@ -360,3 +360,90 @@ def test_once_exits_with_its_normal_code_when_stdout_fails(failure, ipvs, run, b
     proc = once(run(ipvs, config(VIP, [a.address, c.address]), name="two.conf"))
     assert proc.returncode == 1, proc.stderr
     assert table(ipvs) == {a.address: 1}
+
+
+###############################################################################
+# 3. cron's PATH ###############################################################
+###############################################################################
+
+
+def test_the_sbin_folders_are_searched_by_default():
+    assert "/usr/sbin" in m.SBIN_DIRS and "/sbin" in m.SBIN_DIRS
+
+
+def test_a_bare_ipvsadm_not_on_path_is_found_in_the_sbin_folders(tmp_path, monkeypatch):
+    sbin, elsewhere = tmp_path / "sbin", tmp_path / "bin"
+    sbin.mkdir()
+    elsewhere.mkdir()
+    program = sbin / "ipvsadm"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.setattr(m, "SBIN_DIRS", (str(tmp_path / "none"), str(sbin)))
+    monkeypatch.setenv("PATH", f"{elsewhere}:/usr/bin:/bin")  # cron's
+    assert m.find_program("ipvsadm") == str(program)
+    assert m.Ipvsadm("ipvsadm").path == str(program)  # what the monitor runs, at start and at reload
+    assert m.find_program("./ipvsadm") == "./ipvsadm"  # a path is taken as given
+    assert m.find_program("ipvsadm-none") == "ipvsadm-none"  # nowhere: its error names it as configured
+    on_path = elsewhere / "ipvsadm"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    assert m.find_program("ipvsadm") == "ipvsadm"  # PATH first, as before
+    program.chmod(0o644)
+    on_path.unlink()
+    assert m.find_program("ipvsadm") == "ipvsadm"  # not executable: not taken
+
+
+def test_cron_path_starts_the_monitor_with_ipvsadm_in_an_sbin_folder(ipvs, run, backends, tmp_path):
+    """contrib/crontab's @reboot line under cron's PATH=/usr/bin:/bin, with the default
+    `ipvsadm` setting: was exit 4, 'ipvsadm: not found'."""
+    a = backends(ip="127.0.0.11")
+    monitor = run(ipvs, config(VIP, [a.address]))
+    sbin = os.path.dirname(ipvs.path)  # holds the fake as `ipvsadm`
+    argv = [arg for arg in monitor.argv[2:] if arg not in ("--ipvsadm", ipvs.path)]
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); import monitor_rs as m; "
+            f"m.SBIN_DIRS = ({sbin!r},); m.main()")
+    proc = subprocess.run([sys.executable, "-c", code, *argv, "--once"], capture_output=True, text=True,
+                          env=dict(os.environ, PATH="/usr/bin:/bin"), timeout=60 * SLOW)
+    assert proc.returncode == 0, proc.stderr
+    assert table(ipvs) == {a.address: 1}
+
+
+###############################################################################
+# 4. contrib ###################################################################
+###############################################################################
+
+
+def unit_settings(text):
+    """{key: [values]} of a systemd unit's [Service] section (keys may repeat)."""
+    settings, section = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_systemd_does_not_restart_what_a_restart_cannot_heal():
+    """Exit 2 (config), 3 (another monitor), 4 (no ipvsadm or IPVS): without IPVS systemd
+    restarted it every 2 s."""
+    with open(os.path.join(ROOT, "contrib", "monitor-rs.service")) as handle:
+        service = unit_settings(handle.read())
+    prevented = " ".join(service["RestartPreventExitStatus"]).split()
+    assert {"2", "3", "4"} <= set(prevented), prevented
+    assert service["RuntimeDirectory"] == ["monitor_rs"]  # the lock and the state file live there
+    assert service["RuntimeDirectoryPreserve"] == ["yes"]
+
+
+def test_crontab_sets_a_path_with_the_sbin_folders():
+    with open(os.path.join(ROOT, "contrib", "crontab")) as handle:
+        lines = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
+    (path,) = [line for line in lines if line.startswith("PATH=")]
+    reboot = [i for i, line in enumerate(lines) if line.startswith("@reboot")]
+    assert reboot and lines.index(path) < reboot[0], "PATH must come before the @reboot line"
+    folders = path.split("=", 1)[1].split(":")
+    assert "/usr/sbin" in folders and "/sbin" in folders, folders
