@@ -620,8 +620,9 @@ class Ipvsadm:
                     late = time.monotonic() >= deadline
                     if late or (stop is not None and stop()):
                         why = self._kill(proc, " ".join(argv))
-                        return CommandResult(argv, TIMED_OUT, stderr=why) if late else \
-                            CommandResult(argv, STOPPED, stderr="stopped")
+                        if not late:
+                            return CommandResult(argv, STOPPED, stderr="stopped")
+                        return CommandResult(argv, TIMED_OUT, stderr=why)
         finally:
             for pipe in (proc.stdout, proc.stderr):
                 pipe.close()

@@ -13,9 +13,7 @@ cannot be written must not stop monitoring; the contrib files work as shipped.
 
 import os
 import pty
-import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +24,7 @@ import uuid
 import pytest
 
 import monitor_rs as m
-from harness import HERE, MONITOR, ROOT, SLOW, config, processes_with_env, wait_until
+from harness import ROOT, SLOW, config, processes_with_env, wait_until
 from test_hardening import monitor_keys, table
 
 VIP = "127.0.0.1:80"
