@@ -822,42 +822,80 @@ class CommandResult:
 NO_IPVS = ("Can't initialize ipvs", "Protocol not available", "IP Virtual Server is built")
 STOPPED = -2  # the returncode of a listing cut short by a stop request
 TIMED_OUT = -3  # ... of a call killed at its timeout: a passing fault, not a missing ipvsadm
+KILL_GRACE = 1.0  # seconds a killed ipvsadm's pipes may take to close before they are given up
+
+
+SBIN_DIRS = ("/usr/sbin", "/sbin")  # where Debian puts ipvsadm; cron's PATH (/usr/bin:/bin) lacks them
+
+
+def find_program(name: str) -> str:
+    """A bare name not found on PATH is looked for in SBIN_DIRS too: the path found
+    there, else the name as given (found on PATH at each run, or named in the error)."""
+    if not name or os.sep in name or shutil.which(name):
+        return name
+    return shutil.which(name, path=os.pathsep.join(SBIN_DIRS)) or name
 
 
 class Ipvsadm:
     """The one door to the kernel table."""
 
     def __init__(self, path: str = "ipvsadm", timeout: float = 5.0):
-        self.path, self.timeout = path, timeout
+        self.path, self.timeout = find_program(path), timeout  # once, at start and at each reload
 
     def run(self, args: Sequence[str], stop=None) -> CommandResult:
         """Run ipvsadm under its timeout; with `stop`, a stop request cuts it short
-        (for listings only: a change, once started, is let finish)."""
+        (for listings only: a change, once started, is let finish).
+
+        It runs in a session of its own, so that a timeout or a stop kills all it
+        started (a wrapper script that does not exec, a modprobe), and no wait
+        after that is without a bound."""
         argv = (self.path, *args)
         try:
-            with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, errors="replace") as proc:
-                deadline = time.monotonic() + self.timeout
-                while True:
-                    try:
-                        wait = deadline - time.monotonic()
-                        out, err = proc.communicate(timeout=max(0.0, min(wait, 0.1) if stop else wait))
-                        return CommandResult(argv, proc.returncode, out, err)
-                    except subprocess.TimeoutExpired:
-                        late = time.monotonic() >= deadline
-                        if late or (stop is not None and stop()):
-                            proc.kill()
-                            proc.communicate()
-                            if not late:
-                                return CommandResult(argv, STOPPED, stderr="stopped")
-                            return CommandResult(argv, TIMED_OUT, stderr=f"{self.path} {' '.join(args)}: "
-                                                                         f"no answer within {self.timeout:g} s")
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, errors="replace", start_new_session=True)
         except FileNotFoundError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not found (install ipvsadm, or give --ipvsadm PATH)")
         except PermissionError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not executable")
         except OSError as exc:
             return CommandResult(argv, -1, stderr=f"{self.path}: cannot run: {exc.strerror or exc}")
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                try:
+                    wait = deadline - time.monotonic()
+                    out, err = proc.communicate(timeout=max(0.0, min(wait, 0.1) if stop else wait))
+                    return CommandResult(argv, proc.returncode, out, err)
+                except subprocess.TimeoutExpired:
+                    late = time.monotonic() >= deadline
+                    if late or (stop is not None and stop()):
+                        why = self._kill(proc, " ".join(argv))
+                        if not late:
+                            return CommandResult(argv, STOPPED, stderr="stopped")
+                        return CommandResult(argv, TIMED_OUT, stderr=why)
+        finally:
+            for pipe in (proc.stdout, proc.stderr):
+                pipe.close()
+
+    def _kill(self, proc: subprocess.Popen, command: str) -> str:
+        """Kill the whole process group of a call (the leader is not reaped yet, so its
+        PID is still the group's), wait a bounded time; say why, in one line."""
+        try:  # did ipvsadm itself exit, and something it left behind holds its pipes?
+            exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            exited = True
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        why = f"{command}: " + (f"its output was still open after {self.timeout:g} s" if exited
+                                 else f"no answer within {self.timeout:g} s")
+        try:
+            proc.communicate(timeout=KILL_GRACE)
+        except subprocess.TimeoutExpired:  # leave them: closed by run(), reaped by subprocess later
+            why += (", and it did not die when killed: given up" if proc.poll() is None
+                    else ", held by a process outside its process group: given up")
+        return why
 
     def read_service(self, vs: VirtualService, stop=None) -> Table:
         """The destinations of one virtual service, as the kernel has them now."""
@@ -1358,7 +1396,9 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
 #
 # The log file gets plain ``YYYY-MM-DD HH:MM:SS, RIP:PORT message`` lines (the
 # original's timestamp), one write per line, reopened when logrotate moved it.
-# A log that cannot be written is said once on stderr and monitoring goes on.
+# A log that cannot be written is said once on stderr and monitoring goes on;
+# so is a console that cannot be written (a full disk under `> file`, a pipe
+# nobody reads, a terminal gone): the console is given up, the log goes on.
 
 
 def timestamp(when: Optional[float] = None) -> str:
@@ -1380,12 +1420,35 @@ def open_regular(path: str, flags: int, mode: int) -> int:
     return fd
 
 
+def _to_devnull(fd: int) -> None:
+    """Point a standard descriptor at /dev/null: what is still buffered for it, and
+    Python's flush at exit (which would turn exit 0 into 120), then go nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    if devnull != fd:
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def to_stderr(text: str) -> None:
+    """One line on stderr.  Under the live view stderr goes through the console: if that
+    fails, straight to stderr; a stderr that cannot be written either is dropped."""
+    for stream in (sys.stderr, getattr(sys.stderr, "rich_proxied_file", None)):
+        if stream is None:
+            continue
+        try:
+            print(text, file=stream, flush=True)
+            return
+        except (OSError, ValueError):
+            pass
+    _to_devnull(2)
+
+
 class LogFile:
     """Append-only log that survives rotation, deletion and a full disk."""
 
     def __init__(self, path: Optional[str], warn=None):
         self.path = path
-        self.warn = warn or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.warn = warn or to_stderr
         self.fd: Optional[int] = None
         self.problem: Optional[str] = None
 
@@ -1438,6 +1501,13 @@ class Output:
 
     def __init__(self, log: LogFile, console=None, to_log: bool = True, echo: bool = True):
         self.log, self.console, self.to_log, self.echo = log, console, to_log, echo
+        self.live = None  # the live table (rich.live.Live) while it is shown
+        if console is not None:
+            console.on_broken_pipe = self._broken_pipe  # rich's own exits 1
+
+    @staticmethod
+    def _broken_pipe() -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def say(self, message: str, kind: str = "info", log: bool = True) -> None:
         now = time.time()
@@ -1447,9 +1517,36 @@ class Output:
             return
         if self.console is not None:
             from rich.text import Text
-            self.console.print(Text(f"{timestamp(now)} ", style="dim") + Text(message, style=STYLES.get(kind, "")))
+            line = Text(f"{timestamp(now)} ", style="dim") + Text(message, style=STYLES.get(kind, ""))
+            self.show(lambda: self.console.print(line))
         else:
-            print(f"{timestamp(now)}, {message}", flush=True)
+            self.show(lambda: print(f"{timestamp(now)}, {message}"))
+
+    def show(self, write) -> None:
+        """Run one console write (an event, the live table, --once's table).  The first
+        that fails is said once on stderr and ends console output: monitoring goes on."""
+        if not self.echo:
+            return
+        try:
+            write()
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except OSError as exc:
+            self._console_failed(exc)
+
+    def _console_failed(self, exc: OSError) -> None:
+        self.echo = False
+        _to_devnull(1)
+        if self.console is not None:
+            if self.live is not None:
+                try:
+                    self.live.stop()  # gives stderr back: the live view sends it through the console
+                except OSError:
+                    pass
+            self.console.quiet = True
+        where = f" (events go on to {self.log.path})" if self.to_log and self.log.path else ""
+        to_stderr(f"monitor_rs: cannot write to stdout: {exc.strerror or exc}; console output stops here, "
+                  f"monitoring goes on{where}")
 
 
 ###############################################################################
@@ -1529,7 +1626,10 @@ class Hooks:
                     os.killpg(proc.pid, signal.SIGKILL)  # its own session: whatever it started goes too
                 except ProcessLookupError:
                     pass
-                proc.wait()
+                try:
+                    proc.wait(timeout=KILL_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass  # stuck in the kernel: subprocess reaps it later; the loop must not wait
                 self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
             elif code is None:
                 still.append((proc, deadline, server))
@@ -2107,7 +2207,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         sys.exit(EXIT_OK)
 
     console = None
-    if sys.stdout.isatty() and not as_json:
+    if sys.stdout is not None and sys.stdout.isatty() and not as_json:  # None: started with stdout closed
         from rich.console import Console
         console = Console(highlight=False)
     ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
@@ -2143,7 +2243,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             publisher.publish(snap, monitor.config.state_file, monitor.config.prometheus_file)
         if live is not None:
             from rich.console import Group
-            live.update(Group(*status_tables(snap)), refresh=True)
+            output.show(lambda: live.update(Group(*status_tables(snap)), refresh=True))
         return snap
 
     if not once:
@@ -2157,14 +2257,20 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     snap = after_pass(report)
     if once:
         if snap is not None:
-            show_status(snap, console)
+            output.show(lambda: show_status(snap, console))
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
-    if console is not None and snap is not None:  # a terminal: the table, refreshed every pass, under the events
+    if console is not None and snap is not None and output.echo:
+        # A terminal: the table, refreshed every pass, under the events.
         from rich.console import Group
         from rich.live import Live
-        with Live(Group(*status_tables(snap)), console=console, auto_refresh=False) as live:
+        live = output.live = Live(Group(*status_tables(snap)), console=console, auto_refresh=False)
+        output.show(lambda: live.start(refresh=True))
+        try:
             signals.sleep(config.interval)
             run_forever(monitor, signals, load, after_pass)
+        finally:
+            output.show(live.stop)
+            output.live = None
     else:
         signals.sleep(config.interval)
         run_forever(monitor, signals, load, after_pass)
