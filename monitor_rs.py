@@ -1258,6 +1258,9 @@ class Monitor:
         self.hooks = Hooks(output)
         self.changes: Dict[Tuple[Tuple[str, str], str], Tuple[float, str]] = {}
         self.said_no_ipvs = False
+        # --dry-run without IPVS previews on an empty table (and says so once); --status turns this
+        # off: there an unreadable table is a problem on the service, with no action claimed
+        self.assume_empty = dry_run
         self.stop_requested = lambda: False
         self._plan(config)
 
@@ -1288,7 +1291,7 @@ class Monitor:
             return None
         except IpvsUnavailable as exc:
             report.unavailable += 1
-            if self.dry_run:
+            if self.assume_empty:
                 if not self.said_no_ipvs:
                     self.output.say(f"IPVS is not available here ({exc}): assuming an empty table", "info", log=False)
                     self.said_no_ipvs = True
@@ -1603,7 +1606,10 @@ class Publisher:
 STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow"}
 
 
-def _ipvs(weight: Optional[int]) -> str:
+def _ipvs(weight: Optional[int], readable: bool = True) -> str:
+    """The weight in IPVS; "unknown" when the table could not be read (the problem says why)."""
+    if not readable:
+        return "unknown"
     return "absent" if weight is None else str(weight)
 
 
@@ -1618,7 +1624,7 @@ def status_tables(snap: dict) -> list:
             table.add_column(column, justify="right" if column in ("Weight", "In IPVS", "Latency") else "left")
         for r in s["servers"]:
             change = r["last_change"]
-            table.add_row(r["server"], str(r["weight"]), _ipvs(r["ipvs_weight"]),
+            table.add_row(r["server"], str(r["weight"]), _ipvs(r["ipvs_weight"], not s["problem"]),
                           f"[{STATE_COLOURS.get(r['state'], '')}]{r['state']}[/]", r["reason"],
                           f"{r['latency_ms']:.0f} ms", r["action"] or "",
                           f"{timestamp(change['time'])} {change['what']}" if change else "")
@@ -1636,9 +1642,9 @@ def show_status(snap: dict, console) -> None:
         if s["problem"]:
             print(f"{s['address']} ({s['name']}) problem={s['problem']!r}")
         for r in s["servers"]:
-            print(f"{s['address']} ({s['name']}) {r['server']} weight={r['weight']} ipvs={_ipvs(r['ipvs_weight'])} "
-                  f"state={r['state']} reason={r['reason']!r} latency_ms={r['latency_ms']:.0f} "
-                  f"action={r['action'] or '-'}", flush=True)
+            print(f"{s['address']} ({s['name']}) {r['server']} weight={r['weight']} "
+                  f"ipvs={_ipvs(r['ipvs_weight'], not s['problem'])} state={r['state']} reason={r['reason']!r} "
+                  f"latency_ms={r['latency_ms']:.0f} action={r['action'] or '-'}", flush=True)
 
 
 ###############################################################################
@@ -1676,6 +1682,7 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
     if snap is None:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
+        monitor.assume_empty = False  # no IPVS here: say so, claim no action
         snap = snapshot(monitor.run_pass(), config, "probe")
     if as_json:
         print(json.dumps(snap, indent=2))
