@@ -1613,22 +1613,71 @@ def _ipvs(weight: Optional[int], readable: bool = True) -> str:
     return "absent" if weight is None else str(weight)
 
 
-def status_tables(snap: dict) -> list:
-    """One rich table per virtual service."""
-    from rich.table import Table as RichTable
-    tables = []
-    for s in snap["services"]:
-        title = f"{s['address']} ({s['name']})" + (f"  [bold red]{s['problem']}[/]" if s["problem"] else "")
+STATUS_COLUMNS = ("Real server", "Weight", "In IPVS", "State", "Reason", "Latency", "Action", "Last change")
+NARROW_DROPS = ("Last change", "Action", "Latency")  # what a narrow terminal loses first, in this order
+NUMERIC_COLUMNS = ("Weight", "In IPVS", "Latency")
+FOLDED_COLUMNS = {"Reason": 12, "Action": 9, "Last change": 19}  # wrapped, but not narrower than this
+
+
+class _ServiceTable:
+    """One virtual service's table, laid out for the width it is drawn in (the live view's
+    terminal may be resized): the least needed columns go first, a server's address is never
+    cut (rows that all read `127.0.0…` tell nothing), and data is text, never rich markup."""
+
+    def __init__(self, service: dict):
+        self.service = service
+        self.siblings = [self]  # the tables drawn together, which show the same columns
+        s = service
+        self.rows = [{
+            "Real server": r["server"], "Weight": str(r["weight"]),
+            "In IPVS": _ipvs(r["ipvs_weight"], not s["problem"]), "State": r["state"], "Reason": r["reason"],
+            "Latency": f"{r['latency_ms']:.0f} ms", "Action": r["action"] or "",
+            "Last change": f"{timestamp(r['last_change']['time'])} {r['last_change']['what']}"
+                           if r["last_change"] else "",
+        } for r in s["servers"]]
+
+    def width(self, columns: Sequence[str]) -> int:
+        """The least width these tables are readable at: whole values, folded columns not too narrow."""
+        rows = [row for table in self.siblings for row in table.rows]
+        width = 3 * len(columns) + 1  # borders and padding
+        for column in columns:
+            longest = max([len(column)] + [len(row[column]) for row in rows])
+            width += min(longest, FOLDED_COLUMNS.get(column, longest))
+        return width
+
+    def table(self, columns: Sequence[str], squeezed: bool = False):
+        """`squeezed`: narrower than readable; every column but the server is folded as far as it must."""
+        from rich.table import Table as RichTable
+        from rich.text import Text
+        s = self.service
+        title = Text(f"{s['address']} ({s['name']})")
+        if s["problem"]:
+            title.append(f"  {s['problem']}", style="bold red")
         table = RichTable(title=title, title_justify="left", header_style="bold")
-        for column in ("Real server", "Weight", "In IPVS", "State", "Reason", "Latency", "Action", "Last change"):
-            table.add_column(column, justify="right" if column in ("Weight", "In IPVS", "Latency") else "left")
-        for r in s["servers"]:
-            change = r["last_change"]
-            table.add_row(r["server"], str(r["weight"]), _ipvs(r["ipvs_weight"], not s["problem"]),
-                          f"[{STATE_COLOURS.get(r['state'], '')}]{r['state']}[/]", r["reason"],
-                          f"{r['latency_ms']:.0f} ms", r["action"] or "",
-                          f"{timestamp(change['time'])} {change['what']}" if change else "")
-        tables.append(table)
+        for column in columns:
+            whole = column == "Real server" or not (squeezed or column in FOLDED_COLUMNS)
+            table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left", no_wrap=whole,
+                             overflow="fold", min_width=max(len(column), *(len(row[column]) for row in self.rows))
+                             if whole else None)
+        for row in self.rows:
+            table.add_row(*(Text.assemble((row[column], STATE_COLOURS.get(row["State"], "") if column == "State"
+                                           else "")) for column in columns))
+        return table
+
+    def __rich_console__(self, console, options):
+        columns = list(STATUS_COLUMNS)
+        for column in NARROW_DROPS:
+            if self.width(columns) <= options.max_width:
+                break
+            columns.remove(column)
+        yield self.table(columns, squeezed=self.width(columns) > options.max_width)
+
+
+def status_tables(snap: dict) -> list:
+    """One rich table per virtual service (laid out when drawn)."""
+    tables = [_ServiceTable(s) for s in snap["services"]]
+    for table in tables:
+        table.siblings = tables
     return tables
 
 

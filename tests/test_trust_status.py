@@ -80,6 +80,18 @@ def test_status_plain_lines_show_the_problem_not_would_add(ipvs, run, backends):
     assert "action=-" in out
 
 
+def test_status_table_shows_the_problem_in_the_title(ipvs, run, backends):
+    a = backends(ip="127.0.0.11")
+    monitor = run(ipvs, config(VIP, [a.address], [3]))
+    ipvs.fault("noroot")
+    code, out = invoke(monitor, "--status", "--json")
+    console = Console(width=160, file=io.StringIO(), record=True)
+    m.show_status(json.loads(out), console)
+    text = console.export_text()
+    assert "Can't initialize ipvs: Permission denied (you must be root)" in text
+    assert "would add" not in text and "absent" not in text
+
+
 def test_dry_run_without_ipvs_still_previews_on_an_empty_table(ipvs, run, backends):
     """The choice made for --dry-run: it says once that it assumes an empty table, then
     shows what it would run on one (the README's first command relies on that)."""
@@ -89,3 +101,99 @@ def test_dry_run_without_ipvs_still_previews_on_an_empty_table(ipvs, run, backen
     assert proc.returncode == 0
     assert proc.stdout.count("IPVS is not available here") == 1 and "assuming an empty table" in proc.stdout
     assert f"would run: {ipvs.path} -a -t {VIP} -r {a.address} -m -w 4" in proc.stdout
+
+
+###############################################################################
+# 2. and 3. The rich table: whole servers, data never markup ##################
+###############################################################################
+
+
+def row(server, **kw):
+    values = {"server": server, "weight": 3, "ipvs_weight": 3, "state": "up", "probe": "ok", "reason": "HTTP 200",
+              "latency_ms": 1.2, "good_streak": 5, "bad_streak": 0, "quiesced": False, "action": None,
+              "last_change": None}
+    values.update(kw)
+    return values
+
+
+def snap(*services):
+    return {"monitor_rs": m.__version__, "source": "probe", "pid": 1, "config": "/etc/monitorRS.conf",
+            "time": 1796125043.629, "interval": 3, "pass_seconds": 0.032, "services": list(services)}
+
+
+def service(name, address, servers, problem=None):
+    return {"name": name, "address": address, "protocol": "tcp", "problem": problem, "servers": servers}
+
+
+CHANGE = {"time": 1796125043.6, "what": "down: timeout (status line)"}
+SERVERS = ["[fd00:1234:5678::10]:8080", "[fd00:1234:5678::11]:8080", "127.0.0.10:8080", "127.0.0.11:8080",
+           "127.0.0.12:8080"]
+
+
+def rendered(s, width):
+    console = Console(width=width, file=io.StringIO(), record=True, color_system="truecolor")
+    m.show_status(s, console)
+    return console.export_text()
+
+
+def busy_snapshot():
+    return snap(
+        service("web", "[fd00:1234:5678::1]:80", [
+            row(SERVERS[0], action="would add", ipvs_weight=None, last_change={"time": 1796125043.6,
+                                                                              "what": "up: HTTP 200"}),
+            row(SERVERS[1], state="down, kept", probe="failed", reason="timeout (status line)", last_change=CHANGE),
+        ]),
+        service("app", "127.0.0.1:80", [
+            row(SERVERS[2], state="down", probe="failed", reason="refused", action="would delete",
+                last_change=CHANGE),
+            row(SERVERS[3]),
+            row(SERVERS[4], action="fallback-delete FAILED", reason="receive text not found"),
+        ]))
+
+
+@pytest.mark.parametrize("width", [80, 100, 200])
+def test_the_table_never_cuts_a_server(width):
+    text = rendered(busy_snapshot(), width)
+    for server in SERVERS:
+        assert server in text, f"{server} cut at {width} columns:\n{text}"
+    assert "127.0.0…" not in text and "[fd00:1234:5678::…" not in text
+    assert all(len(line) <= width for line in text.splitlines())
+
+
+def columns(text):
+    """The column count of each table drawn (from its top border)."""
+    return [line.count("┳") + 1 for line in text.splitlines() if line.startswith("┏")]
+
+
+def test_a_narrow_terminal_loses_the_last_change_and_action_columns_first():
+    wide, narrow = rendered(busy_snapshot(), 200), rendered(busy_snapshot(), 80)
+    assert columns(wide) == [8, 8] and "Last change" in wide and "would delete" in wide
+    assert columns(narrow) in ([6, 6], [5, 5])  # the same columns in every table
+    assert "Last" not in narrow and "would delete" not in narrow and "Reason" in narrow
+
+
+def test_data_is_never_read_as_markup():
+    s = snap(service("web [bold]x[/bold]", "[fd00::1]:80", [
+        row("[fd00::10]:80", reason="HTTP 500 [bold]oops[/]", state="down"),
+        row("[::1]:8080", state="down, kept"),
+    ], problem="exit 2: ipvsadm said [red]no[/red]"))
+    text = rendered(s, 160)
+    assert "[fd00::1]:80 (web [bold]x[/bold])" in text
+    assert "exit 2: ipvsadm said [red]no[/red]" in text
+    assert "[fd00::10]:80" in text and "[::1]:8080" in text
+    assert "HTTP 500 [bold]oops[/]" in text
+
+
+def test_state_colours_still_show():
+    console = Console(width=160, file=io.StringIO(), record=True, color_system="truecolor", force_terminal=True)
+    m.show_status(snap(service("web", VIP, [row("127.0.0.10:8080", state="down")])), console)
+    html = console.export_html(inline_styles=True)
+    assert re.search(r'<span style="color: #800000[^"]*">down</span>', html), html
+
+
+def test_a_server_of_unknown_state_is_drawn():
+    """"unknown" has no colour: it was drawn as the markup `[]unknown[/]`, which rich refused
+    (MarkupError), so a terminal's --status died whenever a table could not be read."""
+    text = rendered(snap(service("web", VIP, [row("127.0.0.10:8080", state="unknown", ipvs_weight=None)],
+                                 problem="ipvsadm -Ln -t 127.0.0.1:80 failed: exit 1")), 160)
+    assert "127.0.0.10:8080" in text and "unknown" in text
