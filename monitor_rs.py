@@ -1553,23 +1553,27 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+METRICS = (  # (name, help, value of a server's entry in the snapshot)
+    ("monitor_rs_server_up", "1 when the monitor holds the real server healthy.",
+     lambda r: int(r["state"] == "up")),
+    ("monitor_rs_server_weight", "Weight of the real server in IPVS (-1 when absent).",
+     lambda r: -1 if r["ipvs_weight"] is None else r["ipvs_weight"]),
+    ("monitor_rs_probe_latency_seconds", "Duration of the last probe.",
+     lambda r: f"{r['latency_ms'] / 1000:.4f}"),
+)
+
+
 def metrics_text(snap: dict) -> str:
-    """A node_exporter textfile: per-server gauges, plus the pass itself."""
-    lines = [
-        "# HELP monitor_rs_server_up 1 when the monitor holds the real server healthy.",
-        "# TYPE monitor_rs_server_up gauge",
-        "# HELP monitor_rs_server_weight Weight of the real server in IPVS (-1 when absent).",
-        "# TYPE monitor_rs_server_weight gauge",
-        "# HELP monitor_rs_probe_latency_seconds Duration of the last probe.",
-        "# TYPE monitor_rs_probe_latency_seconds gauge",
-    ]
-    for s in snap["services"]:
-        for r in s["servers"]:
-            labels = f'service="{_label(s["address"])}",name="{_label(s["name"])}",server="{_label(r["server"])}"'
-            lines.append(f"monitor_rs_server_up{{{labels}}} {int(r['state'] == 'up')}")
-            weight = -1 if r["ipvs_weight"] is None else r["ipvs_weight"]
-            lines.append(f"monitor_rs_server_weight{{{labels}}} {weight}")
-            lines.append(f"monitor_rs_probe_latency_seconds{{{labels}}} {r['latency_ms'] / 1000:.4f}")
+    """A node_exporter textfile: per-server gauges, plus the pass itself.
+
+    Each family's HELP, TYPE and samples stand together: parsers (prometheus_client's
+    among them) read a family's samples after another family's as a new, untyped one."""
+    servers = [(f'service="{_label(s["address"])}",name="{_label(s["name"])}",server="{_label(r["server"])}"', r)
+               for s in snap["services"] for r in s["servers"]]
+    lines = []
+    for name, help_text, value in METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{labels}}} {value(r)}" for labels, r in servers]
     lines += [
         "# HELP monitor_rs_last_pass_timestamp_seconds When the last pass started.",
         "# TYPE monitor_rs_last_pass_timestamp_seconds gauge",

@@ -197,3 +197,67 @@ def test_a_server_of_unknown_state_is_drawn():
     text = rendered(snap(service("web", VIP, [row("127.0.0.10:8080", state="unknown", ipvs_weight=None)],
                                  problem="ipvsadm -Ln -t 127.0.0.1:80 failed: exit 1")), 160)
     assert "127.0.0.10:8080" in text and "unknown" in text
+
+
+###############################################################################
+# 4. The metrics file #########################################################
+###############################################################################
+
+
+def realistic_snapshot():
+    return snap(
+        service('we"b\\1', "127.0.0.1:80", [row("127.0.0.10:8080"), row("127.0.0.11:8080", ipvs_weight=None,
+                                                                         state="down")]),
+        service("v6 \\ \"quoted\"\nname", "[fd00::1]:443", [row("[fd00::10]:443"), row("[fd00::11]:443",
+                                                                                       state="down, kept")]))
+
+
+FAMILIES = ["monitor_rs_server_up", "monitor_rs_server_weight", "monitor_rs_probe_latency_seconds",
+            "monitor_rs_last_pass_timestamp_seconds", "monitor_rs_pass_duration_seconds"]
+
+
+def family_of(line):
+    if line.startswith("# "):
+        return line.split()[2]
+    return re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0)
+
+
+def test_metrics_group_each_family_together():
+    lines = m.metrics_text(realistic_snapshot()).splitlines()
+    order = [family_of(line) for line in lines]
+    runs = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert runs == FAMILIES  # each family once, in one run
+    for name in FAMILIES:
+        block = [line for line in lines if family_of(line) == name]
+        assert block[0].startswith(f"# HELP {name} ") and block[1] == f"# TYPE {name} gauge"
+    assert sum(order.count(name) for name in FAMILIES[:3]) == 3 * (2 + 4)
+
+
+def test_metrics_pass_promtool(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is not installed (.ci/run installs Debian's prometheus package)")
+        pytest.skip("promtool is not installed here (apt-get install prometheus)")
+    path = tmp_path / "monitor_rs.prom"
+    path.write_text(m.metrics_text(realistic_snapshot()))
+    with open(path) as handle:
+        proc = subprocess.run([promtool, "check", "metrics"], stdin=handle, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+def test_metrics_parse_with_prometheus_client():
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        if IN_CI:
+            pytest.fail("prometheus_client is not installed (it is in setup.cfg's test extra)")
+        pytest.skip("prometheus_client is not installed here (pip install -e '.[test]')")
+    families = {f.name: f for f in text_string_to_metric_families(m.metrics_text(realistic_snapshot()))}
+    assert sorted(families) == sorted(FAMILIES)  # no family split into untyped pieces
+    assert {f.type for f in families.values()} == {"gauge"}
+    up = {(s.labels["name"], s.labels["server"]): s.value for s in families["monitor_rs_server_up"].samples}
+    assert up == {('we"b\\1', "127.0.0.10:8080"): 1, ('we"b\\1', "127.0.0.11:8080"): 0,
+                  ("v6 \\ \"quoted\"\nname", "[fd00::10]:443"): 1, ("v6 \\ \"quoted\"\nname", "[fd00::11]:443"): 0}
+    weights = [s.value for s in families["monitor_rs_server_weight"].samples]
+    assert weights == [3, -1, 3, 3]
