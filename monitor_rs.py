@@ -639,6 +639,7 @@ class Ipvsadm:
 BODY_CAP = 64 * 1024
 LINE_CAP = 8 * 1024
 HEADER_CAP = 100
+INTERIM_CAP = 10  # interim answers (100 Continue, 103 Early Hints, ...) skipped before the final one
 
 
 @dataclass(frozen=True)
@@ -687,6 +688,7 @@ def _status_ok(code: int, expect: Sequence[Tuple[int, int]]) -> bool:
 
 
 STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? ([0-9]{3})[ \r\n]")
+CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")  # size, extensions (ignored), end
 STOP_POLL = 0.1  # how often a wave looks at the stop request
 GRACE_STEPS = 3  # event turns at the deadline, for answers that arrived but were not read yet
 CONNECT_ERRORS = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.EPIPE: "reset",
@@ -705,6 +707,10 @@ def tls_context() -> ssl.SSLContext:
     return _tls_context
 
 
+class _Failed(Exception):
+    """The answer is wrong in a way that ends the probe: the message is the reason."""
+
+
 class _Probe:
     """One probe in flight: a non-blocking socket moved on by readiness events.
 
@@ -712,14 +718,17 @@ class _Probe:
     read so far into a verdict, or None to read on."""
 
     __slots__ = ("target", "poller", "probes", "sock", "stage", "connected", "events", "out", "buf",
-                 "code", "length", "headers", "verdict", "latency")
+                 "code", "length", "headers", "interim", "coding", "chunk_left", "body", "verdict", "latency")
 
     def __init__(self, target: ProbeTarget, poller: select.epoll, probes: Dict[int, "_Probe"]):
         self.target, self.poller, self.probes = target, poller, probes  # probes: by descriptor
         self.sock: Optional[socket.socket] = None
         self.stage, self.connected, self.events = "connect", False, 0
         self.out, self.buf = b"", bytearray()
-        self.code, self.length, self.headers = 0, None, 0
+        self.code, self.length, self.headers, self.interim = 0, None, 0, 0
+        self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
+        self.chunk_left = 0  # bytes of the current chunk not read yet
+        self.body: Optional[bytearray] = None  # a chunked body, decoded
         self.verdict: Optional[Tuple[bool, str]] = None
         self.latency = 0.0
 
@@ -793,48 +802,116 @@ class _Probe:
         return self.answer(eof=not data)
 
     def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
-        """Status line, headers (each line capped), then the body up to BODY_CAP if `receive` is set."""
+        """Status line, headers (each line capped), then the body up to BODY_CAP if `receive` is set.
+
+        Interim answers (1xx but 101) come before the final one and are skipped; a chunked body is
+        decoded (up to BODY_CAP decoded bytes) before `receive` is looked for in it."""
+        try:
+            return self._answer(eof)
+        except _Failed as failed:
+            return False, str(failed)
+
+    def _answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
         t, buf = self.target, self.buf
-        if self.stage == "status line" and not b"HTTP/".startswith(bytes(buf[:5])):
-            return False, "not an HTTP answer"  # known at once: no need to wait for a newline
         while self.stage != "body":
-            end = buf.find(b"\n", 0, LINE_CAP)
-            if end < 0:
-                if len(buf) >= LINE_CAP:
-                    return False, f"line too long in the {self.stage}"
+            if self.stage == "status line" and not b"HTTP/".startswith(bytes(buf[:5])):
+                return False, "not an HTTP answer"  # known at once: no need to wait for a newline
+            line = self._line()
+            if line is None:
                 if not eof:
                     return None
                 if self.stage == "headers":
                     return False, "closed in the headers"
                 if not buf:
                     return False, "closed without answering"
-                end = len(buf) - 1  # a last status line without its newline is judged as it is
-            line = bytes(buf[:end + 1])
-            del buf[:end + 1]
+                line = bytes(buf)  # a last status line without its newline is judged as it is
+                buf.clear()
             if self.stage == "status line":
                 match = STATUS_LINE.match(line)
                 if not match:
                     return False, "not an HTTP answer"
                 self.code, self.stage = int(match.group(1)), "headers"
             elif line in (b"\r\n", b"\n"):
+                if 100 <= self.code <= 199 and self.code != 101:  # interim: the final answer follows
+                    self.interim += 1
+                    if self.interim > INTERIM_CAP:
+                        return False, f"more than {INTERIM_CAP} interim (1xx) answers"
+                    self.stage, self.length, self.headers, self.coding = "status line", None, 0, ""
+                    continue
                 if not _status_ok(self.code, t.expect):
                     return False, f"HTTP {self.code}"
                 if not t.receive:
                     return True, f"HTTP {self.code}"
                 self.stage = "body"
+                if self.coding:  # Transfer-Encoding overrides Content-Length
+                    self.length = None
+                if self.coding == "size":
+                    self.body = bytearray()
             else:
                 self.headers += 1
-                if self.headers >= HEADER_CAP:
+                if self.headers > HEADER_CAP:
                     return False, f"more than {HEADER_CAP} header lines"
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length" and value.strip().isdigit():
-                    self.length = int(value.strip())
-        limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
-        if t.receive.encode("utf-8") in buf[:limit]:
+                name, value = name.strip().lower(), value.strip()
+                if name == b"content-length" and value.isdigit():
+                    self.length = int(value)
+                elif name == b"transfer-encoding":  # the last coding says how the body ends
+                    self.coding = "size" if value.rpartition(b",")[2].strip().lower() == b"chunked" else "close"
+        receive = t.receive.encode("utf-8")
+        if self.body is None:
+            limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
+            if receive in buf[:limit]:
+                return True, f"HTTP {self.code}"
+            if len(buf) >= limit or eof:
+                return False, "receive text not found"
+            return None
+        ended = self._dechunk()
+        if receive in self.body:
             return True, f"HTTP {self.code}"
-        if len(buf) >= limit or eof:
+        if ended or len(self.body) >= BODY_CAP or eof:
             return False, "receive text not found"
         return None
+
+    def _line(self) -> Optional[bytes]:
+        """The next whole line of what was read (None until it has come), at most LINE_CAP long."""
+        end = self.buf.find(b"\n", 0, LINE_CAP)
+        if end < 0:
+            if len(self.buf) >= LINE_CAP:
+                raise _Failed(f"line too long in the {self.stage}")
+            return None
+        line = bytes(self.buf[:end + 1])
+        del self.buf[:end + 1]
+        return line
+
+    def _dechunk(self) -> bool:
+        """Move a chunked body's data from what was read to `body`, up to BODY_CAP; True once the
+        last chunk has come (its trailer is not needed)."""
+        buf, body = self.buf, self.body
+        while len(body) < BODY_CAP:
+            if self.coding == "data":
+                take = min(self.chunk_left, len(buf), BODY_CAP - len(body))
+                body += buf[:take]
+                del buf[:take]
+                self.chunk_left -= take
+                if self.chunk_left:
+                    return False
+                self.coding = "data end"
+            line = self._line()
+            if line is None:
+                return False
+            if self.coding == "data end":  # the line break after a chunk's data
+                if line not in (b"\r\n", b"\n"):
+                    raise _Failed("bad chunked encoding")
+                self.coding = "size"
+                continue
+            match = CHUNK_SIZE.fullmatch(line)
+            if not match:
+                raise _Failed("bad chunked encoding")
+            self.chunk_left = int(match.group(1), 16)
+            if not self.chunk_left:
+                return True
+            self.coding = "data"
+        return False
 
     def close(self) -> None:
         """Closing the descriptor also takes it out of the epoll set."""
