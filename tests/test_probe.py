@@ -323,3 +323,67 @@ def test_the_verdict_does_not_depend_on_how_the_bytes_arrive(name, data):
         if got is not None:
             break
     assert got == verdict
+
+
+###############################################################################
+# Against a real nginx ########################################################
+###############################################################################
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """nginx (one process, in the foreground) serving tmp_path/www on 127.0.0.1:<free port>."""
+    import os
+    import shutil
+    import subprocess
+    from harness import wait_until
+    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is not installed (.ci/run installs it)")
+        pytest.skip("nginx is not installed here (apt-get install nginx)")
+    www = tmp_path / "www"
+    www.mkdir()
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    temp = "".join(f"{kind}_temp_path {tmp_path}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf.write_text(f"""daemon off;
+master_process off;
+pid {tmp_path}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    {temp}
+    chunked_transfer_encoding on;
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+        location = /fail {{ return 503 "down for maintenance"; }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(conf)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def listening():
+            if proc.poll() is not None:
+                raise AssertionError(f"nginx exited {proc.returncode}: {proc.communicate()[1]}")
+            return run(target(port, request="/nothing-here"), timeout=2).reason == "HTTP 404"
+        wait_until(listening, what="nginx listening")
+        yield www, port
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_real_nginx(nginx):
+    www, port = nginx
+    (www / "index.html").write_bytes(b"<html>" + b"x" * 30000 + b"centos welcomes you</html>\n")
+    r = run(target(port), timeout=2)
+    assert r.ok and r.reason == "HTTP 200"
+    assert run(target(port, receive="centos welcomes you"), timeout=2).ok
+    assert run(target(port, receive="ubuntu"), timeout=2).reason == "receive text not found"
+    assert run(target(port, request="/fail"), timeout=2).reason == "HTTP 503"
+    assert run(target(port, request="/fail", expect=((503, 503),), receive="maintenance"), timeout=2).ok
