@@ -1738,7 +1738,7 @@ class _ServiceTable:
         for column in columns:
             whole = column == "Real server" or not (squeezed or column in FOLDED_COLUMNS)
             table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left", no_wrap=whole,
-                             overflow="fold", min_width=max(len(column), *(len(row[column]) for row in self.rows))
+                             overflow="fold", min_width=max([len(column)] + [len(row[column]) for row in self.rows])
                              if whole else None)
         for row in self.rows:
             table.add_row(*(Text.assemble((row[column], STATE_COLOURS.get(row["State"], "") if column == "State"
