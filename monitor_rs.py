@@ -928,6 +928,7 @@ class Ipvsadm:
 BODY_CAP = 64 * 1024
 LINE_CAP = 8 * 1024
 HEADER_CAP = 100
+INTERIM_CAP = 10  # interim answers (100 Continue, 103 Early Hints, ...) skipped before the final one
 
 
 @dataclass(frozen=True)
@@ -976,6 +977,7 @@ def _status_ok(code: int, expect: Sequence[Tuple[int, int]]) -> bool:
 
 
 STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? ([0-9]{3})[ \r\n]")
+CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(?:;[^\r\n]*)?\r?\n")  # size, extensions (ignored), end
 STOP_POLL = 0.1  # how often a wave looks at the stop request
 GRACE_STEPS = 3  # event turns at the deadline, for answers that arrived but were not read yet
 CONNECT_ERRORS = {errno.ECONNREFUSED: "refused", errno.ECONNRESET: "reset", errno.EPIPE: "reset",
@@ -994,6 +996,10 @@ def tls_context() -> ssl.SSLContext:
     return _tls_context
 
 
+class _Failed(Exception):
+    """The answer is wrong in a way that ends the probe: the message is the reason."""
+
+
 class _Probe:
     """One probe in flight: a non-blocking socket moved on by readiness events.
 
@@ -1001,14 +1007,17 @@ class _Probe:
     read so far into a verdict, or None to read on."""
 
     __slots__ = ("target", "poller", "probes", "sock", "stage", "connected", "events", "out", "buf",
-                 "code", "length", "headers", "verdict", "latency")
+                 "code", "length", "headers", "interim", "coding", "chunk_left", "body", "verdict", "latency")
 
     def __init__(self, target: ProbeTarget, poller: select.epoll, probes: Dict[int, "_Probe"]):
         self.target, self.poller, self.probes = target, poller, probes  # probes: by descriptor
         self.sock: Optional[socket.socket] = None
         self.stage, self.connected, self.events = "connect", False, 0
         self.out, self.buf = b"", bytearray()
-        self.code, self.length, self.headers = 0, None, 0
+        self.code, self.length, self.headers, self.interim = 0, None, 0, 0
+        self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
+        self.chunk_left = 0  # bytes of the current chunk not read yet
+        self.body: Optional[bytearray] = None  # a chunked body, decoded
         self.verdict: Optional[Tuple[bool, str]] = None
         self.latency = 0.0
 
@@ -1082,48 +1091,116 @@ class _Probe:
         return self.answer(eof=not data)
 
     def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
-        """Status line, headers (each line capped), then the body up to BODY_CAP if `receive` is set."""
+        """Status line, headers (each line capped), then the body up to BODY_CAP if `receive` is set.
+
+        Interim answers (1xx but 101) come before the final one and are skipped; a chunked body is
+        decoded (up to BODY_CAP decoded bytes) before `receive` is looked for in it."""
+        try:
+            return self._answer(eof)
+        except _Failed as failed:
+            return False, str(failed)
+
+    def _answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
         t, buf = self.target, self.buf
-        if self.stage == "status line" and not b"HTTP/".startswith(bytes(buf[:5])):
-            return False, "not an HTTP answer"  # known at once: no need to wait for a newline
         while self.stage != "body":
-            end = buf.find(b"\n", 0, LINE_CAP)
-            if end < 0:
-                if len(buf) >= LINE_CAP:
-                    return False, f"line too long in the {self.stage}"
+            if self.stage == "status line" and not b"HTTP/".startswith(bytes(buf[:5])):
+                return False, "not an HTTP answer"  # known at once: no need to wait for a newline
+            line = self._line()
+            if line is None:
                 if not eof:
                     return None
                 if self.stage == "headers":
                     return False, "closed in the headers"
                 if not buf:
                     return False, "closed without answering"
-                end = len(buf) - 1  # a last status line without its newline is judged as it is
-            line = bytes(buf[:end + 1])
-            del buf[:end + 1]
+                line = bytes(buf)  # a last status line without its newline is judged as it is
+                buf.clear()
             if self.stage == "status line":
                 match = STATUS_LINE.match(line)
                 if not match:
                     return False, "not an HTTP answer"
                 self.code, self.stage = int(match.group(1)), "headers"
             elif line in (b"\r\n", b"\n"):
+                if 100 <= self.code <= 199 and self.code != 101:  # interim: the final answer follows
+                    self.interim += 1
+                    if self.interim > INTERIM_CAP:
+                        return False, f"more than {INTERIM_CAP} interim (1xx) answers"
+                    self.stage, self.length, self.headers, self.coding = "status line", None, 0, ""
+                    continue
                 if not _status_ok(self.code, t.expect):
                     return False, f"HTTP {self.code}"
                 if not t.receive:
                     return True, f"HTTP {self.code}"
                 self.stage = "body"
+                if self.coding:  # Transfer-Encoding overrides Content-Length
+                    self.length = None
+                if self.coding == "size":
+                    self.body = bytearray()
             else:
                 self.headers += 1
-                if self.headers >= HEADER_CAP:
+                if self.headers > HEADER_CAP:
                     return False, f"more than {HEADER_CAP} header lines"
                 name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length" and value.strip().isdigit():
-                    self.length = int(value.strip())
-        limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
-        if t.receive.encode("utf-8") in buf[:limit]:
+                name, value = name.strip().lower(), value.strip()
+                if name == b"content-length" and value.isdigit():
+                    self.length = int(value)
+                elif name == b"transfer-encoding":  # the last coding says how the body ends
+                    self.coding = "size" if value.rpartition(b",")[2].strip().lower() == b"chunked" else "close"
+        receive = t.receive.encode("utf-8")
+        if self.body is None:
+            limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
+            if receive in buf[:limit]:
+                return True, f"HTTP {self.code}"
+            if len(buf) >= limit or eof:
+                return False, "receive text not found"
+            return None
+        ended = self._dechunk()
+        if receive in self.body:
             return True, f"HTTP {self.code}"
-        if len(buf) >= limit or eof:
+        if ended or len(self.body) >= BODY_CAP or eof:
             return False, "receive text not found"
         return None
+
+    def _line(self) -> Optional[bytes]:
+        """The next whole line of what was read (None until it has come), at most LINE_CAP long."""
+        end = self.buf.find(b"\n", 0, LINE_CAP)
+        if end < 0:
+            if len(self.buf) >= LINE_CAP:
+                raise _Failed(f"line too long in the {self.stage}")
+            return None
+        line = bytes(self.buf[:end + 1])
+        del self.buf[:end + 1]
+        return line
+
+    def _dechunk(self) -> bool:
+        """Move a chunked body's data from what was read to `body`, up to BODY_CAP; True once the
+        last chunk has come (its trailer is not needed)."""
+        buf, body = self.buf, self.body
+        while len(body) < BODY_CAP:
+            if self.coding == "data":
+                take = min(self.chunk_left, len(buf), BODY_CAP - len(body))
+                body += buf[:take]
+                del buf[:take]
+                self.chunk_left -= take
+                if self.chunk_left:
+                    return False
+                self.coding = "data end"
+            line = self._line()
+            if line is None:
+                return False
+            if self.coding == "data end":  # the line break after a chunk's data
+                if line not in (b"\r\n", b"\n"):
+                    raise _Failed("bad chunked encoding")
+                self.coding = "size"
+                continue
+            match = CHUNK_SIZE.fullmatch(line)
+            if not match:
+                raise _Failed("bad chunked encoding")
+            self.chunk_left = int(match.group(1), 16)
+            if not self.chunk_left:
+                return True
+            self.coding = "data"
+        return False
 
     def close(self) -> None:
         """Closing the descriptor also takes it out of the epoll set."""
@@ -1671,6 +1748,9 @@ class Monitor:
         self.hooks = Hooks(output)
         self.changes: Dict[Tuple[Tuple[str, str], str], Tuple[float, str]] = {}
         self.said_no_ipvs = False
+        # --dry-run without IPVS previews on an empty table (and says so once); --status turns this
+        # off: there an unreadable table is a problem on the service, with no action claimed
+        self.assume_empty = dry_run
         self.stop_requested = lambda: False
         self._plan(config)
 
@@ -1701,7 +1781,7 @@ class Monitor:
             return None
         except IpvsUnavailable as exc:
             report.unavailable += 1
-            if self.dry_run:
+            if self.assume_empty:
                 if not self.said_no_ipvs:
                     self.output.say(f"IPVS is not available here ({exc}): assuming an empty table", "info", log=False)
                     self.said_no_ipvs = True
@@ -1983,23 +2063,27 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+METRICS = (  # (name, help, value of a server's entry in the snapshot)
+    ("monitor_rs_server_up", "1 when the monitor holds the real server healthy.",
+     lambda r: int(r["state"] == "up")),
+    ("monitor_rs_server_weight", "Weight of the real server in IPVS (-1 when absent).",
+     lambda r: -1 if r["ipvs_weight"] is None else r["ipvs_weight"]),
+    ("monitor_rs_probe_latency_seconds", "Duration of the last probe.",
+     lambda r: f"{r['latency_ms'] / 1000:.4f}"),
+)
+
+
 def metrics_text(snap: dict) -> str:
-    """A node_exporter textfile: per-server gauges, plus the pass itself."""
-    lines = [
-        "# HELP monitor_rs_server_up 1 when the monitor holds the real server healthy.",
-        "# TYPE monitor_rs_server_up gauge",
-        "# HELP monitor_rs_server_weight Weight of the real server in IPVS (-1 when absent).",
-        "# TYPE monitor_rs_server_weight gauge",
-        "# HELP monitor_rs_probe_latency_seconds Duration of the last probe.",
-        "# TYPE monitor_rs_probe_latency_seconds gauge",
-    ]
-    for s in snap["services"]:
-        for r in s["servers"]:
-            labels = f'service="{_label(s["address"])}",name="{_label(s["name"])}",server="{_label(r["server"])}"'
-            lines.append(f"monitor_rs_server_up{{{labels}}} {int(r['state'] == 'up')}")
-            weight = -1 if r["ipvs_weight"] is None else r["ipvs_weight"]
-            lines.append(f"monitor_rs_server_weight{{{labels}}} {weight}")
-            lines.append(f"monitor_rs_probe_latency_seconds{{{labels}}} {r['latency_ms'] / 1000:.4f}")
+    """A node_exporter textfile: per-server gauges, plus the pass itself.
+
+    Each family's HELP, TYPE and samples stand together: parsers (prometheus_client's
+    among them) read a family's samples after another family's as a new, untyped one."""
+    servers = [(f'service="{_label(s["address"])}",name="{_label(s["name"])}",server="{_label(r["server"])}"', r)
+               for s in snap["services"] for r in s["servers"]]
+    lines = []
+    for name, help_text, value in METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{{{labels}}} {value(r)}" for labels, r in servers]
     lines += [
         "# HELP monitor_rs_last_pass_timestamp_seconds When the last pass started.",
         "# TYPE monitor_rs_last_pass_timestamp_seconds gauge",
@@ -2042,26 +2126,78 @@ class Publisher:
 STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow"}
 
 
-def _ipvs(weight: Optional[int]) -> str:
+def _ipvs(weight: Optional[int], readable: bool = True) -> str:
+    """The weight in IPVS; "unknown" when the table could not be read (the problem says why)."""
+    if not readable:
+        return "unknown"
     return "absent" if weight is None else str(weight)
 
 
-def status_tables(snap: dict) -> list:
-    """One rich table per virtual service."""
-    from rich.table import Table as RichTable
-    tables = []
-    for s in snap["services"]:
-        title = f"{s['address']} ({s['name']})" + (f"  [bold red]{s['problem']}[/]" if s["problem"] else "")
+STATUS_COLUMNS = ("Real server", "Weight", "In IPVS", "State", "Reason", "Latency", "Action", "Last change")
+NARROW_DROPS = ("Last change", "Action", "Latency")  # what a narrow terminal loses first, in this order
+NUMERIC_COLUMNS = ("Weight", "In IPVS", "Latency")
+FOLDED_COLUMNS = {"Reason": 12, "Action": 9, "Last change": 19}  # wrapped, but not narrower than this
+
+
+class _ServiceTable:
+    """One virtual service's table, laid out for the width it is drawn in (the live view's
+    terminal may be resized): the least needed columns go first, a server's address is never
+    cut (rows that all read `127.0.0…` tell nothing), and data is text, never rich markup."""
+
+    def __init__(self, service: dict):
+        self.service = service
+        self.siblings = [self]  # the tables drawn together, which show the same columns
+        s = service
+        self.rows = [{
+            "Real server": r["server"], "Weight": str(r["weight"]),
+            "In IPVS": _ipvs(r["ipvs_weight"], not s["problem"]), "State": r["state"], "Reason": r["reason"],
+            "Latency": f"{r['latency_ms']:.0f} ms", "Action": r["action"] or "",
+            "Last change": f"{timestamp(r['last_change']['time'])} {r['last_change']['what']}"
+                           if r["last_change"] else "",
+        } for r in s["servers"]]
+
+    def width(self, columns: Sequence[str]) -> int:
+        """The least width these tables are readable at: whole values, folded columns not too narrow."""
+        rows = [row for table in self.siblings for row in table.rows]
+        width = 3 * len(columns) + 1  # borders and padding
+        for column in columns:
+            longest = max([len(column)] + [len(row[column]) for row in rows])
+            width += min(longest, FOLDED_COLUMNS.get(column, longest))
+        return width
+
+    def table(self, columns: Sequence[str], squeezed: bool = False):
+        """`squeezed`: narrower than readable; every column but the server is folded as far as it must."""
+        from rich.table import Table as RichTable
+        from rich.text import Text
+        s = self.service
+        title = Text(f"{s['address']} ({s['name']})")
+        if s["problem"]:
+            title.append(f"  {s['problem']}", style="bold red")
         table = RichTable(title=title, title_justify="left", header_style="bold")
-        for column in ("Real server", "Weight", "In IPVS", "State", "Reason", "Latency", "Action", "Last change"):
-            table.add_column(column, justify="right" if column in ("Weight", "In IPVS", "Latency") else "left")
-        for r in s["servers"]:
-            change = r["last_change"]
-            table.add_row(r["server"], str(r["weight"]), _ipvs(r["ipvs_weight"]),
-                          f"[{STATE_COLOURS.get(r['state'], '')}]{r['state']}[/]", r["reason"],
-                          f"{r['latency_ms']:.0f} ms", r["action"] or "",
-                          f"{timestamp(change['time'])} {change['what']}" if change else "")
-        tables.append(table)
+        for column in columns:
+            whole = column == "Real server" or not (squeezed or column in FOLDED_COLUMNS)
+            table.add_column(column, justify="right" if column in NUMERIC_COLUMNS else "left", no_wrap=whole,
+                             overflow="fold", min_width=max([len(column)] + [len(row[column]) for row in self.rows])
+                             if whole else None)
+        for row in self.rows:
+            table.add_row(*(Text.assemble((row[column], STATE_COLOURS.get(row["State"], "") if column == "State"
+                                           else "")) for column in columns))
+        return table
+
+    def __rich_console__(self, console, options):
+        columns = list(STATUS_COLUMNS)
+        for column in NARROW_DROPS:
+            if self.width(columns) <= options.max_width:
+                break
+            columns.remove(column)
+        yield self.table(columns, squeezed=self.width(columns) > options.max_width)
+
+
+def status_tables(snap: dict) -> list:
+    """One rich table per virtual service (laid out when drawn)."""
+    tables = [_ServiceTable(s) for s in snap["services"]]
+    for table in tables:
+        table.siblings = tables
     return tables
 
 
@@ -2075,9 +2211,9 @@ def show_status(snap: dict, console) -> None:
         if s["problem"]:
             print(f"{s['address']} ({s['name']}) problem={s['problem']!r}")
         for r in s["servers"]:
-            print(f"{s['address']} ({s['name']}) {r['server']} weight={r['weight']} ipvs={_ipvs(r['ipvs_weight'])} "
-                  f"state={r['state']} reason={r['reason']!r} latency_ms={r['latency_ms']:.0f} "
-                  f"action={r['action'] or '-'}", flush=True)
+            print(f"{s['address']} ({s['name']}) {r['server']} weight={r['weight']} "
+                  f"ipvs={_ipvs(r['ipvs_weight'], not s['problem'])} state={r['state']} reason={r['reason']!r} "
+                  f"latency_ms={r['latency_ms']:.0f} action={r['action'] or '-'}", flush=True)
 
 
 ###############################################################################
@@ -2130,6 +2266,7 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
     if snap is None:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
+        monitor.assume_empty = False  # no IPVS here: say so, claim no action
         snap = snapshot(monitor.run_pass(), config, "probe")
     if as_json:
         print(json.dumps(snap, indent=2))

@@ -832,7 +832,7 @@ HOSTILE = {
     "alert-bytes": ("http", "", {"not an HTTP answer", "closed without answering"}),
     "hello-bytes": ("http", "", {"not an HTTP answer"}),  # judged on its first bytes, not at the deadline
     "bad-code": ("http", "", {"not an HTTP answer"}),
-    "continue-forever": ("http", "", {"HTTP 100"}),
+    "continue-forever": ("http", "", {f"more than {m.INTERIM_CAP} interim (1xx) answers"}),
     "reset-in-headers": ("http", "", {"reset", "closed in the headers"}),
     "reset-in-body": ("http", NEEDLE, {"reset", "receive text not found"}),
     "close-in-headers": ("http", "", {"closed in the headers"}),
