@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import enum
 import difflib
 import encodings.idna
 import errno
@@ -45,7 +46,7 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 __version__ = "1.0.0"
 
@@ -1327,32 +1328,71 @@ def raise_open_file_limit(wanted: int) -> int:
 # down until probes say otherwise (so nothing is added before a probe passed).
 #
 # Then the table is reconciled with the health, every pass, so a hand-deleted
-# healthy server is restored.  The monitor only undoes what it did itself: a
-# weight an operator set by hand on a healthy server is left alone.
+# healthy server is restored and a change that failed is made again.  The
+# monitor only undoes what it did itself: it remembers the weight it last set,
+# so a weight an operator set by hand (a drain to 0 included) is told apart and
+# kept, even across a delete and a re-add; and a weight it set that the config
+# no longer gives (a reload, a restart) is brought to the configured one.
+#
+# Each change carries the server's health for the case it fails: the loop keeps
+# that one, so what did not happen is tried again next pass.  A change may need
+# an earlier one: the last real servers leave only once the fallback is in,
+# the fallback leaves only once a real server is back.
+
+
+class Change(str, enum.Enum):
+    """The monitor's changes to the IPVS table."""
+
+    ADD = "add"
+    RESTORE = "restore"  # the weight back after a quiesce of ours
+    REWEIGHT = "reweight"  # the weight we set is no longer the configured one
+    QUIESCE = "quiesce"
+    DELETE = "delete"
+    FALLBACK_ADD = "fallback-add"
+    FALLBACK_DELETE = "fallback-delete"
+
+
+class Seen(str, enum.Enum):
+    """What a pass saw happen to a real server: worth a log line (and, but for HAND, the on_change hook)."""
+
+    UP = "up"
+    DOWN = "down"
+    KEPT = "kept"  # down, but kept in by the depool threshold
+    HAND = "hand"  # an operator set its weight by hand
 
 
 @dataclass(frozen=True)
 class Health:
-    """What the monitor remembers of a real server between passes."""
+    """What the monitor remembers of a real server between passes (and, in part, across restarts)."""
 
     up: Optional[bool] = None  # None until the first decision
     good: int = 0  # consecutive good probes
     bad: int = 0  # consecutive failed probes
-    quiesced: bool = False  # weight 0 set by us (quiescent = yes)
-    kept: bool = False  # down, but kept in by the depool threshold
+    quiesced: bool = False  # weight 0 set by us (quiescent = yes): ours to undo
+    kept: bool = False
+    weight: Optional[int] = None  # the weight the monitor last set, or found as configured
+    operator: Optional[int] = None  # a weight an operator set by hand: kept until they change it
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
+
+
+def intended_weight(rs: "RealServer", h: Health) -> int:
+    """The weight a healthy server should have: the operator's, else the configured one."""
+    return rs.weight if h.operator is None else h.operator
 
 
 @dataclass(frozen=True)
 class Action:
     """One ipvsadm change; `args` is the argv after the program name."""
 
-    kind: str  # add | restore | quiesce | delete | fallback-add | fallback-delete
+    kind: Change
     server: str
     args: Tuple[str, ...]
     reason: str = ""
     weight: Optional[int] = None
+    endpoint: Optional[Endpoint] = None  # the real server's configured endpoint; None for the fallback
+    unchanged: Optional[Health] = None  # the server's health should the change fail or not be made
+    needs: Tuple[int, ...] = ()  # made only if one of these earlier actions succeeded
 
 
 @dataclass(frozen=True)
@@ -1360,13 +1400,13 @@ class Event:
     """A change of health worth a log line and the on_change hook."""
 
     server: str
-    state: str  # up | down | kept
+    state: Seen
     reason: str
 
 
 @dataclass(frozen=True)
 class Decision:
-    health: Dict[Endpoint, Health]
+    health: Dict[Endpoint, Health]  # as it stands when every action succeeds
     actions: Tuple[Action, ...]
     events: Tuple[Event, ...]
 
@@ -1381,6 +1421,20 @@ def _change_args(vs: VirtualService, kind: str, ep: Endpoint, weight: int = 0) -
     return (kind, *vs.service_args, "-r", str(ep), vs.forward, "-w", str(weight))
 
 
+def _observe(rs: "RealServer", h: Health, stored: Optional[Destination]) -> Health:
+    """Tell an operator's weight from ours, before anything is decided."""
+    if stored is None:
+        return h
+    w = stored.weight
+    if h.quiesced and w == 0:
+        return h
+    if h.quiesced or h.weight is None or w != h.weight:
+        # Not what we set: put back by hand while we held it at 0, found at first sight
+        # (no memory), or changed since.  The configured weight is never "the operator's".
+        return dataclasses.replace(h, quiesced=False, weight=w, operator=None if w == rs.weight else w)
+    return h
+
+
 def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
            health: Mapping[Endpoint, Health], now: float = 0.0) -> Decision:
     """What to change in one virtual service, from this pass's probes and table.
@@ -1392,6 +1446,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     events: List[Event] = []
     gains: List[Action] = []
     removals: List[Tuple[RealServer, Action, Health, bool]] = []  # (..., shrinks the pool)
+    serving: Dict[Endpoint, int] = {}  # weight of each server up after this pass
     for rs in vs.servers:
         ep = rs.endpoint
         old = health.get(ep, Health())
@@ -1399,7 +1454,12 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         stored = table.get(vs.stored_endpoint(ep))
         if result is None:
             new[ep] = old
+            if old.up and stored is not None:
+                serving[ep] = stored.weight
             continue
+        seen = _observe(rs, old, stored)
+        if seen.operator is not None and seen.operator != old.operator:
+            events.append(Event(str(rs), Seen.HAND, f"weight {seen.operator} in IPVS, {rs.weight} configured"))
         good, bad = (old.good + 1, 0) if result.ok else (0, old.bad + 1)
         was_up = old.up if old.up is not None else stored is not None
         up = was_up
@@ -1407,28 +1467,34 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             up = False
         elif not was_up and good >= vs.rise:
             up = True
-        # Once up, a server is no longer "kept" nor "quiesced by us": if an
-        # operator changed its weight meanwhile, that weight is theirs.
-        h = dataclasses.replace(old, up=up, good=good, bad=bad, reason=result.reason,
+        h = dataclasses.replace(seen, up=up, good=good, bad=bad, reason=result.reason,
                                 since=old.since if up == old.up else now,
-                                kept=old.kept and not up and stored is not None,
-                                quiesced=old.quiesced and not up)
+                                kept=old.kept and not up and stored is not None)
         if up != was_up or (old.up is None and not up and not result.ok):
-            events.append(Event(str(rs), "up" if up else "down", result.reason))
+            events.append(Event(str(rs), Seen.UP if up else Seen.DOWN, result.reason))
+        new[ep] = h
         if up:
+            weight = intended_weight(rs, h)
+            done = dataclasses.replace(h, quiesced=False, weight=weight)
+            kind = None
             if stored is None:
-                gains.append(Action("add", str(rs), _change_args(vs, "-a", ep, rs.weight), result.reason, rs.weight))
-            elif old.quiesced and stored.weight == 0:
-                gains.append(Action("restore", str(rs), _change_args(vs, "-e", ep, rs.weight), result.reason,
-                                    rs.weight))
+                kind, flag = Change.ADD, "-a"
+            elif h.quiesced:
+                kind, flag = Change.RESTORE, "-e"
+            elif h.operator is None and stored.weight != weight:
+                kind, flag = Change.REWEIGHT, "-e"
+            serving[ep] = stored.weight if kind is None else weight
+            if kind is not None:
+                gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), result.reason, weight,
+                                    ep, h))
+                new[ep] = done
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:
-                action = Action("quiesce", str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0)
-                removals.append((rs, action, h, True))
+                action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep, h)
+                removals.append((rs, action, dataclasses.replace(h, quiesced=True), True))
             elif not vs.quiescent:
-                action = Action("delete", str(rs), _change_args(vs, "-d", ep), result.reason)
+                action = Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), result.reason, None, ep, h)
                 removals.append((rs, action, h, stored.weight > 0))
-        new[ep] = h
 
     # Depool threshold: never shrink the pool (real servers in IPVS with a
     # weight above 0) below threshold x configured servers by our own decision.
@@ -1438,33 +1504,121 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     spare = len(removals)
     if vs.depool_threshold > 0:
         pool = sum(1 for rs in vs.servers if table.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0)
-        pool += sum(1 for a in gains if a.weight)
+        pool += sum(1 for a in gains if a.weight and not table.get(vs.stored_endpoint(a.endpoint), _ABSENT).weight)
         spare = max(0, math.floor(pool - vs.depool_threshold * len(vs.servers) + 1e-9))
-    losses: List[Action] = []
+    losses: List[Tuple[Action, bool]] = []
     for rs, action, h, shrinks in removals:
         if not shrinks or spare > 0:
             spare -= shrinks
-            losses.append(action)
-            new[rs.endpoint] = dataclasses.replace(h, kept=False, quiesced=action.kind == "quiesce")
+            losses.append((dataclasses.replace(action, unchanged=dataclasses.replace(action.unchanged, kept=False)),
+                           shrinks))
+            new[rs.endpoint] = dataclasses.replace(h, kept=False)
         else:
             if not h.kept:
-                events.append(Event(str(rs), "kept", h.reason))
-            new[rs.endpoint] = dataclasses.replace(h, kept=True)
+                events.append(Event(str(rs), Seen.KEPT, h.reason))
+            new[rs.endpoint] = dataclasses.replace(action.unchanged, kept=True)
 
-    # Fallback (sorry server): present exactly while no real server is up.
-    # Added before the last real server goes, removed after one is back.
-    actions: List[Action] = []
+    # Fallback (sorry server): present exactly while no real server is up and
+    # serving (weight above 0).  Added before the last real servers go;
+    # removed after one is back, and only if one is.
+    first: List[Action] = []
     trailing: List[Action] = []
-    if vs.fallback is not None:
-        want = not any(new[rs.endpoint].up for rs in vs.servers)
-        have = vs.stored_endpoint(vs.fallback) in table
-        if want and not have:
-            actions.append(Action("fallback-add", str(vs.fallback),
-                                  _change_args(vs, "-a", vs.fallback, 1), "no real server is up", 1))
-        elif have and not want:
-            trailing.append(Action("fallback-delete", str(vs.fallback),
-                                   _change_args(vs, "-d", vs.fallback), "a real server is up"))
-    return Decision(new, tuple(actions + gains + losses + trailing), tuple(events))
+    have = vs.fallback is not None and vs.stored_endpoint(vs.fallback) in table
+    want = vs.fallback is not None and not any(weight > 0 for weight in serving.values())
+    if want and not have:
+        first.append(Action(Change.FALLBACK_ADD, str(vs.fallback),
+                            _change_args(vs, "-a", vs.fallback, 1), "no real server is up", 1))
+    # What keeps the pool from emptying: servers that stay in it as they are,
+    # else the changes that bring one in; the last ones leave only once one of
+    # these holds (a failed add must not end in an empty pool).
+    stays = (want and have) or any(
+        table.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0
+        and (serving.get(rs.endpoint, 0) > 0 or new[rs.endpoint].kept) for rs in vs.servers)
+    providers = tuple(i for i, a in enumerate(first + gains) if a.weight)
+    if not stays and providers:
+        losses = [(dataclasses.replace(a, needs=providers) if shrinks else a, shrinks) for a, shrinks in losses]
+    if have and not want:
+        already = any(weight > 0 and table.get(vs.stored_endpoint(ep), _ABSENT).weight > 0
+                      for ep, weight in serving.items())
+        trailing.append(Action(Change.FALLBACK_DELETE, str(vs.fallback), _change_args(vs, "-d", vs.fallback),
+                               "a real server is up", needs=() if already else providers))
+    return Decision(new, tuple(first + gains + [a for a, _ in losses] + trailing), tuple(events))
+
+
+def carry_out(decision: Decision, make: Callable[[Action], bool],
+              hold: Callable[[Action], None] = lambda action: None) -> Dict[Endpoint, Health]:
+    """Make a decision's changes in order (`make` says whether one holds) and
+    return the health that results: a change that failed, or that was held
+    because the change it needed failed, leaves its server's health as if it
+    had not been decided, so the next pass decides it again."""
+    health = dict(decision.health)
+    holds: List[bool] = []
+    for action in decision.actions:
+        if action.needs and not any(holds[i] for i in action.needs):
+            hold(action)
+            ok = False
+        else:
+            ok = make(action)
+        holds.append(ok)
+        if not ok and action.endpoint is not None:
+            health[action.endpoint] = action.unchanged
+    return health
+
+
+###############################################################################
+# Memory: what the monitor did, across its restarts ###########################
+###############################################################################
+#
+# The IPVS table says what is; only the monitor knows which of it is its own
+# doing: a weight 0 it set (quiescent = yes), the weight it last set, a weight
+# an operator set by hand.  That goes out with every pass's state file (under
+# /run: it lasts as long as the kernel's table does) and is read back at start,
+# so a restart (systemd, an upgrade, a crash) neither strands a quiesced server
+# at weight 0 nor forgets an operator's drain or the weight the config had.
+
+Memory = Dict[Tuple[str, str, str], Health]  # (protocol, service address, real server) -> remembered
+
+
+def remembered(h: Health) -> Health:
+    """What of a server's health survives a restart of the monitor: what it did
+    and what it saw an operator do (the streaks start again from the table)."""
+    return Health(up=False if h.quiesced else None, quiesced=h.quiesced, weight=h.weight, operator=h.operator)
+
+
+def memory_of(h: Health) -> dict:
+    return {"quiesced": h.quiesced, "weight": h.weight, "operator": h.operator}
+
+
+def _weight_or_none(value) -> Optional[int]:
+    return value if type(value) is int and 0 <= value <= MAX_WEIGHT else None
+
+
+def read_memory(path: str) -> Memory:
+    """The memory in a state file an earlier run left (running or not), or nothing.
+
+    Trusted only from a regular file (no symlink followed) of root or ours that
+    nobody else may write: it decides weights in the kernel's table."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return {}
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            return {}
+        try:
+            snap = json.load(handle)
+            memory: Memory = {}
+            for s in snap["services"]:
+                for r in s["servers"]:
+                    kept = r.get("memory")
+                    if isinstance(kept, dict):
+                        memory[(str(s["protocol"]), str(s["address"]), str(r["server"]))] = remembered(Health(
+                            quiesced=kept.get("quiesced") is True, weight=_weight_or_none(kept.get("weight")),
+                            operator=_weight_or_none(kept.get("operator"))))
+            return memory
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            return {}
 
 
 ###############################################################################
@@ -1568,7 +1722,8 @@ class LogFile:
             self.fd = None
 
 
-STYLES = {"up": "green", "add": "green", "restore": "green", "fallback-delete": "green",
+STYLES = {"up": "green", "add": "green", "restore": "green", "reweight": "green", "fallback-delete": "green",
+          "hand": "yellow",
           "down": "red", "delete": "red", "quiesce": "yellow", "kept": "yellow",
           "fallback-add": "magenta", "failed": "bold red", "problem": "bold red", "info": "cyan"}
 
@@ -1637,7 +1792,7 @@ class ServerRow:
 
     server: str
     weight: int
-    ipvs_weight: Optional[int]  # as read at the start of the pass; None: absent or unreadable
+    ipvs_weight: Optional[int]  # as it stands after this pass's changes; None: absent or unreadable
     health: Health
     result: ProbeResult
     action: str  # what this pass did (or would do), "" for nothing
@@ -1718,6 +1873,7 @@ class Hooks:
 MESSAGES = {
     "add": "{server} has been added to work in {vs} (weight {weight})",
     "restore": "{server} weight restored to {weight} in {vs}",
+    "reweight": "{server} weight set to {weight} in {vs}: the configured weight",
     "quiesce": "{server} is out of work, weight set to 0 in {vs} (quiescent)",
     "delete": "{server} is out of work, deleted from {vs}",
     "fallback-add": "{server} fallback added to {vs}: no real server is up",
@@ -1725,6 +1881,7 @@ MESSAGES = {
 }
 CHANGES = {  # the short form, for the "last change" of the status table
     "add": "added (weight {weight})", "restore": "weight restored to {weight}", "quiesce": "weight set to 0",
+    "reweight": "weight set to {weight}", "hand": "{reason}: set by hand",
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
 }
@@ -1732,6 +1889,12 @@ EVENT_MESSAGES = {
     "up": "{server} is up in {vs}: {reason}",
     "down": "{server} is down in {vs}: {reason}",
     "kept": "{server} is down in {vs} but kept (depool threshold {threshold:g}): {reason}",
+    "hand": "{server} in {vs}: {reason}: taken as set by hand, and kept",
+}
+HELD = {  # a change not made because the one it needed failed
+    "delete": "{server} left in {vs} although down: the fallback could not be added (the pool would be empty)",
+    "quiesce": "{server} left at its weight in {vs} although down: the fallback could not be added",
+    "fallback-delete": "{server} fallback left in {vs}: no real server could be put back",
 }
 
 
@@ -1773,6 +1936,22 @@ class Monitor:
         self._plan(config)
         self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
         self.output.log.path = config.log
+        self.output.say(f"config reloaded from {config.path}: {len(config.services)} virtual service(s), "
+                        f"{len(keep)} real server(s), every {config.interval:g} s")
+
+    def recall(self, memory: Memory) -> None:
+        """Take back what an earlier run did (read_memory), for the servers still configured."""
+        quiesced = by_hand = 0
+        for vs in self.config.services:
+            for rs in vs.servers:
+                h = memory.get((vs.protocol, vs.address, str(rs)))
+                if h is not None and (vs.ipvs_key, rs.endpoint) not in self.health:
+                    self.health[(vs.ipvs_key, rs.endpoint)] = h
+                    quiesced += h.quiesced
+                    by_hand += h.operator is not None
+        if quiesced or by_hand:
+            self.output.say(f"remembered from the last run: {quiesced} real server(s) quiesced by the monitor, "
+                            f"{by_hand} weight(s) set by hand")
 
     def _read(self, vs: VirtualService, report: PassReport, service: ServiceReport) -> Optional[Table]:
         try:
@@ -1802,26 +1981,36 @@ class Monitor:
             self.output.say(f"{vs.label()}: {exc}; no change made to it", "problem")
         self.problems[vs.ipvs_key] = exc.summary
 
-    def _apply(self, vs: VirtualService, action: Action, report: PassReport) -> str:
+    def _apply(self, vs: VirtualService, action: Action, report: PassReport) -> Tuple[bool, str]:
+        """Make one change; (whether it holds, what to show for it).  A failure is said once while it lasts."""
         command = " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *action.args))
+        kind = action.kind.value
         if self.dry_run:
-            self.output.say(f"would run: {command}", action.kind, log=False)
-            return "would " + action.kind
+            self.output.say(f"would run: {command}", kind, log=False)
+            return True, "would " + kind
         result = self.ipvsadm.run(action.args)
-        key = (vs.address, action.server, action.kind)
+        key = (vs.address, action.server, kind)
         if result.ok:
             self.failing.pop(key, None)
-            message = MESSAGES[action.kind].format(server=action.server, vs=vs.label(), weight=action.weight)
-            self.output.say(message, action.kind)
-            self.changes[(vs.ipvs_key, action.server)] = (time.time(), CHANGES[action.kind].format(
-                weight=action.weight))
-            return action.kind
+            message = MESSAGES[kind].format(server=action.server, vs=vs.label(), weight=action.weight)
+            self.output.say(message, kind)
+            self.changes[(vs.ipvs_key, action.server)] = (time.time(), CHANGES[kind].format(weight=action.weight))
+            return True, kind
         report.failed += 1
         why = result.why()
         if self.failing.get(key) != why:
-            self.output.say(f"{action.server} {action.kind} FAILED in {vs.label()}: {why} ({command})", "failed")
+            self.output.say(f"{action.server} {kind} FAILED in {vs.label()}: {why} ({command})", "failed")
         self.failing[key] = why
-        return action.kind + " FAILED"
+        return False, kind + " FAILED"
+
+    def _hold(self, vs: VirtualService, action: Action) -> str:
+        """A change not made because the change it needed failed: said once while it lasts."""
+        kind = action.kind.value
+        key = (vs.address, action.server, kind)
+        if self.failing.get(key) != "held":
+            self.output.say(HELD[kind].format(server=action.server, vs=vs.label()), "failed")
+        self.failing[key] = "held"
+        return kind + " held"
 
     def run_pass(self) -> PassReport:
         now = time.time()
@@ -1840,21 +2029,31 @@ class Monitor:
             health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
             by_server = {rs.endpoint: results[self.targets[(vs.ipvs_key, rs.endpoint)]] for rs in vs.servers}
             done: Dict[str, str] = {}
+            after: Dict[Endpoint, Optional[int]] = {}  # weights this pass changed
             if table is not None:
                 decision = decide(vs, by_server, table, health, now)
                 for event in decision.events:
-                    message = EVENT_MESSAGES[event.state].format(
+                    state = event.state.value
+                    message = EVENT_MESSAGES[state].format(
                         server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
-                    self.output.say(message, event.state)
-                    self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[event.state].format(
-                        reason=event.reason))
-                    if vs.on_change and not self.dry_run:
+                    self.output.say(message, state)
+                    self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[state].format(reason=event.reason))
+                    if vs.on_change and not self.dry_run and event.state != Seen.HAND:
                         self.hooks.start(vs.on_change, vs, event)
-                for action in decision.actions:
+
+                def make(action: Action) -> bool:
                     if self.stop_requested():
-                        break  # asked to stop: no new change is started
-                    done[action.server] = self._apply(vs, action, report)
-                health = decision.health
+                        return False  # asked to stop: no new change is started
+                    ok, done[action.server] = self._apply(vs, action, report)
+                    if ok and action.endpoint is not None and not self.dry_run:
+                        after[action.endpoint] = None if action.kind == Change.DELETE else action.weight
+                    return ok
+
+                def hold(action: Action) -> None:
+                    if not self.stop_requested():
+                        done[action.server] = self._hold(vs, action)
+
+                health = carry_out(decision, make, hold)
                 for rs in vs.servers:
                     self.health[(vs.ipvs_key, rs.endpoint)] = health[rs.endpoint]
             for rs in vs.servers:
@@ -1866,8 +2065,9 @@ class Monitor:
                                         f"({result.reason}, {result.latency * 1000:.0f} ms)")
                     elif not result.ok and stored is None:
                         self.output.say(f"{rs} is still out of work in {vs.label()}: {result.reason}")
+                weight = after[rs.endpoint] if rs.endpoint in after else None if stored is None else stored.weight
                 reports[vs.ipvs_key].rows.append(ServerRow(
-                    str(rs), rs.weight, None if stored is None else stored.weight, health[rs.endpoint], result,
+                    str(rs), rs.weight, weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
         self.hooks.reap()
         report.services = list(reports.values())
@@ -1994,7 +2194,9 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
                 "server": r.server, "weight": r.weight, "ipvs_weight": r.ipvs_weight,
                 "state": server_state(r.health), "probe": "ok" if r.result.ok else "failed",
                 "reason": r.result.reason, "latency_ms": round(r.result.latency * 1000, 1),
+                "intended_weight": r.weight if r.health.operator is None else r.health.operator,
                 "good_streak": r.health.good, "bad_streak": r.health.bad, "quiesced": r.health.quiesced,
+                "memory": memory_of(r.health),
                 "action": r.action or None,
                 "last_change": ({"time": round(r.last_change[0], 3), "what": r.last_change[1]}
                                 if r.last_change[1] else None),
@@ -2004,8 +2206,10 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
 
 
 def in_place(snap: dict) -> bool:
-    """Every server up and in IPVS, every table readable: what --status exits 0 on."""
-    return all(not s["problem"] and all(r["state"] == "up" and r["ipvs_weight"] is not None for r in s["servers"])
+    """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on."""
+    return all(not s["problem"] and all(r["state"] == "up" and r["ipvs_weight"] is not None
+                                        and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"])
+                                        for r in s["servers"])
                for s in snap["services"])
 
 
@@ -2267,6 +2471,8 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
         monitor.assume_empty = False  # no IPVS here: say so, claim no action
+        for path in state_files(config):  # a stopped monitor's memory: what it quiesced, what was set by hand
+            monitor.recall(read_memory(path))
         snap = snapshot(monitor.run_pass(), config, "probe")
     if as_json:
         print(json.dumps(snap, indent=2))
@@ -2367,6 +2573,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             click.echo(f"monitor_rs: cannot take the lock {config.lock}: {exc.strerror or exc}", err=True)
             sys.exit(EXIT_NO_LOCK)
     monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
+    monitor.recall(read_memory(config.state_file))  # what an earlier run did: a quiesce to undo, an operator's weight
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop
     publisher = Publisher(output.log.warn)

@@ -17,7 +17,7 @@ Environment:
                       line is appended per invocation, before anything else.
   FAKE_IPVSADM_FAULT  optional fault: noipvs, noroot, exit1, hang (every
                       command), hang-list, garbage, truncated (listings: -L/-l
-                      and -S), fail-add (-a only).
+                      and -S), fail-add (-a only), fail-edit (-e only).
 
 State format: {"services": [{"fwmark", "af", "protocol", "addr", "port",
 "scheduler", "sched_flags", "timeout", "netmask", "dests": [{"af", "addr",
@@ -54,7 +54,7 @@ INIT_ERRORS = {
     "noipvs": "Can't initialize ipvs: Protocol not available" + NOT_IPVS,
     "noroot": "Can't initialize ipvs: Permission denied (you must be root)" + NOT_IPVS,
 }
-FAULTS = {"", "noipvs", "noroot", "exit1", "hang", "hang-list", "garbage", "truncated", "fail-add"}
+FAULTS = {"", "noipvs", "noroot", "exit1", "hang", "hang-list", "garbage", "truncated", "fail-add", "fail-edit"}
 EINVAL = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
 
 DEFAULT_SCHEDULER = "wlc"
@@ -717,6 +717,8 @@ def run(argv, fault):
         return garbage()
     if req.command == "add-server" and fault == "fail-add":
         raise Fail(255, "Service not defined")
+    if req.command == "edit-server" and fault == "fail-edit":
+        raise Fail(255, "No such destination")
     out = execute(req)
     return truncate(out) if is_listing and fault == "truncated" else out
 

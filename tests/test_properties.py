@@ -98,3 +98,81 @@ def test_depool_threshold_never_shrinks_the_pool_below_the_floor_by_its_own_deci
         for rs, ok in zip(vs.servers, verdicts):
             if ok:
                 assert in_pool(vs, table, rs)
+
+
+# Issue 11: the same, with the world in it: changes that fail, restarts of the
+# monitor between passes (only its memory survives), and an operator who sets
+# weights by hand.  The pass is carried out by the monitor's own carry_out.
+
+def run_pass(vs, table, health, verdicts, failures):
+    """One pass: decide, then make each change unless `failures` says it fails."""
+    results = {rs.endpoint: OK if ok else BAD for rs, ok in zip(vs.servers, verdicts)}
+    decision = m.decide(vs, results, table, health)
+    outcome = iter(failures)
+    made = []
+
+    def make(action):
+        ok = not next(outcome, False)
+        if ok:
+            made.append(action)
+        return ok
+
+    health = m.carry_out(decision, make)
+    return apply(vs, table, made), health, decision
+
+
+def pool(table):
+    return sum(1 for d in table.values() if d.weight > 0)
+
+
+world = st.fixed_dictionaries({
+    "verdicts": st.lists(st.booleans(), min_size=4, max_size=4),
+    "failures": st.lists(st.booleans(), max_size=8),  # per change made, in order: True = it fails
+    "restart": st.booleans(),
+    "hand": st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(0, 3))),  # (server, weight)
+})
+
+
+@settings(max_examples=400, deadline=None)
+@given(vs=st.builds(make_service, n=st.integers(1, 4), fall=st.integers(1, 2), rise=st.integers(1, 2),
+                    quiescent=st.booleans(), fallback=st.booleans(), threshold=st.just(0.0),
+                    forward=st.sampled_from(["-g", "-m"])),
+       start_present=st.lists(st.booleans(), min_size=4, max_size=4),
+       passes=st.lists(world, min_size=1, max_size=10))
+def test_what_the_monitor_did_holds_through_failed_changes_restarts_and_operators(vs, start_present, passes):
+    table = {vs.stored_endpoint(rs.endpoint): m.Destination(vs.stored_endpoint(rs.endpoint), "Masq", rs.weight)
+             for rs, present in zip(vs.servers, start_present) if present}
+    health = {}
+    intent = {}  # the weight an operator set by hand, per server
+    for step in passes:
+        if step["restart"]:
+            health = {ep: m.remembered(h) for ep, h in health.items()}
+        if step["hand"] is not None:
+            index, weight = step["hand"]
+            rs = vs.servers[index % len(vs.servers)]
+            stored = vs.stored_endpoint(rs.endpoint)
+            if stored in table and table[stored].weight != weight:  # the same weight again is no change
+                table[stored] = m.Destination(stored, "Masq", weight)
+                intent[rs.endpoint] = weight
+        before = pool(table)
+        verdicts = step["verdicts"][:len(vs.servers)]
+        table, health, decision = run_pass(vs, table, health, verdicts, step["failures"])
+        # A fallback keeps the pool from emptying, whatever fails.
+        if vs.fallback is not None and before:
+            assert pool(table), "the pool was emptied although a fallback is configured"
+        if any(step["failures"][:len(decision.actions)]):
+            continue
+        # Every change held: the table is what the monitor intends, operators' weights included.
+        for rs in vs.servers:
+            h = health[rs.endpoint]
+            d = table.get(vs.stored_endpoint(rs.endpoint))
+            want = intent.get(rs.endpoint, rs.weight)
+            if h.up:
+                assert d is not None and d.weight == want, (rs, h, d, want)
+            elif vs.quiescent:
+                assert d is None or d.weight == 0, (rs, h, d)
+            else:
+                assert d is None, (rs, h, d)
+        if vs.fallback is not None:
+            serving = any(health[rs.endpoint].up and intent.get(rs.endpoint, rs.weight) > 0 for rs in vs.servers)
+            assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)

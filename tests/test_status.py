@@ -97,7 +97,7 @@ def test_prometheus_textfile(ipvs, run, backends, tmp_path):
     text = prom.read_text()
     labels = f'service="{VIP}",name="web",server="{a.address}"'
     assert f"monitor_rs_server_up{{{labels}}} 1" in text
-    assert f"monitor_rs_server_weight{{{labels}}} -1" in text  # read before this pass added it
+    assert f"monitor_rs_server_weight{{{labels}}} 3" in text  # as it stands after this pass added it
     assert f'monitor_rs_server_up{{service="{VIP}",name="web",server="{b.address}"}} 0' in text
     assert re.search(r"^monitor_rs_pass_duration_seconds [0-9.]+$", text, re.M)
 
