@@ -42,6 +42,21 @@ def ipvs(tmp_path):
             pass
 
 
+KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
+
+
+@pytest.fixture(params=[
+    "fake",
+    pytest.param("kernel", marks=[pytest.mark.ipvs, pytest.mark.skipif(
+        not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")]),
+])
+def any_ipvs(request, tmp_path):
+    """An empty IPVS table: the fake here, and the kernel's inside the VM (tests/vm/run)."""
+    table = Ipvs(request.param, tmp_path)
+    yield table
+    table.close()
+
+
 @pytest.fixture
 def run(tmp_path):
     """Make monitors (not started); each is killed at the end of the test if still running."""

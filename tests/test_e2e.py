@@ -10,20 +10,14 @@ import signal
 
 import pytest
 
-from harness import Ipvs, config, wait_until
-
-KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
+from harness import config, wait_until
 
 
-@pytest.fixture(params=[
-    "fake",
-    pytest.param("kernel", marks=[pytest.mark.ipvs, pytest.mark.skipif(
-        not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")]),
-])
-def ipvs(request, tmp_path):
-    table = Ipvs(request.param, tmp_path)
-    yield table
-    table.close()
+
+@pytest.fixture
+def ipvs(any_ipvs):
+    """Every scenario here on the fake, and on the real kernel inside the VM."""
+    return any_ipvs
 
 
 VIP = "127.0.0.1:80"

@@ -37,7 +37,6 @@ import monitor_rs as m
 from harness import MONITOR, SLOW, Ipvs, config, wait_until
 
 VIP = "127.0.0.1:80"
-KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
 
 
 def write(tmp_path, text, name="monitorRS.conf"):
@@ -412,16 +411,10 @@ def test_fake_keys_an_fwm_service_by_mark_and_family(tmp_path):
     assert (early.returncode, early.stderr) == (2, "-6 used before -f\n\n")
 
 
-@pytest.fixture(params=[
-    "fake",
-    pytest.param("kernel", marks=[pytest.mark.ipvs, pytest.mark.skipif(
-        not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")]),
-])
-def table(request, tmp_path):
+@pytest.fixture
+def table(any_ipvs):
     """The fake or the kernel's IPVS table, empty (as in test_e2e)."""
-    t = Ipvs(request.param, tmp_path)
-    yield t
-    t.close()
+    return any_ipvs
 
 
 def fwm6(table):

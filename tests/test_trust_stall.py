@@ -16,7 +16,6 @@ import time
 import pytest
 
 from harness import MONITOR, SLOW, config
-import monitor_rs as m
 
 N = 400
 HOGS = 16

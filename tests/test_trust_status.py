@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 import monitor_rs as m
+from test_hardening import IPVSADM_FAULTS, inject
 from harness import config
 
 VIP = "127.0.0.1:80"
@@ -38,18 +39,8 @@ def invoke(monitor, *args):
 # 1. --status without a usable IPVS ###########################################
 ###############################################################################
 
-UNAVAILABLE = {
-    "noipvs": "Can't initialize ipvs: Protocol not available",
-    "noroot": "Can't initialize ipvs: Permission denied (you must be root)",
-    "missing": "not found (install ipvsadm, or give --ipvsadm PATH)",
-}
-
-
-def make_unavailable(ipvs, mode):
-    if mode == "missing":
-        os.rename(ipvs.path, ipvs.path + ".away")
-    else:
-        ipvs.fault(mode)
+UNAVAILABLE = {mode: IPVSADM_FAULTS[mode] for mode in ("noipvs", "noroot", "missing")}
+make_unavailable = inject  # the hardening tests' own fault injection
 
 
 @pytest.mark.parametrize("mode", list(UNAVAILABLE))
