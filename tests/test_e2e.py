@@ -5,7 +5,6 @@ against the real kernel inside the VM (tests/vm/run), so a difference between
 the fake and the kernel shows up as a failing test.
 """
 
-import os
 import signal
 
 import pytest
