@@ -18,6 +18,7 @@ lives in the probes, the loop and the CLI; the decision is a pure function.
 
 from __future__ import annotations
 
+import collections
 import configparser
 import dataclasses
 import enum
@@ -1001,26 +1002,203 @@ class _Failed(Exception):
     """The answer is wrong in a way that ends the probe: the message is the reason."""
 
 
-class _Probe:
-    """One probe in flight: a non-blocking socket moved on by readiness events.
+class WatchClock:
+    """The time the monitor spent watching its probes: only waits in poll()
+    count, up to what was asked of them, less the time the monitor was
+    runnable but not running (the kernel's run_delay in schedstat).
 
-    `stage` is where it stands (what a timeout names); `answer` turns the bytes
-    read so far into a verdict, or None to read on."""
+    So a monitor that was stopped (SIGSTOP), descheduled, starved by busy
+    loops, or busy with its own work (the connects of a thousand probes) does
+    not charge that time to the real servers; a monitor that runs fine sees
+    this clock move with the wall clock, and a real outage is acted on in the
+    usual time."""
 
-    __slots__ = ("target", "poller", "probes", "sock", "stage", "connected", "events", "out", "buf",
-                 "code", "length", "headers", "interim", "coding", "chunk_left", "body", "verdict", "latency")
+    SCHEDSTAT = "/proc/thread-self/schedstat"
 
-    def __init__(self, target: ProbeTarget, poller: select.epoll, probes: Dict[int, "_Probe"]):
-        self.target, self.poller, self.probes = target, poller, probes  # probes: by descriptor
-        self.sock: Optional[socket.socket] = None
-        self.stage, self.connected, self.events = "connect", False, 0
-        self.out, self.buf = b"", bytearray()
-        self.code, self.length, self.headers, self.interim = 0, None, 0, 0
-        self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
-        self.chunk_left = 0  # bytes of the current chunk not read yet
-        self.body: Optional[bytearray] = None  # a chunked body, decoded
+    def __init__(self):
+        self.watched = 0.0
+        try:
+            self._fd: Optional[int] = os.open(self.SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None  # no schedstat: stops and busy time are still not charged
+
+    def _run_delay(self) -> float:
+        if self._fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def poll(self, poller: select.epoll, wait: float) -> list:
+        """poller.poll(wait), counting what of it was spent watching."""
+        delay, start = self._run_delay(), time.monotonic()
+        events = poller.poll(wait)
+        spent = time.monotonic() - start - (self._run_delay() - delay)
+        self.watched += min(max(spent, 0.0), wait)
+        return events
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Check:
+    """One probe in flight, of one kind: the engine (Wave) knows no protocol.
+
+    The wave calls `start`, then `ready` for each readiness event of the
+    descriptors the check asked it to watch (`wave.watch`), until the check
+    sets `verdict` (healthy or not, and why); then `close`.  `stage` names
+    where a timeout caught it.  Nothing a real server does may raise out of a
+    check: the wave turns any exception into a failed verdict."""
+
+    KIND = ""
+    LIMIT = 0  # how many of this kind may be in flight at once (0: no limit but the wave's)
+    __slots__ = ("target", "wave", "stage", "verdict", "began", "latency")
+
+    def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
+        self.target, self.wave = target, wave
+        self.stage = "connect"
         self.verdict: Optional[Tuple[bool, str]] = None
+        self.began = 0.0  # on the wave's watch clock
         self.latency = 0.0
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def ready(self, fd: int, events: int) -> None:
+        raise NotImplementedError
+
+    def failed(self, exc: Exception) -> Tuple[bool, str]:
+        """The verdict for an exception raised while it ran."""
+        return False, f"probe error: {type(exc).__name__}"
+
+    def close(self) -> None:
+        """Release everything (descriptors, processes): on a verdict, a timeout or a stop."""
+
+
+CHECKERS: Dict[str, type] = {}  # check kind -> its Check class
+
+
+def checker(cls: type) -> type:
+    CHECKERS[cls.KIND] = cls
+    return cls
+
+
+class Wave:
+    """Probes started together: one epoll over their descriptors, one watch
+    clock, and ONE deadline per probe (`timeout` of watched time from its
+    start), without a timer each.  At a deadline, GRACE_STEPS event turns read
+    what already arrived before anyone is blamed."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.poller = select.epoll()
+        self.clock = WatchClock()
+        self.by_descriptor: Dict[int, Check] = {}
+
+    def watch(self, check: Check, fd: int, events: int) -> None:
+        self.poller.register(fd, events)
+        self.by_descriptor[fd] = check
+
+    def change(self, fd: int, events: int) -> None:
+        self.poller.modify(fd, events)
+
+    def forget(self, fd: int) -> None:
+        """Before its descriptor is closed (closing also leaves the epoll set, but not our map)."""
+        self.by_descriptor.pop(fd, None)
+
+    def _call(self, check: Check, method, *args) -> None:
+        try:
+            method(*args)
+        except Exception as exc:  # whatever a server manages to provoke, it is a failed probe
+            check.verdict = check.failed(exc)
+
+    def run(self, targets: Sequence["ProbeTarget"], stop) -> Optional[List[ProbeResult]]:
+        """A verdict for each target, or None when `stop()` turned true meanwhile."""
+        started = time.monotonic()
+        checks = [CHECKERS[t.check](t, self) for t in targets]
+        waiting = collections.deque(checks)
+        running: Dict[Check, None] = {}  # in start order: the first is the first to time out
+        in_flight: Dict[type, int] = collections.Counter()
+        clock, timeout = self.clock, self.timeout
+
+        def finish(check: Check) -> None:
+            check.latency = time.monotonic() - started
+            check.close()
+            running.pop(check, None)
+            in_flight[type(check)] -= 1
+
+        def launch() -> None:
+            held = []
+            while waiting:
+                check = waiting.popleft()
+                kind = type(check)
+                if kind.LIMIT and in_flight[kind] >= kind.LIMIT:
+                    held.append(check)
+                    continue
+                in_flight[kind] += 1
+                check.began = clock.watched
+                running[check] = None
+                self._call(check, check.start)
+                if check.verdict is not None:
+                    finish(check)
+            waiting.extend(held)
+
+        try:
+            launch()
+            grace = GRACE_STEPS
+            while running:
+                if stop():
+                    return None
+                left = next(iter(running)).began + timeout - clock.watched
+                if left <= 0:
+                    if not grace:  # answers that arrived were read: the rest is late
+                        for check in list(running):
+                            if check.began + timeout - clock.watched > 0:
+                                break
+                            check.latency = timeout
+                            check.close()
+                            running.pop(check)
+                            in_flight[type(check)] -= 1
+                        grace = GRACE_STEPS
+                        launch()
+                        continue
+                    grace -= 1
+                for descriptor, events in clock.poll(self.poller, min(max(left, 0.0), STOP_POLL)):
+                    check = self.by_descriptor.get(descriptor)
+                    if check is not None and check.verdict is None:
+                        self._call(check, check.ready, descriptor, events)
+                        if check.verdict is not None:
+                            finish(check)
+                if len(running) < len(checks) and waiting:
+                    launch()
+        finally:
+            for check in running:
+                check.close()
+            self.clock.close()
+            self.poller.close()
+        return [ProbeResult(*c.verdict, c.latency) if c.verdict else ProbeResult(False, f"timeout ({c.stage})", timeout)
+                for c in checks]
+
+
+###############################################################################
+# The check kinds: each a small state machine plugged into the wave ##########
+
+
+class _StreamCheck(Check):
+    """A TCP connection (TLS on it for https): connect, send `request_bytes`, read
+    until `answer` has a verdict.  The kinds differ in what they send and judge."""
+
+    TLS = False
+    __slots__ = ("sock", "connected", "events", "out", "buf")
+
+    def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
+        super().__init__(target, wave)
+        self.sock: Optional[socket.socket] = None
+        self.connected, self.events = False, 0
+        self.out, self.buf = b"", bytearray()
 
     def start(self) -> None:
         family, address = self.target.socket_address
@@ -1028,59 +1206,62 @@ class _Probe:
         err = self.sock.connect_ex(address)
         if err not in (0, errno.EINPROGRESS):
             raise OSError(err, os.strerror(err))
-        self.poller.register(self.sock.fileno(), select.EPOLLOUT)
-        self.probes[self.sock.fileno()] = self
+        self.wave.watch(self, self.sock.fileno(), select.EPOLLOUT)
         self.events = select.EPOLLOUT
 
     def _want(self, events: int) -> None:
         if events != self.events:
-            self.poller.modify(self.sock.fileno(), events)
+            self.wave.change(self.sock.fileno(), events)
             self.events = events
 
-    def step(self, started: float) -> bool:
-        """The socket is ready: go as far as it lets us (a failure of any kind is a verdict).
+    def failed(self, exc: Exception) -> Tuple[bool, str]:
+        if isinstance(exc, ssl.SSLError):
+            return False, f"TLS: {exc.reason or exc}"
+        if isinstance(exc, OSError):
+            return False, CONNECT_ERRORS.get(exc.errno, exc.strerror or str(exc))
+        return super().failed(exc)
 
-        True when the probe has just ended: its socket is then closed."""
+    def ready(self, fd: int, events: int) -> None:
+        """The socket is ready: go as far as it lets us."""
         try:
-            if self.sock is None:
-                self.start()
-            else:
-                self.verdict = self._advance()
+            self.verdict = self._advance()
         except ssl.SSLWantReadError:
             self._want(select.EPOLLIN)
         except ssl.SSLWantWriteError:
             self._want(select.EPOLLOUT)
         except (BlockingIOError, InterruptedError):
             pass
-        except ssl.SSLError as exc:
-            self.verdict = False, f"TLS: {exc.reason or exc}"
-        except OSError as exc:
-            self.verdict = False, CONNECT_ERRORS.get(exc.errno, exc.strerror or str(exc))
-        except Exception as exc:  # whatever a server manages to provoke, it is a failed probe
-            self.verdict = False, f"probe error: {type(exc).__name__}"
-        if self.verdict is None:
-            return False
-        self.latency = time.monotonic() - started
-        self.close()
-        return True
+
+    def connected_verdict(self) -> Optional[Tuple[bool, str]]:
+        """What a bare connect tells (tcp without a request: healthy), or None to go on."""
+        return None
+
+    def request_bytes(self) -> bytes:
+        return b""
+
+    def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        raise NotImplementedError
 
     def _advance(self) -> Optional[Tuple[bool, str]]:
-        t = self.target
         if self.stage == "connect":
             if not self.connected:
                 err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, os.strerror(err))
                 self.connected = True
-                if t.check == "tcp":
-                    return True, "connected"
-                if t.check == "https":  # the handshake is still the connect stage (same descriptor)
-                    self.sock = tls_context().wrap_socket(self.sock, server_hostname=t.host or None,
+                verdict = self.connected_verdict()
+                if verdict is not None:
+                    return verdict
+                if self.TLS:  # the handshake is still the connect stage (same descriptor)
+                    self.sock = tls_context().wrap_socket(self.sock, server_hostname=self.target.host or None,
                                                           do_handshake_on_connect=False)
             if isinstance(self.sock, ssl.SSLSocket):
                 self.sock.do_handshake()
-            self.out = t.http_request
-            self.stage = "status line"
+            self.out = self.request_bytes()
+            self.stage = self.FIRST_READ
+            if not self.out:
+                self._want(select.EPOLLIN)
+                return None
         if self.out:
             self.out = self.out[self.sock.send(self.out):]
             self._want(select.EPOLLOUT if self.out else select.EPOLLIN)
@@ -1090,6 +1271,45 @@ class _Probe:
         while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
             self.buf += self.sock.recv(65536)  # decrypted bytes epoll cannot see
         return self.answer(eof=not data)
+
+    FIRST_READ = "answer"
+
+    def close(self) -> None:
+        if self.sock is not None:
+            if self.wave is not None:
+                self.wave.forget(self.sock.fileno())
+            self.sock.close()
+
+
+@checker
+class TcpCheck(_StreamCheck):
+    """check = tcp: a connect (ldirectord's checktype=connect, keepalived's TCP_CHECK)."""
+
+    KIND = "tcp"
+    __slots__ = ()
+
+    def connected_verdict(self) -> Optional[Tuple[bool, str]]:
+        return True, "connected"
+
+
+@checker
+class HttpCheck(_StreamCheck):
+    """check = http: GET `request`; healthy on a status in `expect` and, if set,
+    `receive` in the body (ldirectord's negotiate http, keepalived's HTTP_GET)."""
+
+    KIND = "http"
+    FIRST_READ = "status line"
+    __slots__ = ("code", "length", "headers", "interim", "coding", "chunk_left", "body")
+
+    def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
+        super().__init__(target, wave)
+        self.code, self.length, self.headers, self.interim = 0, None, 0, 0
+        self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
+        self.chunk_left = 0  # bytes of the current chunk not read yet
+        self.body: Optional[bytearray] = None  # a chunked body, decoded
+
+    def request_bytes(self) -> bytes:
+        return self.target.http_request
 
     def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
         """Status line, headers (each line capped), then the body up to BODY_CAP if `receive` is set.
@@ -1203,89 +1423,20 @@ class _Probe:
             self.coding = "data"
         return False
 
-    def close(self) -> None:
-        """Closing the descriptor also takes it out of the epoll set."""
-        if self.sock is not None:
-            self.probes.pop(self.sock.fileno(), None)
-            self.sock.close()
 
 
-class WatchClock:
-    """The time the monitor spent watching its probes: only waits in poll()
-    count, up to what was asked of them, less the time the monitor was
-    runnable but not running (the kernel's run_delay in schedstat).
+@checker
+class HttpsCheck(HttpCheck):
+    """check = https: the same over TLS, without certificate verification (health, not identity)."""
 
-    So a monitor that was stopped (SIGSTOP), descheduled, starved by busy
-    loops, or busy with its own work (the connects of a thousand probes) does
-    not charge that time to the real servers; a monitor that runs fine sees
-    this clock move with the wall clock, and a real outage is acted on in the
-    usual time."""
-
-    SCHEDSTAT = "/proc/thread-self/schedstat"
-
-    def __init__(self):
-        self.watched = 0.0
-        try:
-            self._fd: Optional[int] = os.open(self.SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            self._fd = None  # no schedstat: stops and busy time are still not charged
-
-    def _run_delay(self) -> float:
-        if self._fd is None:
-            return 0.0
-        try:
-            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            return 0.0
-
-    def poll(self, poller: select.epoll, wait: float) -> list:
-        """poller.poll(wait), counting what of it was spent watching."""
-        delay, start = self._run_delay(), time.monotonic()
-        events = poller.poll(wait)
-        spent = time.monotonic() - start - (self._run_delay() - delay)
-        self.watched += min(max(spent, 0.0), wait)
-        return events
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    KIND = "https"
+    TLS = True
+    __slots__ = ()
 
 
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
-    """Probes started together share ONE deadline: one event loop over their sockets, no timer each.
-
-    The deadline is on the WatchClock: what the monitor spends not watching
-    (its connects, a stall, a starved CPU) is never a server's timeout.
-    Returns None when `stop()` turned true meanwhile (the sockets are closed)."""
-    started = time.monotonic()
-    clock = WatchClock()
-    by_descriptor: Dict[int, _Probe] = {}
-    with select.epoll() as poller:
-        probes = [_Probe(t, poller, by_descriptor) for t in targets]
-        try:
-            unfinished = len(probes)
-            for probe in probes:
-                unfinished -= probe.step(started)  # the connect
-            grace = GRACE_STEPS
-            while unfinished:
-                if stop():
-                    return None
-                left = timeout - clock.watched
-                if left <= 0:
-                    if not grace:  # answers that arrived are read before anyone is blamed
-                        break
-                    grace -= 1
-                for descriptor, _ in clock.poll(poller, min(max(left, 0.0), STOP_POLL)):
-                    probe = by_descriptor.get(descriptor)
-                    if probe is not None:
-                        unfinished -= probe.step(started)
-        finally:
-            clock.close()
-            for probe in probes:
-                probe.close()
-    return [ProbeResult(*p.verdict, p.latency) if p.verdict else ProbeResult(False, f"timeout ({p.stage})", timeout)
-            for p in probes]
+    """Probes started together: see Wave.  None when `stop()` turned true meanwhile."""
+    return Wave(timeout).run(targets, stop)
 
 
 def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000,

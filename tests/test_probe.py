@@ -312,7 +312,7 @@ def test_the_verdict_does_not_depend_on_how_the_bytes_arrive(name, data):
     """However TCP cuts the answer, `answer` reaches the same verdict (read on until it can)."""
     answer, verdict = ANSWERS[name]
     cuts = sorted(data.draw(st.sets(st.integers(1, len(answer) - 1), max_size=12)))
-    probe = m._Probe(target(80, receive="centos"), None, {})
+    probe = m.HttpCheck(target(80, receive="centos"), None)
     probe.stage = "status line"  # as after the request was sent
     got = None
     for start, end in zip([0] + cuts, cuts + [len(answer)]):
