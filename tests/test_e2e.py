@@ -5,14 +5,12 @@ against the real kernel inside the VM (tests/vm/run), so a difference between
 the fake and the kernel shows up as a failing test.
 """
 
-import json
 import os
 import signal
-import subprocess
 
 import pytest
 
-from harness import SLOW, Ipvs, config, wait_until
+from harness import Ipvs, config, wait_until
 
 KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
 
@@ -290,25 +288,6 @@ def test_tcp_check(ipvs, run, backends):
 # Trust (issue 11): what the monitor did survives a restart and is re-done until it
 # holds; an operator's weight is told from the monitor's; a changed rw reaches the table.
 
-def state_of(monitor, address, pid=None):
-    """A server's entry in the monitor's state file (of process `pid`, if given), or None."""
-    try:
-        snap = json.loads(monitor.state.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    if pid is not None and snap["pid"] != pid:
-        return None
-    return next((r for s in snap["services"] for r in s["servers"] if r["server"] == address), None)
-
-
-def status(monitor):
-    """`monitor_rs --status --json` as an operator runs it: (exit status, snapshot)."""
-    proc = subprocess.run(monitor.argv + ["--status", "--json"], capture_output=True, text=True,
-                          timeout=60 * SLOW)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
-
-
 def test_quiesced_server_restored_after_a_restart_of_the_monitor(ipvs, run, backends):
     """Before: a restarted monitor took the 0 it had set for an operator's, and never restored it."""
     ipvs.service(VIP)
@@ -316,7 +295,7 @@ def test_quiesced_server_restored_after_a_restart_of_the_monitor(ipvs, run, back
     monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}, what="both in")
     a.stop()
-    wait_until(lambda: (state_of(monitor, a.address) or {}).get("quiesced"), what="a quiesced in the state file")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("quiesced"), what="a quiesced in the state file")
     assert ipvs.dests(VIP)[a.address] == ("Masq", 0)
     assert monitor.stop()[0] == 0
     a.start()
@@ -335,10 +314,10 @@ def test_status_is_not_in_place_while_a_quiesced_server_is_up_at_weight_0(ipvs, 
     monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}, what="both in")
     a.stop()
-    wait_until(lambda: (state_of(monitor, a.address) or {}).get("quiesced"), what="a quiesced in the state file")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("quiesced"), what="a quiesced in the state file")
     assert monitor.stop()[0] == 0
     a.start()  # up again, but nobody runs to restore it
-    code, snap = status(monitor)
+    code, snap = monitor.status()
     assert snap["source"] == "probe"
     server = next(r for r in snap["services"][0]["servers"] if r["server"] == a.address)
     assert (server["state"], server["ipvs_weight"]) == ("up", 0)
@@ -347,9 +326,9 @@ def test_status_is_not_in_place_while_a_quiesced_server_is_up_at_weight_0(ipvs, 
     assert ipvs.dests(VIP)[a.address] == ("Masq", 0)  # --status changes nothing
     monitor.start()
     wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 4), what="a restored to weight 4")
-    wait_until(lambda: (state_of(monitor, a.address, monitor.proc.pid) or {}).get("ipvs_weight") == 4,
+    wait_until(lambda: (monitor.server_state(a.address, monitor.proc.pid) or {}).get("ipvs_weight") == 4,
                what="the running monitor's state file with a at 4")
-    code, snap = status(monitor)
+    code, snap = monitor.status()
     assert (code, snap["source"]) == (0, "monitor")
     monitor.stop()
 
@@ -385,7 +364,7 @@ def drained_then_deleted(ipvs, monitor, a, b):
     """a and b in; an operator drains a to 0; a fails and is deleted."""
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 2)}, what="both in")
     ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "0")
-    wait_until(lambda: (state_of(monitor, a.address) or {}).get("ipvs_weight") == 0, what="the drain seen")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("ipvs_weight") == 0, what="the drain seen")
     a.stop()
     wait_until(lambda: a.address not in ipvs.dests(VIP), what="a deleted")
 
@@ -411,7 +390,7 @@ def test_an_operators_drain_survives_a_failure_and_a_restart(ipvs, run, backends
     drained_then_deleted(ipvs, monitor, a, b)
     assert monitor.stop()[0] == 0
     monitor.start()
-    wait_until(lambda: (state_of(monitor, a.address, monitor.proc.pid) or {}).get("probe") == "failed",
+    wait_until(lambda: (monitor.server_state(a.address, monitor.proc.pid) or {}).get("probe") == "failed",
                what="a pass of the new monitor with a still down")
     a.start()
     wait_until(lambda: a.address in ipvs.dests(VIP), what="a re-added")
@@ -440,7 +419,7 @@ def test_a_changed_rw_reaches_a_server_already_in_the_table_on_a_restart(ipvs, r
     a, b, _ = three(backends)
     monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 2])).start()
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 2)}, what="both in")
-    wait_until(lambda: (state_of(monitor, a.address) or {}).get("ipvs_weight") == 3, what="a in the state file")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("ipvs_weight") == 3, what="a in the state file")
     assert monitor.stop()[0] == 0
     monitor.config.write_text(config(VIP, [a.address, b.address], [5, 2]))
     monitor.start()
@@ -455,12 +434,12 @@ def test_a_reload_changing_rw_leaves_a_weight_set_by_hand(ipvs, run, backends):
     monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 2])).start()
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 2)}, what="both in")
     ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "7")
-    wait_until(lambda: (state_of(monitor, a.address) or {}).get("ipvs_weight") == 7, what="7 seen")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("ipvs_weight") == 7, what="7 seen")
     monitor.config.write_text(config(VIP, [a.address, b.address], [5, 4]))
     monitor.signal(signal.SIGHUP)
     wait_until(lambda: ipvs.dests(VIP).get(b.address) == ("Masq", 4), what="b at its new weight 4")
-    streak = state_of(monitor, a.address)["good_streak"]
-    wait_until(lambda: (state_of(monitor, a.address) or {}).get("good_streak", 0) >= streak + 3,
+    streak = monitor.server_state(a.address)["good_streak"]
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("good_streak", 0) >= streak + 3,
                what="three more passes")
     assert ipvs.dests(VIP) == {a.address: ("Masq", 7), b.address: ("Masq", 4)}
     assert monitor.stop()[0] == 0

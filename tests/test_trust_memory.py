@@ -7,7 +7,6 @@ table read back through ipvsadm.  The scenarios that need no fault run on the
 real kernel too, in tests/test_e2e.py.
 """
 
-import json
 import os
 import signal
 import uuid
@@ -17,17 +16,6 @@ import pytest
 from harness import config, processes_with_env, wait_until
 
 VIP = "127.0.0.1:80"
-
-
-def state_of(monitor, address, pid=None):
-    """A server's entry in the monitor's state file (of process `pid`, if given), or None."""
-    try:
-        snap = json.loads(monitor.state.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    if pid is not None and snap["pid"] != pid:
-        return None
-    return next((r for s in snap["services"] for r in s["servers"] if r["server"] == address), None)
 
 
 def calls(ipvs, *head):
@@ -99,7 +87,7 @@ def test_the_memory_is_taken_only_from_a_state_file_nobody_else_may_write(ipvs, 
     monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}, what="both in")
     a.stop()
-    wait_until(lambda: (state_of(monitor, a.address) or {}).get("quiesced"), what="a quiesced in the state file")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("quiesced"), what="a quiesced in the state file")
     assert monitor.stop()[0] == 0
     os.chmod(monitor.state, mode)
     a.start()
@@ -107,7 +95,7 @@ def test_the_memory_is_taken_only_from_a_state_file_nobody_else_may_write(ipvs, 
     if trusted:
         wait_until(lambda: ipvs.dests(VIP)[a.address] == ("Masq", 4), what="a restored to 4")
     else:
-        wait_until(lambda: (state_of(monitor, a.address, monitor.proc.pid) or {}).get("good_streak", 0) >= 3,
+        wait_until(lambda: (monitor.server_state(a.address, monitor.proc.pid) or {}).get("good_streak", 0) >= 3,
                    what="three passes of the new monitor with a up")
         assert ipvs.dests(VIP)[a.address] == ("Masq", 0)  # an operator's 0, for all it knows
         assert monitor.count("remembered from the last run") == 0
@@ -176,7 +164,7 @@ def quiesce_that_hangs(ipvs, run, backends, slow_quiesce, monitor_section=""):
 
 def restored_once_up(ipvs, monitor, a):
     a.start()
-    wait_until(lambda: (state_of(monitor, a.address, monitor.proc.pid) or {}).get("good_streak", 0) >= 3,
+    wait_until(lambda: (monitor.server_state(a.address, monitor.proc.pid) or {}).get("good_streak", 0) >= 3,
                what="three passes with a up")
     weight = ipvs.dests(VIP)[a.address]
     monitor.stop()
