@@ -6,6 +6,7 @@ The same scenarios run against two tables:
   MONITOR_RS_IPVS=1; see tests/vm/run).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -141,6 +142,23 @@ class Monitor:
 
     def wait_log(self, text, timeout=20.0, count=1):
         return wait_until(lambda: self.count(text) >= count, timeout, f"{text!r} x{count} in the log")
+
+    def server_state(self, server, pid=None):
+        """A server's entry in the state file (written by process `pid`, if given), or None."""
+        try:
+            snap = json.loads(self.state.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if pid is not None and snap["pid"] != pid:
+            return None
+        return next((r for s in snap["services"] for r in s["servers"] if r["server"] == server), None)
+
+    def status(self, *extra, timeout=60):
+        """`--status --json` as an operator runs it: (exit status, the snapshot)."""
+        proc = subprocess.run(self.argv + list(extra) + ["--status", "--json"], capture_output=True, text=True,
+                              timeout=timeout * SLOW)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
 
 
 def config(vip, servers, weights=None, forward="m", interval=0.3, timeout=0.5, extra="", name="web",

@@ -276,3 +276,163 @@ def test_tcp_check(ipvs, run, backends):
     a.stop()
     wait_until(lambda: a.address not in ipvs.dests(VIP), what="refusing server removed")
     monitor.stop()
+
+
+# Trust (issue 11): what the monitor did survives a restart and is re-done until it
+# holds; an operator's weight is told from the monitor's; a changed rw reaches the table.
+
+def test_quiesced_server_restored_after_a_restart_of_the_monitor(ipvs, run, backends):
+    """Before: a restarted monitor took the 0 it had set for an operator's, and never restored it."""
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}, what="both in")
+    a.stop()
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("quiesced"), what="a quiesced in the state file")
+    assert ipvs.dests(VIP)[a.address] == ("Masq", 0)
+    assert monitor.stop()[0] == 0
+    a.start()
+    monitor.start()  # the same config, lock and state file
+    wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 4), what="a restored to weight 4")
+    monitor.wait_log("remembered from the last run: 1 real server(s) quiesced by the monitor")
+    monitor.wait_log(f"{a.address} weight restored to 4 in {VIP} (web)")
+    assert monitor.stop()[0] == 0
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}
+
+
+def test_status_is_not_in_place_while_a_quiesced_server_is_up_at_weight_0(ipvs, run, backends):
+    """Before: --status said "up" and exit 0 for a server up but still at the 0 the monitor set."""
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}, what="both in")
+    a.stop()
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("quiesced"), what="a quiesced in the state file")
+    assert monitor.stop()[0] == 0
+    a.start()  # up again, but nobody runs to restore it
+    code, snap = monitor.status()
+    assert snap["source"] == "probe"
+    server = next(r for r in snap["services"][0]["servers"] if r["server"] == a.address)
+    assert (server["state"], server["ipvs_weight"]) == ("up", 0)
+    assert code == 1  # not in place: up, but not at the weight it should have
+    assert server["intended_weight"] == 4
+    assert ipvs.dests(VIP)[a.address] == ("Masq", 0)  # --status changes nothing
+    monitor.start()
+    wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 4), what="a restored to weight 4")
+    wait_until(lambda: (monitor.server_state(a.address, monitor.proc.pid) or {}).get("ipvs_weight") == 4,
+               what="the running monitor's state file with a at 4")
+    code, snap = monitor.status()
+    assert (code, snap["source"]) == (0, "monitor")
+    monitor.stop()
+
+
+def test_fallback_in_while_the_only_server_up_has_weight_0(ipvs, run, backends):
+    """rw = 0: nobody serves; before, the fallback stayed out because the server was "up"."""
+    ipvs.service(VIP)
+    a = backends(ip="127.0.0.11")
+    sorry = backends(ip="127.0.0.99")
+    monitor = run(ipvs, config(VIP, [a.address], [0], extra=f"fallback = {sorry.address}")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 0), sorry.address: ("Masq", 1)},
+               what="a at weight 0 and the fallback in")
+    monitor.wait_log(f"{sorry.address} fallback added to {VIP} (web): no real server is up")
+    assert monitor.stop()[0] == 0
+    assert monitor.count("FAILED") == 0
+
+
+def test_fallback_in_while_an_operator_drains_the_only_server(ipvs, run, backends):
+    ipvs.service(VIP)
+    a = backends(ip="127.0.0.11")
+    sorry = backends(ip="127.0.0.99")
+    monitor = run(ipvs, config(VIP, [a.address], [3], extra=f"fallback = {sorry.address}")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a in, no fallback")
+    ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "0")  # a drain by hand
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 0), sorry.address: ("Masq", 1)},
+               what="the fallback in while a is drained")
+    ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "3")  # the drain is over
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="the fallback out again")
+    assert monitor.stop()[0] == 0
+
+
+def drained_then_deleted(ipvs, monitor, a, b):
+    """a and b in; an operator drains a to 0; a fails and is deleted."""
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 2)}, what="both in")
+    ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "0")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("ipvs_weight") == 0, what="the drain seen")
+    a.stop()
+    wait_until(lambda: a.address not in ipvs.dests(VIP), what="a deleted")
+
+
+def test_an_operators_drain_survives_a_failure(ipvs, run, backends):
+    """Before: a drained server that failed and came back was re-added at its configured weight."""
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 2])).start()
+    drained_then_deleted(ipvs, monitor, a, b)
+    a.start()
+    wait_until(lambda: a.address in ipvs.dests(VIP), what="a re-added")
+    assert ipvs.dests(VIP)[a.address] == ("Masq", 0)
+    monitor.wait_log(f"{a.address} has been added to work in {VIP} (web) (weight 0)")
+    assert monitor.stop()[0] == 0
+    assert monitor.count(f"{a.address} in {VIP} (web): weight 0 in IPVS, 3 configured: taken as set by hand") == 1
+
+
+def test_an_operators_drain_survives_a_failure_and_a_restart(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 2])).start()
+    drained_then_deleted(ipvs, monitor, a, b)
+    assert monitor.stop()[0] == 0
+    monitor.start()
+    wait_until(lambda: (monitor.server_state(a.address, monitor.proc.pid) or {}).get("probe") == "failed",
+               what="a pass of the new monitor with a still down")
+    a.start()
+    wait_until(lambda: a.address in ipvs.dests(VIP), what="a re-added")
+    assert ipvs.dests(VIP)[a.address] == ("Masq", 0)
+    assert monitor.stop()[0] == 0
+    assert monitor.count("remembered from the last run: 0 real server(s) quiesced by the monitor, "
+                         "1 weight(s) set by hand") == 1
+
+
+def test_a_changed_rw_reaches_a_server_already_in_the_table_on_sighup(ipvs, run, backends):
+    """Before: the new weight went only to servers added after the reload."""
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 2])).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 2)}, what="both in")
+    monitor.config.write_text(config(VIP, [a.address, b.address], [5, 2]))
+    monitor.signal(signal.SIGHUP)
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 5), b.address: ("Masq", 2)}, what="a at 5")
+    assert monitor.stop()[0] == 0
+    assert monitor.count(f"config reloaded from {monitor.config}: 1 virtual service(s), 2 real server(s)") == 1
+    assert monitor.count(f"{a.address} weight set to 5 in {VIP} (web): the configured weight") == 1
+
+
+def test_a_changed_rw_reaches_a_server_already_in_the_table_on_a_restart(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 2])).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 2)}, what="both in")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("ipvs_weight") == 3, what="a in the state file")
+    assert monitor.stop()[0] == 0
+    monitor.config.write_text(config(VIP, [a.address, b.address], [5, 2]))
+    monitor.start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 5), b.address: ("Masq", 2)}, what="a at 5")
+    assert monitor.stop()[0] == 0
+    assert monitor.count("taken as set by hand") == 0
+
+
+def test_a_reload_changing_rw_leaves_a_weight_set_by_hand(ipvs, run, backends):
+    ipvs.service(VIP)
+    a, b, _ = three(backends)
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 2])).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 2)}, what="both in")
+    ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "7")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("ipvs_weight") == 7, what="7 seen")
+    monitor.config.write_text(config(VIP, [a.address, b.address], [5, 4]))
+    monitor.signal(signal.SIGHUP)
+    wait_until(lambda: ipvs.dests(VIP).get(b.address) == ("Masq", 4), what="b at its new weight 4")
+    streak = monitor.server_state(a.address)["good_streak"]
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("good_streak", 0) >= streak + 3,
+               what="three more passes")
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 7), b.address: ("Masq", 4)}
+    assert monitor.stop()[0] == 0
