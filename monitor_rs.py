@@ -1523,6 +1523,7 @@ class Health:
     kept: bool = False
     weight: Optional[int] = None  # the weight the monitor last set, or found as configured
     operator: Optional[int] = None  # a weight an operator set by hand: kept until they change it
+    tried: Optional[int] = None  # a weight change made but not confirmed (failed, timed out, a crash): ours if seen
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
 
@@ -1574,9 +1575,14 @@ def _change_args(vs: VirtualService, kind: str, ep: Endpoint, weight: int = 0) -
 
 def _observe(rs: "RealServer", h: Health, stored: Optional[Destination]) -> Health:
     """Tell an operator's weight from ours, before anything is decided."""
+    tried, h = h.tried, dataclasses.replace(h, tried=None) if h.tried is not None else h
     if stored is None:
         return h
     w = stored.weight
+    if tried is not None and w == tried:  # a change of ours took effect after all
+        if w == 0 and h.up is not True:
+            return dataclasses.replace(h, quiesced=True)
+        return dataclasses.replace(h, quiesced=False, weight=w)
     if h.quiesced and w == 0:
         return h
     if h.quiesced or h.weight is None or w != h.weight:
@@ -1637,11 +1643,12 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             serving[ep] = stored.weight if kind is None else weight
             if kind is not None:
                 gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), result.reason, weight,
-                                    ep, h))
+                                    ep, dataclasses.replace(h, tried=weight)))
                 new[ep] = done
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:
-                action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep, h)
+                action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep,
+                                dataclasses.replace(h, tried=0))
                 removals.append((rs, action, dataclasses.replace(h, quiesced=True), True))
             elif not vs.quiescent:
                 action = Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), result.reason, None, ep, h)
@@ -1667,7 +1674,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         else:
             if not h.kept:
                 events.append(Event(str(rs), Seen.KEPT, h.reason))
-            new[rs.endpoint] = dataclasses.replace(action.unchanged, kept=True)
+            new[rs.endpoint] = dataclasses.replace(action.unchanged, kept=True, tried=None)
 
     # Fallback (sorry server): present exactly while no real server is up and
     # serving (weight above 0).  Added before the last real servers go;
@@ -1705,14 +1712,15 @@ def carry_out(decision: Decision, make: Callable[[Action], bool],
     health = dict(decision.health)
     holds: List[bool] = []
     for action in decision.actions:
-        if action.needs and not any(holds[i] for i in action.needs):
+        made = not action.needs or any(holds[i] for i in action.needs)
+        if made:
+            ok = make(action)
+        else:
             hold(action)
             ok = False
-        else:
-            ok = make(action)
         holds.append(ok)
         if not ok and action.endpoint is not None:
-            health[action.endpoint] = action.unchanged
+            health[action.endpoint] = action.unchanged if made else dataclasses.replace(action.unchanged, tried=None)
     return health
 
 
@@ -1733,11 +1741,32 @@ Memory = Dict[Tuple[str, str, str], Health]  # (protocol, service address, real 
 def remembered(h: Health) -> Health:
     """What of a server's health survives a restart of the monitor: what it did
     and what it saw an operator do (the streaks start again from the table)."""
-    return Health(up=False if h.quiesced else None, quiesced=h.quiesced, weight=h.weight, operator=h.operator)
+    return Health(up=False if h.quiesced else None, quiesced=h.quiesced, weight=h.weight, operator=h.operator,
+                  tried=h.tried)
 
 
 def memory_of(h: Health) -> dict:
-    return {"quiesced": h.quiesced, "weight": h.weight, "operator": h.operator}
+    return {"quiesced": h.quiesced, "weight": h.weight, "operator": h.operator, "tried": h.tried}
+
+
+INTENT = ".intent"  # beside the state file: the weights a pass is about to set, written before it sets them
+
+
+def _trusted_json(path: str):
+    """The JSON in `path` if it is a regular file (no symlink followed) of root or ours that
+    nobody else may write (it decides weights in the kernel's table), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+            return None
+        try:
+            return json.load(handle)
+        except (ValueError, OSError):
+            return None
 
 
 def _weight_or_none(value) -> Optional[int]:
@@ -1745,31 +1774,39 @@ def _weight_or_none(value) -> Optional[int]:
 
 
 def read_memory(path: str) -> Memory:
-    """The memory in a state file an earlier run left (running or not), or nothing.
-
-    Trusted only from a regular file (no symlink followed) of root or ours that
-    nobody else may write: it decides weights in the kernel's table."""
+    """The memory in a state file an earlier run left (running or not), or nothing;
+    with the weights of a pass cut short (a crash) between its changes and its
+    state file, from the intent file beside it."""
+    memory: Memory = {}
+    snap = _trusted_json(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):
+        for s in snap["services"] if snap else ():
+            for r in s["servers"]:
+                kept = r.get("memory")
+                if isinstance(kept, dict):
+                    memory[(str(s["protocol"]), str(s["address"]), str(r["server"]))] = remembered(Health(
+                        quiesced=kept.get("quiesced") is True, weight=_weight_or_none(kept.get("weight")),
+                        operator=_weight_or_none(kept.get("operator")), tried=_weight_or_none(kept.get("tried"))))
+        intent = _trusted_json(path + INTENT)
+        for protocol, address, server, weight in intent["tried"] if intent else ():
+            key = (str(protocol), str(address), str(server))
+            memory[key] = dataclasses.replace(memory.get(key, Health()), tried=_weight_or_none(weight))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}
-    with os.fdopen(fd, encoding="utf-8") as handle:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-            return {}
-        try:
-            snap = json.load(handle)
-            memory: Memory = {}
-            for s in snap["services"]:
-                for r in s["servers"]:
-                    kept = r.get("memory")
-                    if isinstance(kept, dict):
-                        memory[(str(s["protocol"]), str(s["address"]), str(r["server"]))] = remembered(Health(
-                            quiesced=kept.get("quiesced") is True, weight=_weight_or_none(kept.get("weight")),
-                            operator=_weight_or_none(kept.get("operator"))))
-            return memory
-        except (ValueError, KeyError, TypeError, AttributeError, OSError):
-            return {}
+    return memory
+
+
+def write_intent(path: str, tried: Dict[Tuple[str, str, str], int]) -> None:
+    """Before a pass sets weights: should it die before its state file, the next start knows them for its own."""
+    write_atomically(path + INTENT, json.dumps({"tried": [[*key, weight] for key, weight in tried.items()]}))
+
+
+def forget_intent(path: str) -> None:
+    """Once the pass's state file holds what it did."""
+    try:
+        os.unlink(path + INTENT)
+    except OSError:
+        pass
 
 
 ###############################################################################
@@ -2065,6 +2102,8 @@ class Monitor:
         # --dry-run without IPVS previews on an empty table (and says so once); --status turns this
         # off: there an unreadable table is a problem on the service, with no action claimed
         self.assume_empty = dry_run
+        self.write_ahead = False  # write the weights a pass sets beside the state file first (the daemon)
+        self.intent: Dict[Tuple[str, str, str], int] = {}  # this pass's, as written
         self.stop_requested = lambda: False
         self._plan(config)
 
@@ -2168,6 +2207,7 @@ class Monitor:
         started = time.monotonic()
         services = self.config.services
         report = PassReport(started=now)
+        self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
         results = None if self.stop_requested() else probe_all(
@@ -2204,6 +2244,14 @@ class Monitor:
                     if not self.stop_requested():
                         done[action.server] = self._hold(vs, action)
 
+                tried = {(vs.protocol, vs.address, a.server): a.weight for a in decision.actions
+                         if a.endpoint is not None and a.weight is not None}
+                if tried and self.write_ahead and not self.dry_run:
+                    self.intent.update(tried)
+                    try:
+                        write_intent(self.config.state_file, self.intent)
+                    except OSError:
+                        pass  # the state file's own trouble is said when it is written
                 health = carry_out(decision, make, hold)
                 for rs in vs.servers:
                     self.health[(vs.ipvs_key, rs.endpoint)] = health[rs.endpoint]
@@ -2725,6 +2773,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             sys.exit(EXIT_NO_LOCK)
     monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
     monitor.recall(read_memory(config.state_file))  # what an earlier run did: a quiesce to undo, an operator's weight
+    monitor.write_ahead = not dry_run
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop
     publisher = Publisher(output.log.warn)
@@ -2736,6 +2785,8 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         snap = snapshot(report, monitor.config, "monitor")
         if not dry_run:
             publisher.publish(snap, monitor.config.state_file, monitor.config.prometheus_file)
+            if monitor.intent and not publisher.problem:
+                forget_intent(monitor.config.state_file)  # the state file now holds what the pass did
         if live is not None:
             from rich.console import Group
             output.show(lambda: live.update(Group(*status_tables(snap)), refresh=True))

@@ -122,11 +122,11 @@ def test_the_fallback_stays_while_the_server_coming_back_cannot_be_added(ipvs, r
     assert monitor.stop()[0] == 0
 
 
-# Known gap (left for the product code): the memory holds only the changes known to
-# hold.  A quiesce that took effect while the monitor could not know it (ipvsadm
-# timed out after the kernel took it; the monitor killed before the pass's state
-# file went out) leaves a 0 the monitor then takes for an operator's drain: the
-# server stays at 0 once it recovers.
+# A quiesce that took effect while the monitor could not know it (ipvsadm timed
+# out after the kernel took it; the monitor killed before the pass's state file
+# went out) is still the monitor's: the change's weight is kept as "tried" (and
+# written beside the state file before the change is made), so the 0 it finds
+# next is not taken for an operator's drain.
 
 
 @pytest.fixture
@@ -171,7 +171,6 @@ def restored_once_up(ipvs, monitor, a):
     assert weight == ("Masq", 4), "\n".join(monitor.lines())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a quiesce that held but timed out is taken for an operator's 0")
 def test_a_quiesce_that_held_but_timed_out_is_still_the_monitors(ipvs, run, backends, slow_quiesce):
     monitor, a, on = quiesce_that_hangs(ipvs, run, backends, slow_quiesce, "ipvsadm_timeout = 1\n")
     monitor.wait_log(f"{a.address} quiesce FAILED in {VIP} (web)")
@@ -179,7 +178,6 @@ def test_a_quiesce_that_held_but_timed_out_is_still_the_monitors(ipvs, run, back
     restored_once_up(ipvs, monitor, a)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a quiesce made just before a crash is taken for an operator's 0")
 def test_a_quiesce_made_just_before_a_crash_is_still_the_monitors(ipvs, run, backends, slow_quiesce):
     monitor, a, on = quiesce_that_hangs(ipvs, run, backends, slow_quiesce)
     monitor.kill()  # SIGKILL (the OOM killer, a crash) after the change, before the pass's state file
