@@ -88,7 +88,21 @@ FORWARD_FLAGS = {"g": "-g", "gate": "-g", "m": "-m", "masq": "-m", "i": "-i", "i
 FORWARD_NAMES = {"-g": "Route", "-m": "Masq", "-i": "Tunnel"}
 PROTOCOL_FLAGS = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service", "fwm": "-f"}
 PROTOCOL_NAMES = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP", "fwm": "FWM"}
-CHECKS = ("http", "https", "tcp")
+
+
+class CheckKind(str, enum.Enum):
+    """How a real server is checked (the seed's three layers: ICMP, a port, the application)."""
+
+    HTTP = "http"
+    HTTPS = "https"
+    TCP = "tcp"  # a connect; with request/receive, a line or banner protocol (SMTP, POP, IMAP, Redis)
+    PING = "ping"  # ICMP echo
+    DNS = "dns"  # a query over UDP
+    EXTERNAL = "external"  # a program: checkcommand
+
+
+CHECKS = tuple(kind.value for kind in CheckKind)
+UDP_CHECKS = (CheckKind.DNS, CheckKind.PING, CheckKind.EXTERNAL)  # what can check a UDP service
 MAX_WEIGHT = 2147483647
 
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
@@ -97,6 +111,7 @@ SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
     "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
+    "checkcommand", "dynamic_weight",
 }
 
 
@@ -140,7 +155,7 @@ class VirtualService:
     fwmark: int
     servers: Tuple[RealServer, ...]
     forward: str  # -g | -m | -i
-    check: str = "http"
+    check: str = "http"  # a CheckKind value
     request: str = "/"  # as sent: non-ASCII percent-encoded (encode_request), at load
     receive: str = ""
     expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
@@ -152,6 +167,8 @@ class VirtualService:
     fallback: Optional[Endpoint] = None
     depool_threshold: float = 0.0
     on_change: Tuple[str, ...] = ()
+    checkcommand: Tuple[str, ...] = ()  # check = external: the program and its own words
+    dynamic_weight: bool = False  # check = external: its exit code may set the weight
 
     @functools.cached_property
     def family(self) -> int:
@@ -368,7 +385,48 @@ def _family_clash(vip: Optional[IPAddress], forward: str, ip: IPAddress) -> str:
     return f"is IPv{ip.version} and vip IPv{vip.version}: only type = i (tunnel) mixes families"
 
 
-def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
+# What each check kind reads from its section (request, receive, ...): one small
+# function per kind, so that no kind needs to know about another.
+
+
+def _http_keys(sec: _Section) -> dict:
+    """check = http|https: request (a path), host, expect, receive."""
+    try:
+        expect = parse_expect(sec.text("expect", "200-399"))
+    except ValueError as exc:
+        raise sec.fail("expect", f"bad status or range {exc}; e.g. 200-399 or 200,301") from None
+    request = sec.text("request", "/")
+    if any(c in request for c in "\r\n ") or not request.isprintable():
+        raise sec.fail("request", "must be a path without spaces or control characters")
+    request = encode_request(request)
+    host = sec.text("host")
+    if any(c in host for c in "\r\n ") or not host.isprintable():
+        raise sec.fail("host", "must be a host name without spaces or control characters")
+    try:
+        host = encode_host(host)
+    except ValueError as exc:
+        raise sec.fail("host", str(exc)) from None
+    return dict(request=request if request.startswith("/") else "/" + request, receive=sec.text("receive"),
+                expect=expect, host=host)
+
+
+def _tcp_keys(sec: _Section) -> dict:
+    """check = tcp: a connect."""
+    return dict(request="", receive="")
+
+
+def _not_yet(kind: str):
+    def keys(sec: _Section) -> dict:
+        raise sec.fail("check", f"check = {kind} is not available in this version")
+    return keys
+
+
+CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind.TCP: _tcp_keys,
+              CheckKind.PING: _not_yet("ping"), CheckKind.DNS: _not_yet("dns"),
+              CheckKind.EXTERNAL: _not_yet("external")}
+
+
+def _load_service(path: str, sec: _Section, name: str, own: _Section) -> VirtualService:
     protocol = sec.choice("protocol", "tcp", {p: p for p in PROTOCOL_FLAGS})
     if protocol == "fwm":
         if not sec.has("fwmark"):
@@ -430,21 +488,11 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
                 raise sec.fail(key, f"{other} is IPv{other.ip.version} and real server {first} "
                                     f"IPv{first.ip.version}: a firewall-mark service has one family; "
                                     "only type = i (tunnel) mixes families")
-    try:
-        expect = parse_expect(sec.text("expect", "200-399"))
-    except ValueError as exc:
-        raise sec.fail("expect", f"bad status or range {exc}; e.g. 200-399 or 200,301") from None
-    request = sec.text("request", "/")
-    if any(c in request for c in "\r\n ") or not request.isprintable():
-        raise sec.fail("request", "must be a path without spaces or control characters")
-    request = encode_request(request)
-    host = sec.text("host")
-    if any(c in host for c in "\r\n ") or not host.isprintable():
-        raise sec.fail("host", "must be a host name without spaces or control characters")
-    try:
-        host = encode_host(host)
-    except ValueError as exc:
-        raise sec.fail("host", str(exc)) from None
+    check = CheckKind(sec.choice("check", "http", {c: c for c in CHECKS}))
+    if protocol == "udp" and not own.has("check"):
+        raise sec.fail("check", "a UDP virtual service needs its own check (a TCP check would probe "
+                                "another service): check = " + ", ".join(k.value for k in UDP_CHECKS))
+    settings = CHECK_KEYS[check](sec)
     try:
         on_change = tuple(shlex.split(sec.text("on_change")))
     except ValueError as exc:
@@ -463,12 +511,9 @@ def _load_service(path: str, sec: _Section, name: str) -> VirtualService:
         fwmark=fwmark,
         servers=tuple(servers),
         forward=forward,
-        check=sec.choice("check", "http", {c: c for c in CHECKS}),
-        request=request if request.startswith("/") else "/" + request,
-        receive=sec.text("receive"),
-        expect=expect,
+        check=check.value,
         checkport=sec.port("checkport", None),
-        host=host,
+        **settings,
         fall=sec.integer("fall", 1, 1, 1000),
         rise=sec.integer("rise", 1, 1, 1000),
         quiescent=sec.boolean("quiescent", False),
@@ -700,7 +745,7 @@ def load_config(path: str) -> Config:
                 raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS)
         merged = {k: v for k, v in top.values.items() if k in SERVICE_KEYS}
         merged.update(own)
-        vs = _load_service(path, _Section(path, name, merged), match.group(1).strip())
+        vs = _load_service(path, _Section(path, name, merged), match.group(1).strip(), _Section(path, name, own))
         if vs.ipvs_key in seen:
             raise ConfigError(f"{path}: [{name}]: virtual service {vs.address} is already defined in [{seen[vs.ipvs_key]}]")
         seen[vs.ipvs_key] = name
@@ -945,11 +990,12 @@ class ProbeTarget:
     expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
     receive: str = ""
 
+    command: Tuple[str, ...] = ()  # check = external: the program and all its words, VIP VPORT RIP RPORT last
+    dynamic_weight: bool = False
+
     @classmethod
     def of(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-        if vs.check == "tcp":
-            return cls("tcp", ip, vs.checkport or port)
-        return cls(vs.check, ip, vs.checkport or port, vs.request, vs.host, vs.expect, vs.receive)
+        return TARGETS[CheckKind(vs.check)](cls, vs, ip, vs.checkport or port)
 
     @functools.cached_property  # frozen: computed once per config, not per probe per pass
     def socket_address(self) -> Tuple[int, Tuple[str, int]]:
@@ -962,9 +1008,23 @@ class ProbeTarget:
                 f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
 
     def url(self) -> str:
+        """What --check-config says is probed."""
         if self.check == "tcp":
             return f"tcp://{Endpoint(self.ip, self.port)}"
         return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
+
+
+def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+    return cls(vs.check, ip, port, vs.request, vs.host, vs.expect, vs.receive)
+
+
+def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+    return cls(vs.check, ip, port, vs.request, receive=vs.receive)
+
+
+# What each check kind needs to know of its server: only what it uses, so that
+# equal targets of two virtual services are probed once.
+TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target}
 
 
 @dataclass(frozen=True)
@@ -972,6 +1032,7 @@ class ProbeResult:
     ok: bool
     reason: str
     latency: float  # seconds
+    weight: Optional[int] = None  # a weight the check asks for (check = external, dynamic_weight)
 
 
 def _status_ok(code: int, expect: Sequence[Tuple[int, int]]) -> bool:

@@ -160,3 +160,31 @@ def test_cli_refuses_bad_config_with_exit_2_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == f"monitor_rs: {path}: [virtual web] rw = '3 1': 2 weight(s) for 3 real server(s) in rs\n"
     assert proc.stdout == ""
+
+
+UDP = """
+[monitor]
+{monitor}
+[virtual dns]
+vip = 10.10.10.10
+vport = 53
+protocol = udp
+rs = 192.168.32.63
+{own}
+"""
+
+
+@pytest.mark.parametrize("monitor_keys", ["", "check = http\n"])
+def test_a_udp_service_never_gets_a_tcp_check_by_accident(tmp_path, monitor_keys):
+    """Without a check of its own (a default from [monitor] is not its own), a UDP service is refused."""
+    path = write(tmp_path, UDP.format(monitor=monitor_keys, own=""))
+    with pytest.raises(m.ConfigError) as caught:
+        m.load_config(path)
+    assert str(caught.value).startswith(f"{path}: [virtual dns] check = ")
+    assert "a UDP virtual service needs its own check" in str(caught.value)
+    assert "dns, ping, external" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_udp_service_may_ask_for_a_tcp_check_on_purpose(tmp_path):
+    (vs,) = m.load_config(write(tmp_path, UDP.format(monitor="", own="check = tcp\ncheckport = 53"))).services
+    assert (vs.protocol, vs.check, vs.checkport) == ("udp", "tcp", 53)
