@@ -1585,13 +1585,19 @@ class Health:
     weight: Optional[int] = None  # the weight the monitor last set, or found as configured
     operator: Optional[int] = None  # a weight an operator set by hand: kept until they change it
     tried: Optional[int] = None  # a weight change made but not confirmed (failed, timed out, a crash): ours if seen
+    asked: Optional[int] = None  # the weight its last good check asked for (external, dynamic_weight)
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
 
 
+def configured_weight(rs: "RealServer", h: Health) -> int:
+    """The weight the config gives, or that the server's own check asked for."""
+    return rs.weight if h.asked is None else h.asked
+
+
 def intended_weight(rs: "RealServer", h: Health) -> int:
-    """The weight a healthy server should have: the operator's, else the configured one."""
-    return rs.weight if h.operator is None else h.operator
+    """The weight a healthy server should have: the operator's, else the configured (or asked) one."""
+    return configured_weight(rs, h) if h.operator is None else h.operator
 
 
 @dataclass(frozen=True)
@@ -1649,7 +1655,8 @@ def _observe(rs: "RealServer", h: Health, stored: Optional[Destination]) -> Heal
     if h.quiesced or h.weight is None or w != h.weight:
         # Not what we set: put back by hand while we held it at 0, found at first sight
         # (no memory), or changed since.  The configured weight is never "the operator's".
-        return dataclasses.replace(h, quiesced=False, weight=w, operator=None if w == rs.weight else w)
+        ours = w in (rs.weight, configured_weight(rs, h))
+        return dataclasses.replace(h, quiesced=False, weight=w, operator=None if ours else w)
     return h
 
 
@@ -1675,9 +1682,13 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             if old.up and stored is not None:
                 serving[ep] = stored.weight
             continue
-        seen = _observe(rs, old, stored)
+        # A good check of `dynamic_weight` may ask for a weight (exit 2..255 of an external check);
+        # a good one that asks for none gives the configured weight back; a failed one changes nothing.
+        asked = result.weight if result.ok else old.asked
+        seen = _observe(rs, dataclasses.replace(old, asked=asked), stored)
         if seen.operator is not None and seen.operator != old.operator:
-            events.append(Event(str(rs), Seen.HAND, f"weight {seen.operator} in IPVS, {rs.weight} configured"))
+            events.append(Event(str(rs), Seen.HAND, f"weight {seen.operator} in IPVS, "
+                                                    f"{configured_weight(rs, seen)} configured"))
         good, bad = (old.good + 1, 0) if result.ok else (0, old.bad + 1)
         was_up = old.up if old.up is not None else stored is not None
         up = was_up
@@ -1703,7 +1714,10 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                 kind, flag = Change.REWEIGHT, "-e"
             serving[ep] = stored.weight if kind is None else weight
             if kind is not None:
-                gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), result.reason, weight,
+                why = result.reason
+                if kind == Change.REWEIGHT:
+                    why = "the configured weight" if h.asked is None else f"asked by its check ({result.reason})"
+                gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), why, weight,
                                     ep, dataclasses.replace(h, tried=weight)))
                 new[ep] = done
         elif stored is not None:
@@ -2122,7 +2136,7 @@ class Hooks:
 MESSAGES = {
     "add": "{server} has been added to work in {vs} (weight {weight})",
     "restore": "{server} weight restored to {weight} in {vs}",
-    "reweight": "{server} weight set to {weight} in {vs}: the configured weight",
+    "reweight": "{server} weight set to {weight} in {vs}: {reason}",
     "quiesce": "{server} is out of work, weight set to 0 in {vs} (quiescent)",
     "delete": "{server} is out of work, deleted from {vs}",
     "fallback-add": "{server} fallback added to {vs}: no real server is up",
@@ -2243,7 +2257,8 @@ class Monitor:
         key = (vs.address, action.server, kind)
         if result.ok:
             self.failing.pop(key, None)
-            message = MESSAGES[kind].format(server=action.server, vs=vs.label(), weight=action.weight)
+            message = MESSAGES[kind].format(server=action.server, vs=vs.label(), weight=action.weight,
+                                            reason=action.reason)
             self.output.say(message, kind)
             self.changes[(vs.ipvs_key, action.server)] = (time.time(), CHANGES[kind].format(weight=action.weight))
             return True, kind
@@ -2454,7 +2469,8 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
                 "server": r.server, "weight": r.weight, "ipvs_weight": r.ipvs_weight,
                 "state": server_state(r.health), "probe": "ok" if r.result.ok else "failed",
                 "reason": r.result.reason, "latency_ms": round(r.result.latency * 1000, 1),
-                "intended_weight": r.weight if r.health.operator is None else r.health.operator,
+                "intended_weight": (r.health.operator if r.health.operator is not None
+                                    else r.weight if r.health.asked is None else r.health.asked),
                 "good_streak": r.health.good, "bad_streak": r.health.bad, "quiesced": r.health.quiesced,
                 "memory": memory_of(r.health),
                 "action": r.action or None,

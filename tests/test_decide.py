@@ -212,3 +212,25 @@ def test_depool_threshold_zero_is_the_originals_behaviour():
     vs = service(servers=("10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"), weights=(1, 1, 1))
     d = m.decide(vs, results(vs, BAD, BAD, BAD), table(vs, s0=1, s1=1, s2=1), {})
     assert [a.kind for a in d.actions] == ["delete"] * 3
+
+
+def test_a_check_may_ask_for_a_weight_and_an_operator_still_wins():
+    """dynamic_weight: a good check's weight is the server's, until a good check asks for none;
+    a weight set by hand is the operator's and stays."""
+    vs = m.VirtualService("dyn", "tcp", ipaddress.ip_address("10.0.0.1"), 80, 0,
+                          (m.RealServer(ipaddress.ip_address("10.1.0.1"), 80, 3, 0),), "-m")
+    ep = vs.servers[0].endpoint
+    table = {ep: m.Destination(ep, "Masq", 3)}
+    asked = m.decide(vs, {ep: m.ProbeResult(True, "exit 7", 0.0, weight=5)}, table, {})
+    (action,) = asked.actions
+    assert (action.kind, action.weight, action.reason) == (m.Change.REWEIGHT, 5, "asked by its check (exit 7)")
+    table = {ep: m.Destination(ep, "Masq", 5)}
+    same = m.decide(vs, {ep: m.ProbeResult(True, "exit 7", 0.0, weight=5)}, table, asked.health)
+    assert same.actions == () and same.health[ep].operator is None
+    back = m.decide(vs, {ep: m.ProbeResult(True, "exit 0", 0.0)}, table, same.health)
+    assert [(a.kind, a.weight) for a in back.actions] == [(m.Change.REWEIGHT, 3)]
+    failed = m.decide(vs, {ep: m.ProbeResult(False, "exit 1", 0.0)}, table, same.health)
+    assert [a.kind for a in failed.actions] == [m.Change.DELETE]
+    by_hand = {ep: m.Destination(ep, "Masq", 0)}  # drained by an operator
+    kept = m.decide(vs, {ep: m.ProbeResult(True, "exit 9", 0.0, weight=7)}, by_hand, same.health)
+    assert kept.actions == () and kept.health[ep].operator == 0
