@@ -41,6 +41,7 @@ import signal
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -415,6 +416,54 @@ def _tcp_keys(sec: _Section) -> dict:
     return dict(request="", receive="")
 
 
+DNS_TYPES = {"A": 1, "AAAA": 28}  # what check = dns asks for, by its record type number
+DNS_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")  # host names, and _service labels
+
+
+def dns_name(text: str) -> str:
+    """A name to look up as it goes on the wire: non-ASCII labels IDNA-encoded, no trailing dot
+    (it is asked as it is: no search domains).  ValueError says why it is not a name."""
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError("must be a name without spaces or control characters")
+    if _is_ip(text.strip("[]")):
+        raise ValueError("is an address: check = dns looks up a name (its A or AAAA records)")
+    name = encode_host(text)  # ValueError names the label
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    for label in labels:
+        if not DNS_LABEL.fullmatch(label):
+            raise ValueError(f"label {label!r} is not a host name label (letters, digits, - and _)")
+    if sum(len(label) + 1 for label in labels) + 1 > 255:
+        raise ValueError("is over the 255 bytes of a DNS name")
+    return ".".join(labels)
+
+
+def _dns_keys(sec: _Section) -> dict:
+    """check = dns: request = NAME [A|AAAA], receive = an address the answer must hold.
+
+    The type is A unless the request names it or receive is an IPv6 address (then AAAA)."""
+    if not sec.has("request"):
+        raise sec.fail("request", "required with check = dns: the name to look up, "
+                                  "e.g. www.example.org (A records) or www.example.org AAAA")
+    words = sec.text("request").split()
+    if len(words) > 2 or (len(words) == 2 and words[1].upper() not in DNS_TYPES):
+        raise sec.fail("request", "must be a name, then A or AAAA if you like: e.g. www.example.org AAAA")
+    try:
+        name = dns_name(words[0])
+    except ValueError as exc:
+        raise sec.fail("request", str(exc)) from None
+    want = None
+    if sec.has("receive"):
+        try:
+            want = parse_ip(sec.text("receive").strip("[]"))
+        except ValueError:
+            raise sec.fail("receive", "must be an IPv4 or IPv6 address with check = dns "
+                                      "(one the answer must hold)") from None
+    qtype = words[1].upper() if len(words) == 2 else ("AAAA" if want is not None and want.version == 6 else "A")
+    if want is not None and want.version != (6 if qtype == "AAAA" else 4):
+        raise sec.fail("receive", f"is an IPv{want.version} address: an {qtype} record never holds it")
+    return dict(request=f"{name} {qtype}", receive=str(want) if want is not None else "")
+
+
 def _not_yet(kind: str):
     def keys(sec: _Section) -> dict:
         raise sec.fail("check", f"check = {kind} is not available in this version")
@@ -422,7 +471,7 @@ def _not_yet(kind: str):
 
 
 CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind.TCP: _tcp_keys,
-              CheckKind.PING: _not_yet("ping"), CheckKind.DNS: _not_yet("dns"),
+              CheckKind.PING: _not_yet("ping"), CheckKind.DNS: _dns_keys,
               CheckKind.EXTERNAL: _not_yet("external")}
 
 
@@ -1011,6 +1060,8 @@ class ProbeTarget:
         """What --check-config says is probed."""
         if self.check == "tcp":
             return f"tcp://{Endpoint(self.ip, self.port)}"
+        if self.check == "dns":
+            return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
         return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
 
 
@@ -1022,9 +1073,14 @@ def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarg
     return cls(vs.check, ip, port, vs.request, receive=vs.receive)
 
 
+def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+    return cls(vs.check, ip, port, vs.request, receive=vs.receive)  # request: "NAME A" or "NAME AAAA"
+
+
 # What each check kind needs to know of its server: only what it uses, so that
 # equal targets of two virtual services are probed once.
-TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target}
+TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target,
+           CheckKind.DNS: _dns_target}
 
 
 @dataclass(frozen=True)
@@ -1493,6 +1549,190 @@ class HttpsCheck(HttpCheck):
     KIND = "https"
     TLS = True
     __slots__ = ()
+
+
+# DNS over UDP (RFC 1035), built and read here: a query of one question, and of
+# its answer the header, the question and the answer section.  Whatever comes
+# back is read within its bounds: a datagram that is not the answer to our
+# query (ID, question) is ignored; one that is, but cannot be read, fails.
+
+DNS_HEADER = struct.Struct("!HHHHHH")  # ID, flags, questions, answers, authority and additional records
+DNS_RECORD = struct.Struct("!HHIH")  # type, class, TTL, data length (after the owner name)
+DNS_CLASS_IN = 1
+DNS_QR, DNS_TC, DNS_RD = 0x8000, 0x0200, 0x0100  # flags: a response; truncated; recursion desired
+DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+DNS_POINTERS = 127  # compression pointers followed in one name at most (a name has 127 labels at most)
+DNS_READS = 64  # datagrams read per readiness event at most: a flood cannot hold the wave
+DNS_STRAYS = 256  # datagrams not the answer read at most: the time spent reading them is not on the
+                  # watch clock, so a flood would stretch the deadline without an end of its own
+
+
+class DnsAnswer(NamedTuple):
+    """What an answer to our query says."""
+
+    rcode: int
+    truncated: bool  # TC: the server left records out (we judge what is there)
+    addresses: Tuple[IPAddress, ...]  # the records of the type asked for (class IN), in order
+    broken: str = ""  # why the answer section could not be read to its end, "" when it could
+
+
+def dns_query(qid: int, name: str, qtype: int) -> bytes:
+    """A standard query (recursion desired) for `name` (ASCII, as dns_name gives it), class IN."""
+    labels = b"".join(bytes([len(label)]) + label for label in name.encode("ascii").split(b".") if label)
+    return DNS_HEADER.pack(qid, DNS_RD, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!HH", qtype, DNS_CLASS_IN)
+
+
+def _dns_name(packet: bytes, at: int) -> Tuple[bytes, int]:
+    """The name at `at` in wire form (length-prefixed labels, lower case, pointers followed) and
+    where what follows it starts.  A pointer must go back before every byte of the name read so
+    far, so no pointer loop can be followed; anything else wrong raises _Failed."""
+    name, end, lowest, hops = bytearray(), None, at, 0
+    while True:
+        if at >= len(packet):
+            raise _Failed("a name runs past the end")
+        size = packet[at]
+        if size >= 0xC0:
+            if at + 1 >= len(packet):
+                raise _Failed("a name runs past the end")
+            target = (size & 0x3F) << 8 | packet[at + 1]
+            hops += 1
+            if target >= lowest:
+                raise _Failed("a compression pointer loops")
+            if hops > DNS_POINTERS:
+                raise _Failed("too many compression pointers")
+            if end is None:
+                end = at + 2
+            at = lowest = target
+            continue
+        if size & 0xC0:
+            raise _Failed(f"label type {size >> 6:#x}")
+        name += packet[at:at + size + 1].lower()
+        if len(name) > 255:
+            raise _Failed("a name over 255 bytes")
+        if at + size >= len(packet):
+            raise _Failed("a name runs past the end")
+        at += size + 1
+        if not size:
+            return bytes(name), at if end is None else end
+
+
+def dns_answer(packet: bytes, query: bytes) -> Optional[DnsAnswer]:
+    """What `packet` answers to `query`, or None when it is not the answer to it (another ID, not a
+    response, another question, too short to tell): such a datagram is ignored, never a verdict."""
+    if len(packet) < DNS_HEADER.size:
+        return None
+    qid, flags, questions, answers, _, _ = DNS_HEADER.unpack_from(packet)
+    if qid != DNS_HEADER.unpack_from(query)[0] or not flags & DNS_QR or flags & 0x7800 or questions != 1:
+        return None  # 0x7800: the opcode, a standard query's is 0
+    try:
+        name, at = _dns_name(packet, DNS_HEADER.size)
+    except _Failed:
+        return None
+    asked = query[DNS_HEADER.size:]
+    if name != asked[:-4].lower() or packet[at:at + 4] != asked[-4:]:
+        return None
+    qtype, truncated = struct.unpack_from("!H", asked, len(asked) - 4)[0], bool(flags & DNS_TC)
+    size, addresses = (16 if qtype == DNS_TYPES["AAAA"] else 4), []
+    at += 4
+    try:
+        for _ in range(answers):
+            _, at = _dns_name(packet, at)
+            if at + DNS_RECORD.size > len(packet):
+                raise _Failed("a record runs past the end")
+            rtype, rclass, _, length = DNS_RECORD.unpack_from(packet, at)
+            at += DNS_RECORD.size
+            if at + length > len(packet):
+                raise _Failed("a record runs past the end")
+            if rtype == qtype and rclass == DNS_CLASS_IN:
+                if length != size:
+                    raise _Failed(f"an address record of {length} bytes")
+                addresses.append(ipaddress.ip_address(packet[at:at + length]))
+            at += length
+    except _Failed as exc:
+        if not truncated:  # a truncated answer may end in the middle of a record: what came is judged
+            return DnsAnswer(flags & 0xF, truncated, tuple(addresses), str(exc))
+    return DnsAnswer(flags & 0xF, truncated, tuple(addresses))
+
+
+def dns_verdict(answer: DnsAnswer, qtype: str, want: Optional[IPAddress]) -> Tuple[bool, str]:
+    """Healthy on NOERROR with a record of the type asked for (and `want` among them, when set)."""
+    cut = " (truncated)" if answer.truncated else ""
+    if answer.broken:
+        return False, f"malformed answer: {answer.broken}"
+    if answer.rcode:
+        return False, DNS_RCODES.get(answer.rcode, f"rcode {answer.rcode}")
+    if not answer.addresses:
+        return False, f"no {qtype} record{cut}"
+    if want is not None and want not in answer.addresses:
+        return False, f"address {want} not in the answer{cut}"
+    count = len(answer.addresses)
+    return True, f"NOERROR, {count} answer{'' if count == 1 else 's'}"
+
+
+@checker
+class DnsCheck(Check):
+    """check = dns: ask `request` ("NAME A" or "NAME AAAA") over UDP; healthy on NOERROR with a record
+    of that type and, if `receive` is set, that address among them (ldirectord's service=dns,
+    keepalived's DNS_CHECK).  The socket is connected: the kernel drops datagrams from any other
+    address or port, and an ICMP port unreachable reads as "refused"."""
+
+    KIND = "dns"
+    __slots__ = ("sock", "query", "qtype", "want", "strays")
+
+    def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
+        super().__init__(target, wave)
+        self.sock: Optional[socket.socket] = None
+        self.query, self.qtype, self.want, self.strays = b"", "", None, 0
+
+    def start(self) -> None:
+        name, self.qtype = self.target.request.split(" ")
+        self.query = dns_query(int.from_bytes(os.urandom(2), "big"), name, DNS_TYPES[self.qtype])  # a new ID each
+        self.want = ipaddress.ip_address(self.target.receive) if self.target.receive else None
+        family, address = self.target.socket_address
+        self.sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        self.sock.connect(address)  # UDP: no packet, only the address the kernel filters on
+        self.wave.watch(self, self.sock.fileno(), select.EPOLLIN)
+        self._send()
+
+    def _send(self) -> None:
+        try:
+            self.sock.send(self.query)
+        except (BlockingIOError, InterruptedError):  # a full send buffer: again when it has room
+            self.stage = "send"
+            self.wave.change(self.sock.fileno(), select.EPOLLOUT)
+            return
+        if self.stage == "send":
+            self.wave.change(self.sock.fileno(), select.EPOLLIN)
+        self.stage = "answer"
+
+    def ready(self, fd: int, events: int) -> None:
+        if self.stage == "send":
+            self._send()
+            return
+        for _ in range(DNS_READS):
+            try:
+                packet = self.sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            answer = dns_answer(packet, self.query)
+            if answer is not None:
+                self.verdict = dns_verdict(answer, self.qtype, self.want)
+                return
+            self.strays += 1
+            if self.strays > DNS_STRAYS:
+                self.verdict = False, f"more than {DNS_STRAYS} datagrams not the answer"
+                return
+
+    def failed(self, exc: Exception) -> Tuple[bool, str]:
+        if isinstance(exc, OSError):
+            return False, CONNECT_ERRORS.get(exc.errno, exc.strerror or str(exc))
+        return super().failed(exc)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            if self.wave is not None:
+                self.wave.forget(self.sock.fileno())
+            self.sock.close()
 
 
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
