@@ -2,6 +2,7 @@
 servers in other processes (an SMTP server, Redis, and tests/talkers.py's misbehaving ones),
 the config's escapes and defaults, and a Redis-checked server end to end."""
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -12,6 +13,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import monitor_rs as m
 from harness import SLOW, config, wait_until
@@ -70,10 +73,7 @@ def needed(present, what, install):
 @pytest.fixture
 def smtp():
     """aiosmtpd's SMTP server, in its own process: (ip, port)."""
-    try:
-        import aiosmtpd  # noqa: F401
-    except ImportError:
-        needed(False, "aiosmtpd", "pip install -e '.[test]'")
+    needed(importlib.util.find_spec("aiosmtpd"), "aiosmtpd", "pip install -e '.[test]'")
     ip = "127.0.0.71"
     port = free_port(ip)
     proc = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l", f"{ip}:{port}"],
@@ -226,6 +226,13 @@ def test_request_escapes_are_decoded_at_load(tmp_path):
     assert t.request.encode("latin-1") == b"PING\r\n\t\\ \x00\xff\xc3\xa9"  # é as UTF-8
     assert t.receive == "+PONG"
     assert t.url() == "tcp://10.0.0.2:6379 send 'PING\\r\\n\\t\\\\ \\x00\\xff\\xc3\\xa9' expect '+PONG'"
+
+
+@given(st.binary(max_size=64))
+def test_a_request_shown_by_check_config_reads_back_as_the_same_bytes(sent):
+    shown = m.escape_request(sent.decode("latin-1"))
+    assert shown.isprintable() and "'" not in shown
+    assert m.decode_request(shown) == sent
 
 
 @pytest.mark.parametrize("request_, why", [
