@@ -123,6 +123,7 @@ async def serve(mode: str, count: int, cert: str) -> None:
             ports.append(server.sockets[0].getsockname()[1])
     print(json.dumps(ports), flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the bench closes our stdin
+    os._exit(0)  # at once: nothing to tidy, and the connections' tasks need no cancelling
 
 
 ###############################################################################
@@ -239,13 +240,15 @@ def report(rows, args, seconds):
     except OSError:
         pass
     head = subprocess.run(["git", "-C", REPO, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "monitor_rs.py"], capture_output=True,
+                           text=True).stdout.strip()
     lines = [
         "# CPU per check, by kind of check",
         "",
         f"Machine: {cpus} CPUs ({model}), kernel {platform.release()}, Python {platform.python_version()}; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.",
         "",
-        f"monitor_rs.py at {head.stdout.strip() or '?'}.",
+        f"monitor_rs.py at {head.stdout.strip() or '?'}{' (and changes not committed)' if dirty else ''}.",
         "",
         f"Command: `python3 bench/kinds.py{' ' + ' '.join(args) if args else ''}` ({seconds:.0f} s). "
         f"Per kind: N = {rows[0].get('n', '-') if rows else '-'} servers in another process on loopback, "
