@@ -223,8 +223,11 @@ class Config:
 class _Section:
     """Reads typed values out of one section and names file, section and key on error."""
 
-    def __init__(self, path: str, name: str, values: Mapping[str, str]):
+    def __init__(self, path: str, name: str, values: Mapping[str, str],
+                 own: Optional[Mapping[str, str]] = None, defaults: Optional[Mapping[str, str]] = None):
         self.path, self.name, self.values = path, name, dict(values)
+        # a [virtual] section with [monitor]'s keys merged in: what it says itself, what [monitor] says
+        self.own, self.defaults = own, dict(defaults or {})
 
     def fail(self, key: str, reason: str) -> ConfigError:
         value = self.values.get(key, "")
@@ -411,9 +414,62 @@ def _http_keys(sec: _Section) -> dict:
                 expect=expect, host=host)
 
 
+TCP_ESCAPE = re.compile(r"(\\(?:x[0-9A-Fa-f]{2}|[rnt\\]))")  # \r \n \t \\ \xNN, the escapes of a tcp request
+TCP_ESCAPES = {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\"}
+
+
+def decode_request(text: str) -> bytes:
+    """A tcp `request` as sent: UTF-8, with the escapes \\r \\n \\t \\\\ and \\xNN (any byte).
+    ValueError names the first bad escape or control character."""
+    out = bytearray()
+    for index, part in enumerate(TCP_ESCAPE.split(text)):
+        if index % 2:
+            out += bytes([int(part[2:], 16)]) if part[1] == "x" else TCP_ESCAPES[part[1]]
+            continue
+        if "\\" in part:
+            at = part.index("\\")
+            bad = part[at:at + (4 if part[at + 1:at + 2] == "x" else 2)]
+            raise ValueError(f"bad escape {bad}: the escapes are \\r \\n \\t \\\\ and \\xNN")
+        if CONTROL.search(part):
+            raise ValueError("control character (a line break, ...) written as it is: "
+                             "write it as an escape (\\r, \\n, \\t, \\xNN)")
+        out += part.encode("utf-8")
+    return bytes(out)
+
+
+def escape_request(sent: str) -> str:
+    """A tcp request as it could be written back (its bytes as latin-1 characters): printable
+    ASCII as it is, the rest as escapes; so --check-config shows exactly what is sent."""
+    named = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "\\": "\\\\", "'": "\\x27"}
+    return "".join(named.get(c) or (c if " " <= c <= "~" else f"\\x{ord(c):02x}") for c in sent)
+
+
+def _tcp_text(sec: _Section, key: str) -> Tuple[str, _Section]:
+    """request or receive of a tcp service, and the section it comes from: its own section, or
+    [monitor] when [monitor] says check = tcp itself.  In a [monitor] of any other check they are
+    http's (a path, a body text): never sent to, nor expected from, a tcp service, which stays the
+    connect it was before tcp could send.  The http default request "/" is never a tcp one."""
+    if sec.own is None or key in sec.own:
+        return sec.text(key), sec
+    monitor = _Section(sec.path, "monitor", sec.defaults)
+    if monitor.text("check", CheckKind.HTTP.value).lower() != CheckKind.TCP.value:
+        return "", sec
+    return monitor.text(key), monitor
+
+
 def _tcp_keys(sec: _Section) -> dict:
-    """check = tcp: a connect."""
-    return dict(request="", receive="")
+    """check = tcp: a connect; with `request` (bytes sent, escapes allowed) and/or `receive` (text
+    the answer must contain), a banner or line protocol (ldirectord's simpletcp).  `request` is
+    kept as written (checked here: a bad escape is refused at start), and sent decoded."""
+    request, where = _tcp_text(sec, "request")
+    try:
+        decode_request(request)
+    except ValueError as exc:
+        raise where.fail("request", str(exc)) from None
+    receive, where = _tcp_text(sec, "receive")
+    if CONTROL.search(receive):
+        raise where.fail("receive", "control character (a line break, ...): receive is plain text")
+    return dict(request=request, receive=receive)
 
 
 DNS_TYPES = {"A": 1, "AAAA": 28}  # what check = dns asks for, by its record type number
@@ -794,7 +850,8 @@ def load_config(path: str) -> Config:
                 raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS)
         merged = {k: v for k, v in top.values.items() if k in SERVICE_KEYS}
         merged.update(own)
-        vs = _load_service(path, _Section(path, name, merged), match.group(1).strip(), _Section(path, name, own))
+        vs = _load_service(path, _Section(path, name, merged, own, top.values), match.group(1).strip(),
+                           _Section(path, name, own))
         if vs.ipvs_key in seen:
             raise ConfigError(f"{path}: [{name}]: virtual service {vs.address} is already defined in [{seen[vs.ipvs_key]}]")
         seen[vs.ipvs_key] = name
@@ -1034,7 +1091,8 @@ class ProbeTarget:
     check: str
     ip: IPAddress
     port: int
-    request: str = "/"  # request and host as sent: ASCII, encoded at config load (encode_request, encode_host)
+    request: str = ""  # request and host as sent: http's ASCII, encoded at config load (encode_request,
+    # encode_host), "" for "/"; tcp's bytes as latin-1 characters, decoded from the escapes (_tcp_target)
     host: str = ""
     expect: Tuple[Tuple[int, int], ...] = ((200, 399),)
     receive: str = ""
@@ -1053,13 +1111,13 @@ class ProbeTarget:
     @functools.cached_property
     def http_request(self) -> bytes:
         host = self.host or (f"[{self.ip}]" if self.ip.version == 6 else str(self.ip))
-        return (f"GET {self.request} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
+        return (f"GET {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
                 f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
 
     def url(self) -> str:
         """What --check-config says is probed."""
         if self.check == "tcp":
-            return f"tcp://{Endpoint(self.ip, self.port)}"
+            return _tcp_url(self)
         if self.check == "dns":
             return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
         return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
@@ -1070,7 +1128,14 @@ def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTar
 
 
 def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-    return cls(vs.check, ip, port, vs.request, receive=vs.receive)
+    """The request as its bytes (one latin-1 character each), the receive text as written."""
+    return cls(vs.check, ip, port, decode_request(vs.request).decode("latin-1"), receive=vs.receive)
+
+
+def _tcp_url(t: "ProbeTarget") -> str:
+    """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` as they apply."""
+    sent = f" send '{escape_request(t.request)}'" if t.request else ""
+    return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + (f" expect {t.receive!r}" if t.receive else "")
 
 
 def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
@@ -1400,13 +1465,49 @@ class _StreamCheck(Check):
 
 @checker
 class TcpCheck(_StreamCheck):
-    """check = tcp: a connect (ldirectord's checktype=connect, keepalived's TCP_CHECK)."""
+    """check = tcp: a connect (ldirectord's checktype=connect, keepalived's TCP_CHECK); with
+    `request` and/or `receive`, a banner or line protocol (ldirectord's simpletcp, keepalived's
+    SMTP_CHECK): send the request, then read until the answer holds `receive` (found), the server
+    closes, BODY_CAP bytes came without it, or the deadline.  A request without receive is healthy
+    on any answer, as simpletcp is (a server that takes it and says nothing fails: `closed without
+    answering` or a timeout); to check only that the port takes connections, set neither.  The
+    write side is not shut after the request (some servers drop their answer on a half-close)."""
 
     KIND = "tcp"
-    __slots__ = ()
+    __slots__ = ("want", "searched")
+
+    def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
+        super().__init__(target, wave)
+        self.want = target.receive.encode("utf-8")
+        self.searched = 0  # what was read up to here holds no `receive` (it may straddle the edge)
 
     def connected_verdict(self) -> Optional[Tuple[bool, str]]:
+        if self.target.request or self.want:
+            return None
         return True, "connected"
+
+    def request_bytes(self) -> bytes:
+        return self.target.request.encode("latin-1")
+
+    def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        buf, want = self.buf, self.want
+        if not want:
+            if buf:
+                return True, "answered"
+            return (False, "closed without answering") if eof else None
+        if buf.find(want, max(0, self.searched - len(want) + 1), BODY_CAP) >= 0:
+            return True, f"received {_shown(self.target.receive)}"
+        self.searched = len(buf)
+        if len(buf) >= BODY_CAP:
+            return False, "receive text not found"
+        if eof:
+            return False, f"closed before {_shown(self.target.receive)}" if buf else "closed without answering"
+        return None
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A text in a reason: quoted, cut short."""
+    return repr(text if len(text) <= limit else text[:limit - 3] + "...")
 
 
 @checker
