@@ -444,15 +444,15 @@ def escape_request(sent: str) -> str:
     return "".join(named.get(c) or (c if " " <= c <= "~" else f"\\x{ord(c):02x}") for c in sent)
 
 
-def _tcp_text(sec: _Section, key: str) -> Tuple[str, _Section]:
-    """request or receive of a tcp service, and the section it comes from: its own section, or
-    [monitor] when [monitor] says check = tcp itself.  In a [monitor] of any other check they are
-    http's (a path, a body text): never sent to, nor expected from, a tcp service, which stays the
-    connect it was before tcp could send.  The http default request "/" is never a tcp one."""
+def _check_text(sec: _Section, key: str, kind: CheckKind) -> Tuple[str, _Section]:
+    """request or receive of a service whose check is not http, and the section it comes from:
+    its own section, or [monitor] when [monitor] says that same check itself.  In a [monitor] of
+    another check they are that check's (http's: a path, a body text): never sent to, nor
+    expected from, this service.  The http default request "/" is never another kind's."""
     if sec.own is None or key in sec.own:
         return sec.text(key), sec
     monitor = _Section(sec.path, "monitor", sec.defaults)
-    if monitor.text("check", CheckKind.HTTP.value).lower() != CheckKind.TCP.value:
+    if monitor.text("check", CheckKind.HTTP.value).lower() != kind.value:
         return "", sec
     return monitor.text(key), monitor
 
@@ -461,12 +461,12 @@ def _tcp_keys(sec: _Section) -> dict:
     """check = tcp: a connect; with `request` (bytes sent, escapes allowed) and/or `receive` (text
     the answer must contain), a banner or line protocol (ldirectord's simpletcp).  `request` is
     kept as written (checked here: a bad escape is refused at start), and sent decoded."""
-    request, where = _tcp_text(sec, "request")
+    request, where = _check_text(sec, "request", CheckKind.TCP)
     try:
         decode_request(request)
     except ValueError as exc:
         raise where.fail("request", str(exc)) from None
-    receive, where = _tcp_text(sec, "receive")
+    receive, where = _check_text(sec, "receive", CheckKind.TCP)
     if CONTROL.search(receive):
         raise where.fail("receive", "control character (a line break, ...): receive is plain text")
     return dict(request=request, receive=receive)
@@ -497,26 +497,28 @@ def _dns_keys(sec: _Section) -> dict:
     """check = dns: request = NAME [A|AAAA], receive = an address the answer must hold.
 
     The type is A unless the request names it or receive is an IPv6 address (then AAAA)."""
-    if not sec.has("request"):
-        raise sec.fail("request", "required with check = dns: the name to look up, "
-                                  "e.g. www.example.org (A records) or www.example.org AAAA")
-    words = sec.text("request").split()
+    request, where = _check_text(sec, "request", CheckKind.DNS)
+    if not request:
+        raise where.fail("request", "required with check = dns: the name to look up, "
+                                    "e.g. www.example.org (A records) or www.example.org AAAA")
+    words = request.split()
     if len(words) > 2 or (len(words) == 2 and words[1].upper() not in DNS_TYPES):
-        raise sec.fail("request", "must be a name, then A or AAAA if you like: e.g. www.example.org AAAA")
+        raise where.fail("request", "must be a name, then A or AAAA if you like: e.g. www.example.org AAAA")
     try:
         name = dns_name(words[0])
     except ValueError as exc:
-        raise sec.fail("request", str(exc)) from None
+        raise where.fail("request", str(exc)) from None
+    receive, where = _check_text(sec, "receive", CheckKind.DNS)
     want = None
-    if sec.has("receive"):
+    if receive:
         try:
-            want = parse_ip(sec.text("receive").strip("[]"))
+            want = parse_ip(receive.strip("[]"))
         except ValueError:
-            raise sec.fail("receive", "must be an IPv4 or IPv6 address with check = dns "
-                                      "(one the answer must hold)") from None
+            raise where.fail("receive", "must be an IPv4 or IPv6 address with check = dns "
+                                        "(one the answer must hold)") from None
     qtype = words[1].upper() if len(words) == 2 else ("AAAA" if want is not None and want.version == 6 else "A")
     if want is not None and want.version != (6 if qtype == "AAAA" else 4):
-        raise sec.fail("receive", f"is an IPv{want.version} address: an {qtype} record never holds it")
+        raise where.fail("receive", f"is an IPv{want.version} address: an {qtype} record never holds it")
     return dict(request=f"{name} {qtype}", receive=str(want) if want is not None else "")
 
 

@@ -573,3 +573,16 @@ def test_udp_service_checked_by_dns_end_to_end(any_ipvs, run, dnsmasq):
     down = [line for line in monitor.lines() if f"{dnsmasq.address} is down in {VIP} (resolver)" in line]
     assert len(down) == 1 and down[0].endswith(("refused", "timeout (answer)")), down
     assert monitor.count(f"{dnsmasq.address} has been added to work in {VIP} (resolver) (weight 4)") == 2
+
+
+def test_an_http_request_or_receive_in_monitor_never_reaches_a_dns_service(tmp_path):
+    """[monitor]'s request/receive are another check's unless [monitor] says check = dns."""
+    path = tmp_path / "monitorRS.conf"
+    path.write_text("[monitor]\nrequest = /health\nreceive = OK\n\n[virtual dns]\nvip = 10.10.10.10\nvport = 53\n"
+                    "protocol = udp\nrs = 192.168.32.63\ncheck = dns\nrequest = good.test\n")
+    (vs,) = m.load_config(str(path)).services
+    assert (vs.request, vs.receive) == ("good.test A", "")
+    path.write_text("[monitor]\ncheck = dns\nrequest = good.test AAAA\n\n[virtual dns]\nvip = 10.10.10.10\n"
+                    "vport = 53\nprotocol = udp\nrs = 192.168.32.63\ncheck = dns\n")
+    (vs,) = m.load_config(str(path)).services
+    assert vs.request == "good.test AAAA"
