@@ -522,6 +522,36 @@ def _dns_keys(sec: _Section) -> dict:
     return dict(request=f"{name} {qtype}", receive=str(want) if want is not None else "")
 
 
+def _external_keys(sec: _Section) -> dict:
+    """check = external: checkcommand (a program and its own fixed words, split as a shell
+    would but run without one), dynamic_weight.  The program is found once, here: a bare
+    name through PATH, a path as given (absolute: the folder the monitor runs in is not
+    the operator's); as root it must be safe to run (unsafe_program), as on_change."""
+    if not sec.has("checkcommand"):
+        raise sec.fail("checkcommand", "required with check = external: the program to run")
+    try:
+        words = shlex.split(sec.text("checkcommand"))
+    except ValueError as exc:
+        raise sec.fail("checkcommand", f"cannot split into a command: {exc}") from None
+    if not words or not words[0]:
+        raise sec.fail("checkcommand", "no program named")
+    if any(CONTROL.search(word) for word in words):
+        raise sec.fail("checkcommand", "control character (NUL, escape, ...) in the command")
+    program = words[0]
+    if "/" in program and not program.startswith("/"):
+        raise sec.fail("checkcommand", "a relative path: give an absolute path, or a program name found in PATH")
+    found = shutil.which(program)
+    if not found or not found.startswith("/"):
+        missing = "not found in PATH" if "/" not in program else (
+            "not an executable file" if os.path.exists(program) else "not found")
+        raise sec.fail("checkcommand", f"{program}: {missing}")
+    why = unsafe_program(found)
+    if why:
+        raise sec.fail("checkcommand", why)
+    return dict(request="", receive="", checkcommand=(found, *words[1:]),
+                dynamic_weight=sec.boolean("dynamic_weight", False))
+
+
 def _not_yet(kind: str):
     def keys(sec: _Section) -> dict:
         raise sec.fail("check", f"check = {kind} is not available in this version")
@@ -530,7 +560,7 @@ def _not_yet(kind: str):
 
 CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind.TCP: _tcp_keys,
               CheckKind.PING: _not_yet("ping"), CheckKind.DNS: _dns_keys,
-              CheckKind.EXTERNAL: _not_yet("external")}
+              CheckKind.EXTERNAL: _external_keys}
 
 
 def _load_service(path: str, sec: _Section, name: str, own: _Section) -> VirtualService:
@@ -1101,6 +1131,7 @@ class ProbeTarget:
 
     command: Tuple[str, ...] = ()  # check = external: the program and all its words, VIP VPORT RIP RPORT last
     dynamic_weight: bool = False
+    service: str = ""  # check = external: the virtual service's name, in the command's environment
 
     @classmethod
     def of(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
@@ -1118,6 +1149,8 @@ class ProbeTarget:
 
     def url(self) -> str:
         """What --check-config says is probed."""
+        if self.check == "external":
+            return "external:" + shlex.join(self.command) + (" (dynamic_weight)" if self.dynamic_weight else "")
         if self.check == "tcp":
             return _tcp_url(self)
         if self.check == "dns":
@@ -1144,10 +1177,20 @@ def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarg
     return cls(vs.check, ip, port, vs.request, receive=vs.receive)  # request: "NAME A" or "NAME AAAA"
 
 
+def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+    """The command gets VIP VPORT RIP RPORT after its own words, in ldirectord's order.  A
+    firewall-mark service has no VIP: its mark stands there and VPORT is 0, as ldirectord
+    passes them.  RPORT is the port checked: checkport when set (ldirectord passes the real
+    port even then)."""
+    vip = str(vs.fwmark) if vs.vip is None else str(vs.vip)
+    return cls(vs.check, ip, port, "", command=(*vs.checkcommand, vip, str(vs.vport), str(ip), str(port)),
+               dynamic_weight=vs.dynamic_weight, service=vs.name)
+
+
 # What each check kind needs to know of its server: only what it uses, so that
 # equal targets of two virtual services are probed once.
 TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target,
-           CheckKind.DNS: _dns_target}
+           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target}
 
 
 @dataclass(frozen=True)
@@ -1363,8 +1406,8 @@ class Wave:
                 check.close()
             self.clock.close()
             self.poller.close()
-        return [ProbeResult(*c.verdict, c.latency) if c.verdict else ProbeResult(False, f"timeout ({c.stage})", timeout)
-                for c in checks]
+        return [ProbeResult(c.verdict[0], c.verdict[1], c.latency, *c.verdict[2:])  # (ok, reason[, weight])
+                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", timeout) for c in checks]
 
 
 ###############################################################################
@@ -1836,6 +1879,179 @@ class DnsCheck(Check):
             if self.wave is not None:
                 self.wave.forget(self.sock.fileno())
             self.sock.close()
+
+
+REASON_CAP = 200  # characters of a command's output line kept in its reason
+
+
+def _first_line(output: bytes) -> str:
+    """The first non-blank line of a command's output, fit for one log line: decoded as UTF-8,
+    tabs made spaces, control and other unprintable characters removed, REASON_CAP at most."""
+    for raw in output.splitlines():
+        text = raw[:4 * REASON_CAP].decode("utf-8", "replace").replace("\t", " ")
+        text = "".join(c for c in text if c.isprintable()).strip()
+        if text:
+            return text if len(text) <= REASON_CAP else text[:REASON_CAP - 3] + "..."
+    return ""
+
+
+def _exit_verdict(code: int, output: bytes, dynamic_weight: bool) -> tuple:
+    """(ok, reason) of a command that ended with `code` (Popen's: -N for signal N), or
+    (True, reason, weight) when its exit code sets the weight: keepalived's misc_dynamic,
+    0 healthy at the configured weight, 1 failed, 2..255 healthy at weight code - 2."""
+    line = _first_line(output)
+    said = f": {line}" if line else ""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return False, f"killed by {name}{said}"
+    if code == 0:
+        return True, f"exit 0{said}"
+    if dynamic_weight and code >= 2:
+        return True, f"exit {code}, weight {code - 2}{said}", code - 2
+    return False, f"exit {code}{said}"
+
+
+@checker
+class ExternalCheck(Check):
+    """check = external: run `checkcommand` VIP VPORT RIP RPORT (ldirectord's checktype =
+    external, keepalived's MISC_CHECK), no shell, stdin /dev/null, in a session of its own;
+    healthy on exit 0, else the first line of its output is the reason.
+
+    Its end is a pidfd in the wave's epoll (Linux 5.3+), its output one pipe (stdout and
+    stderr) read there too, kept up to OUTPUT_CAP and read on and dropped past it, so a
+    command printing megabytes neither blocks on a full pipe nor fills our memory; past
+    FLOOD it has failed (an endless flood would keep us reading, and the wave's clock counts
+    only its waits, so no deadline would come).  When it ends, what it left in its process
+    group is killed; at the deadline or a stop, the whole group is, our end of the pipe is
+    closed (a child gone to another group may hold it forever) and the command is reaped
+    later, never waited for.  Without pidfd_open, its end is seen when its output closes
+    (its exit looked for EXIT_GRACE at most then): a command that leaves a child holding its
+    output, or closes its output and runs on, is then judged at its deadline."""
+
+    KIND = "external"
+    LIMIT = 32  # commands running at once: a thousand servers must not fork a thousand processes
+    OUTPUT_CAP = 64 * 1024  # output kept: its first line is the reason
+    FLOOD = 16 * 1024 * 1024  # output read before the command is stopped as failed
+    READS = 16  # pipe reads per event: a command that prints without end does not hold the wave
+    EXIT_GRACE = 0.05  # without a pidfd: seconds its exit may follow the end of its output
+    PIDFD = hasattr(os, "pidfd_open")  # turned off at the first ENOSYS (a kernel before 5.3)
+    dying: List[subprocess.Popen] = []  # killed, not reaped yet: reaped when they are dead, never waited for
+    __slots__ = ("proc", "pipe", "pidfd", "out", "flood")
+
+    def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
+        super().__init__(target, wave)
+        self.stage = "command"
+        self.proc: Optional[subprocess.Popen] = None
+        self.pipe = self.pidfd = -1
+        self.out = bytearray()
+        self.flood = 0  # bytes of output read
+
+    def start(self) -> None:
+        self.reap()
+        t = self.target
+        vip, vport, rip, rport = t.command[-4:]
+        env = dict(os.environ, MONITOR_RS_VIP=vip, MONITOR_RS_VPORT=vport, MONITOR_RS_RIP=rip,
+                   MONITOR_RS_RPORT=rport, MONITOR_RS_SERVICE_NAME=t.service)
+        self.pipe, write = os.pipe()
+        try:
+            self.proc = subprocess.Popen(t.command, stdin=subprocess.DEVNULL, stdout=write, stderr=write, env=env,
+                                         start_new_session=True)
+        finally:
+            os.close(write)
+        os.set_blocking(self.pipe, False)
+        self.wave.watch(self, self.pipe, select.EPOLLIN)
+        if ExternalCheck.PIDFD:
+            try:
+                self.pidfd = os.pidfd_open(self.proc.pid)
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+                ExternalCheck.PIDFD = False
+            else:
+                self.wave.watch(self, self.pidfd, select.EPOLLIN)
+
+    def failed(self, exc: Exception) -> Tuple[bool, str]:
+        if isinstance(exc, OSError) and self.proc is None:
+            return False, f"cannot run {self.target.command[0]}: {exc.strerror or exc}"
+        return super().failed(exc)
+
+    def ready(self, fd: int, events: int) -> None:
+        open_ = self._read()
+        if self.flood > self.FLOOD:  # the wave's clock counts its waits only: reading on would stop it
+            line = _first_line(self.out)
+            self.verdict = False, f"more than {self.FLOOD >> 20} MiB of output" + (f": {line}" if line else "")
+        elif fd == self.pidfd:
+            self.verdict = self._ended()
+        elif not open_ and self.pidfd < 0:  # the pipe closes a moment before the exit is seen
+            self.verdict = self._ended(self.EXIT_GRACE)
+
+    def _read(self) -> bool:
+        """Take what the pipe holds (READS reads at most); False once it is closed at the other end."""
+        for _ in range(self.READS):
+            if self.pipe < 0:
+                return False
+            try:
+                data = os.read(self.pipe, 65536)
+            except BlockingIOError:
+                return True
+            if not data:
+                self._close_pipe()
+                return False
+            self.flood += len(data)
+            room = self.OUTPUT_CAP - len(self.out)
+            if room > 0:
+                self.out += data[:room]
+        return True
+
+    def _ended(self, grace: float = 0.0) -> Optional[tuple]:
+        """The verdict once the command has exited (looked for during `grace` seconds), None
+        while it runs.  What it left in its process group is killed first, while the command,
+        not reaped yet, still holds the group's number (no other process can have it)."""
+        give_up, pause = time.monotonic() + grace, 0.0001
+        while os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            if time.monotonic() >= give_up:
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+        self._kill_group()
+        code = self.proc.wait()  # a zombie: no wait
+        return _exit_verdict(code, self.out, self.target.dynamic_weight)
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _close_pipe(self) -> None:
+        if self.pipe >= 0:
+            if self.wave is not None:
+                self.wave.forget(self.pipe)
+            os.close(self.pipe)
+            self.pipe = -1
+
+    def close(self) -> None:
+        self._close_pipe()
+        if self.pidfd >= 0:
+            if self.wave is not None:
+                self.wave.forget(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        proc = self.proc
+        if proc is not None and proc.returncode is None:  # a timeout or a stop: it and all it started
+            self._kill_group()
+            if proc.poll() is None:
+                ExternalCheck.dying.append(proc)
+        self.reap()
+
+    @classmethod
+    def reap(cls) -> int:
+        """Reap the killed commands that have died since, without waiting; how many are still dying."""
+        cls.dying[:] = [proc for proc in cls.dying if proc.poll() is None]
+        return len(cls.dying)
 
 
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
