@@ -3278,6 +3278,19 @@ def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
             raise ConfigError(f"{where}: is a directory, not a file")
 
 
+def _check_settings(vs: VirtualService) -> str:
+    """The settings of the service's own kind of check, as --check-config shows them (none of another kind's)."""
+    kind = CheckKind(vs.check)
+    if kind in (CheckKind.HTTP, CheckKind.HTTPS):
+        expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
+        return f"request={vs.request} expect={expect} receive={vs.receive!r} host={vs.host or '-'} "
+    if kind in (CheckKind.TCP, CheckKind.DNS):
+        return f"request={vs.request or '-'} receive={vs.receive!r} "
+    if kind == CheckKind.EXTERNAL:
+        return f"checkcommand={shlex.join(vs.checkcommand)} dynamic_weight={'yes' if vs.dynamic_weight else 'no'} "
+    return ""
+
+
 def show_config(config: Config) -> None:
     """--check-config: the settings as resolved, per virtual service (like nginx -t)."""
     servers = sum(len(vs.servers) for vs in config.services)
@@ -3287,10 +3300,9 @@ def show_config(config: Config) -> None:
           f"state_file={config.state_file} prometheus_file={config.prometheus_file or '-'}")
     forwards = {"-g": "g", "-m": "m", "-i": "i"}
     for vs in config.services:
-        expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
         print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
-              f"request={vs.request} expect={expect} receive={vs.receive!r} checkport={vs.checkport or '-'} "
-              f"host={vs.host or '-'} fall={vs.fall} rise={vs.rise} quiescent={'yes' if vs.quiescent else 'no'} "
+              f"{_check_settings(vs)}checkport={vs.checkport or '-'} "
+              f"fall={vs.fall} rise={vs.rise} quiescent={'yes' if vs.quiescent else 'no'} "
               f"fallback={vs.fallback or '-'} depool_threshold={vs.depool_threshold:g} "
               f"on_change={shlex.join(vs.on_change) if vs.on_change else '-'}")
         for rs in vs.servers:

@@ -104,6 +104,9 @@ def test_check_config_shows_what_is_asked_of_whom(tmp_path):
     assert "10.0.0.5:53 weight 1: IPVS entry 10.0.0.5:53, probe dns://10.0.0.5:5300/xn--bcher-kva.example AAAA" \
         in proc.stdout
     assert "probe dns://10.0.0.6:5300/xn--bcher-kva.example AAAA" in proc.stdout
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("[virtual resolver]")]
+    assert "check=dns request=xn--bcher-kva.example AAAA receive='2001:db8::1' checkport=5300" in line
+    assert "expect=" not in line and "host=" not in line  # http's settings mean nothing here
 
 
 ###############################################################################
