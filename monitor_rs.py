@@ -1158,6 +1158,8 @@ class Wave:
         self.poller = select.epoll()
         self.clock = WatchClock()
         self.by_descriptor: Dict[int, Check] = {}
+        self.shared: Dict[object, object] = {}  # what the checks of a kind share in this wave (an ICMP socket), by key
+        self.settled: List[Check] = []  # checks given a verdict through a shared descriptor: finished next
 
     def watch(self, check: Check, fd: int, events: int) -> None:
         self.poller.register(fd, events)
@@ -1191,6 +1193,13 @@ class Wave:
             running.pop(check, None)
             in_flight[type(check)] -= 1
 
+        def settle() -> None:
+            """Finish the checks a shared descriptor's reader gave a verdict (it watches for many)."""
+            while self.settled:
+                check = self.settled.pop()
+                if check in running:
+                    finish(check)
+
         def launch() -> None:
             held = []
             while waiting:
@@ -1206,6 +1215,7 @@ class Wave:
                 if check.verdict is not None:
                     finish(check)
             waiting.extend(held)
+            settle()
 
         try:
             launch()
@@ -1233,6 +1243,7 @@ class Wave:
                         self._call(check, check.ready, descriptor, events)
                         if check.verdict is not None:
                             finish(check)
+                settle()
                 if len(running) < len(checks) and waiting:
                     launch()
         finally:
