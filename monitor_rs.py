@@ -1756,7 +1756,8 @@ class _IcmpSocket:
             self.sock.close()
 
     def ready(self, fd: int, events: int) -> None:
-        """Read what came (the rest next turn); never raises (the socket serves every ping check of the wave)."""
+        """Read what came (the rest next turn).  Whatever arrives, nothing raises: the socket serves
+        every ping check of the wave."""
         for _ in range(ICMP_READS):
             try:
                 packet, source = self.sock.recvfrom(2048)
@@ -1770,6 +1771,11 @@ class _IcmpSocket:
                 self._answer(message, source)
         if events & select.EPOLLERR:
             self._errors()
+
+    def failed(self, exc: Exception) -> Tuple[bool, str]:
+        """A fault of ours, not of a server (`ready` catches what the network does): it fails the
+        pass, which then changes nothing, rather than timing out every ping check of the wave."""
+        raise exc
 
     def _errors(self) -> None:
         """A ping socket's ICMP errors: each quotes the echo it is about, and names its destination."""

@@ -258,6 +258,18 @@ def test_a_late_reply_is_a_stray_once_its_probe_is_done(one_probe):
     icmp_socket.leave(check)
 
 
+def test_a_fault_of_ours_in_the_shared_socket_fails_the_wave_loudly(monkeypatch):
+    """Not a timeout for every ping check (servers deleted for our bug): the pass fails, nothing changes."""
+    needs_icmp(4)
+
+    def broken(*args):
+        raise RuntimeError("a bug in the reader")
+
+    monkeypatch.setattr(m, "parse_icmp", broken)
+    with pytest.raises(RuntimeError, match="a bug in the reader"):
+        ping("127.0.0.1", "127.0.0.2")
+
+
 def test_each_probe_has_its_own_token():
     wave = m.Wave(1.0)
     target = m.ProbeTarget("ping", ipaddress.ip_address("127.0.0.9"), 0, "")
