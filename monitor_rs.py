@@ -552,6 +552,16 @@ def _external_keys(sec: _Section) -> dict:
                 dynamic_weight=sec.boolean("dynamic_weight", False))
 
 
+def _ping_keys(sec: _Section) -> dict:
+    """check = ping: an ICMP echo to the real server's address (no port, no request).  Refused here,
+    at start, when this host opens no ICMP socket for a family of the real servers."""
+    for version in sorted({parse_endpoint(addr, 0).ip.version for addr in sec.text("rs").split()}):
+        why = icmp_unusable(version)
+        if why:
+            raise sec.fail("check", f"cannot send an ICMP echo over IPv{version} here: {why}")
+    return dict(request="", receive="")
+
+
 def _not_yet(kind: str):
     def keys(sec: _Section) -> dict:
         raise sec.fail("check", f"check = {kind} is not available in this version")
@@ -559,7 +569,7 @@ def _not_yet(kind: str):
 
 
 CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind.TCP: _tcp_keys,
-              CheckKind.PING: _not_yet("ping"), CheckKind.DNS: _dns_keys,
+              CheckKind.PING: _ping_keys, CheckKind.DNS: _dns_keys,
               CheckKind.EXTERNAL: _external_keys}
 
 
@@ -1155,6 +1165,8 @@ class ProbeTarget:
             return _tcp_url(self)
         if self.check == "dns":
             return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
+        if self.check == "ping":  # an address, no port
+            return f"ping://[{self.ip}]" if self.ip.version == 6 else f"ping://{self.ip}"
         return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
 
 
@@ -1187,10 +1199,14 @@ def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "Prob
                dynamic_weight=vs.dynamic_weight, service=vs.name)
 
 
+def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+    return cls(vs.check, ip, 0, "")  # the address only: one echo per address, whatever its services and ports
+
+
 # What each check kind needs to know of its server: only what it uses, so that
 # equal targets of two virtual services are probed once.
 TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target,
-           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target}
+           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target}
 
 
 @dataclass(frozen=True)
@@ -1324,6 +1340,8 @@ class Wave:
         self.poller = select.epoll()
         self.clock = WatchClock()
         self.by_descriptor: Dict[int, Check] = {}
+        self.shared: Dict[object, object] = {}  # what the checks of a kind share in this wave (an ICMP socket), by key
+        self.settled: List[Check] = []  # checks given a verdict through a shared descriptor: finished next
 
     def watch(self, check: Check, fd: int, events: int) -> None:
         self.poller.register(fd, events)
@@ -1357,6 +1375,13 @@ class Wave:
             running.pop(check, None)
             in_flight[type(check)] -= 1
 
+        def settle() -> None:
+            """Finish the checks a shared descriptor's reader gave a verdict (it watches for many)."""
+            while self.settled:
+                check = self.settled.pop()
+                if check in running:
+                    finish(check)
+
         def launch() -> None:
             held = []
             while waiting:
@@ -1372,6 +1397,7 @@ class Wave:
                 if check.verdict is not None:
                     finish(check)
             waiting.extend(held)
+            settle()
 
         try:
             launch()
@@ -1399,6 +1425,7 @@ class Wave:
                         self._call(check, check.ready, descriptor, events)
                         if check.verdict is not None:
                             finish(check)
+                settle()
                 if len(running) < len(checks) and waiting:
                     launch()
         finally:
@@ -2052,6 +2079,334 @@ class ExternalCheck(Check):
         """Reap the killed commands that have died since, without waiting; how many are still dying."""
         cls.dying[:] = [proc for proc in cls.dying if proc.poll() is None]
         return len(cls.dying)
+
+
+# check = ping.  An ICMP echo request to the real server's address; healthy on
+# the echo reply that is OURS: our identifier, our sequence number, our random
+# token in the data, from that address (another process's echoes, stray and
+# late replies are ignored).  A Destination Unreachable quoting our echo ends
+# the probe at once.  The socket: a raw one when the monitor may (root,
+# CAP_NET_RAW), else the kernel's ICMP datagram ("ping") socket where
+# net.ipv4.ping_group_range lets the monitor's group have one (it sets the
+# identifier to the socket's port and gives it only its own replies); which one
+# is tried once, at config load, and a config with check = ping fails there,
+# in one line, where neither opens.
+#
+# ONE socket per family per wave, shared by its ping checks: the kernel gives
+# every raw ICMP socket a copy of every ICMP packet, so a socket per probe
+# meant N copies of each reply (N^2 at N probes, each to read and throw away)
+# and a probe's own reply dropped once its receive buffer was full of the
+# others' (N = 1000: 12 ms of CPU a wave shared, 80-150 ms a socket each; with
+# the replies 50 ms late, a socket each lost two thirds of its own).  The first
+# ping check of a wave opens it (kept in `wave.shared`), the last one closes it;
+# the checks its replies answer go to `wave.settled`, for the wave to finish.
+
+ICMP_SOCKETS = ("raw", "dgram")  # the ICMP sockets tried, in this order (decided once: icmp_socket)
+ICMP_TYPES = {4: (8, 0, 3), 6: (128, 129, 1)}  # IP version -> echo request, echo reply, destination unreachable
+UNREACHABLE = {  # (IP version, code of a Destination Unreachable) -> the reason
+    (4, 0): "network unreachable", (4, 1): "host unreachable", (4, 2): "protocol unreachable",
+    (4, 3): "port unreachable", (4, 9): "administratively prohibited", (4, 10): "administratively prohibited",
+    (4, 13): "administratively prohibited", (6, 0): "network unreachable", (6, 1): "administratively prohibited",
+    (6, 3): "host unreachable", (6, 4): "port unreachable", (6, 5): "administratively prohibited",
+    (6, 6): "administratively prohibited"}
+ECHO_MARK = b"monitor_rs "  # then the probe's token, in the echo's data: a reply echoes it back
+ICMP_RCVBUF = 1 << 20  # replies wait here while the wave is busy starting probes
+ICMP_DRAIN = 32  # read the replies already in, every this many echoes sent
+ICMP_READS = 1024  # packets read in one turn at most: a flood of others' ICMP must not hold the wave
+SOL_RAW, ICMP_FILTER, ICMP6_FILTER = 255, 1, 1  # <linux/icmp.h>, <linux/icmpv6.h>: not in Python's socket
+IP_RECVERR, IPV6_RECVERR, SO_RCVBUFFORCE = 11, 25, 33
+EE_ORIGIN_ICMP = {4: 2, 6: 3}  # sock_extended_err.ee_origin of an ICMP error, by version
+_icmp_kinds: Dict[int, Tuple[str, str]] = {}
+
+
+def icmp_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071), for an ICMP (IPv4) message sent on a raw socket."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(data[i] << 8 | data[i + 1] for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_request(version: int, ident: int, seq: int, data: bytes) -> bytes:
+    """An echo request; its checksum computed for IPv4 (the kernel computes ICMPv6's, and any of a ping socket)."""
+    head = bytes((ICMP_TYPES[version][0], 0))
+    tail = ident.to_bytes(2, "big") + seq.to_bytes(2, "big") + data
+    checksum = icmp_checksum(head + b"\0\0" + tail) if version == 4 else 0
+    return head + checksum.to_bytes(2, "big") + tail
+
+
+class IcmpMessage(NamedTuple):
+    """What an ICMP message says of an echo request: its reply, or that it could not be delivered."""
+
+    ident: int
+    seq: int
+    data: bytes = b""  # a reply's data
+    unreachable: str = ""  # the reason, for a Destination Unreachable
+    to: bytes = b""  # ... and the packed address the echo it quotes was sent to
+
+
+def parse_icmp(version: int, packet: bytes, with_ip: bool = False) -> Optional[IcmpMessage]:
+    """An echo reply, or a Destination Unreachable quoting an echo request; None for anything else.
+
+    `packet` starts at the ICMP header, or `with_ip` at its IPv4 header (a raw IPv4 socket's)."""
+    _, reply, unreach = ICMP_TYPES[version]
+    if with_ip:
+        if not packet or packet[0] >> 4 != 4:
+            return None
+        packet = packet[(packet[0] & 0x0F) * 4:]
+    if len(packet) < 8:
+        return None
+    if packet[0] == reply and packet[1] == 0:
+        return IcmpMessage(int.from_bytes(packet[4:6], "big"), int.from_bytes(packet[6:8], "big"), packet[8:])
+    if packet[0] != unreach:
+        return None
+    quoted = packet[8:]  # the IP header of our echo request, then its first 8 bytes at least
+    if version == 4:
+        if len(quoted) < 20 or quoted[0] >> 4 != 4 or quoted[9] != 1:
+            return None
+        to, echo = quoted[16:20], quoted[(quoted[0] & 0x0F) * 4:]
+    else:
+        if len(quoted) < 40 or quoted[0] >> 4 != 6 or quoted[6] != 58:
+            return None
+        to, echo = quoted[24:40], quoted[40:]
+    if len(echo) < 8 or echo[0] != ICMP_TYPES[version][0]:
+        return None
+    return IcmpMessage(int.from_bytes(echo[4:6], "big"), int.from_bytes(echo[6:8], "big"),
+                       unreachable=_unreachable(version, packet[1]), to=to)
+
+
+def _unreachable(version: int, code: int) -> str:
+    return UNREACHABLE.get((version, code), f"destination unreachable (code {code})")
+
+
+def _icmp_open(version: int, kind: str) -> socket.socket:
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if version == 6 else socket.IPPROTO_ICMP
+    flavour = socket.SOCK_RAW if kind == "raw" else socket.SOCK_DGRAM
+    return socket.socket(family, flavour | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+
+
+def icmp_socket(version: int) -> Tuple[str, str]:
+    """("raw" or "dgram", "") for the ICMP socket this process can open for IP `version`, or ("", why
+    neither): tried once (at config load), the answer kept for every wave after."""
+    if version not in _icmp_kinds:
+        why = []
+        for kind in ICMP_SOCKETS:
+            try:
+                _icmp_open(version, kind).close()
+            except OSError as exc:
+                why.append(_icmp_refusal(kind, exc))
+                continue
+            _icmp_kinds[version] = (kind, "")
+            break
+        else:
+            _icmp_kinds[version] = ("", ", ".join(dict.fromkeys(why)))
+    return _icmp_kinds[version]
+
+
+def icmp_unusable(version: int) -> str:
+    """Why no ICMP echo can be sent over IP `version` here, or ""."""
+    return icmp_socket(version)[1]
+
+
+def _icmp_refusal(kind: str, exc: OSError) -> str:
+    if exc.errno == errno.EAFNOSUPPORT:
+        return "IPv6 is disabled"
+    if kind == "raw":
+        why = "needs root or CAP_NET_RAW" if exc.errno == errno.EPERM else exc.strerror
+        return f"no raw socket ({why})"
+    if exc.errno == errno.EACCES:
+        try:
+            with open("/proc/sys/net/ipv4/ping_group_range") as handle:
+                allowed = " ".join(handle.read().split())
+        except OSError:
+            allowed = "?"
+        return (f"no ICMP datagram socket (group {os.getegid()} is not in "
+                f"net.ipv4.ping_group_range = {allowed})")
+    return f"no ICMP datagram socket ({exc.strerror})"
+
+
+class _IcmpSocket:
+    """One ICMP socket of one family, shared by the ping checks of a wave: each echo goes
+    out with its own sequence number, and what comes back is handed to the check it is
+    for, or dropped.  The wave watches it as it watches a check's socket (it has `ready`,
+    and never a verdict of its own); the checks it answers go to `wave.settled`."""
+
+    verdict = None
+
+    def __init__(self, wave: "Wave", version: int):
+        kind, why = icmp_socket(version)
+        if not kind:
+            raise _Failed(f"cannot send an ICMP echo: {why}")
+        self.wave, self.version, self.kind = wave, version, kind
+        self.with_ip = kind == "raw" and version == 4  # what a raw IPv4 socket reads starts at the IP header
+        self.sock = _icmp_open(version, kind)
+        try:
+            self._tune()
+        except BaseException:
+            self.sock.close()
+            raise
+        self.by_seq: Dict[int, "PingCheck"] = {}
+        self.users, self.sent = 0, 0
+        self.seq = int.from_bytes(os.urandom(2), "big")
+        wave.watch(self, self.sock.fileno(), select.EPOLLIN)
+
+    def _tune(self) -> None:
+        sock, v6 = self.sock, self.version == 6
+        for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:  # force: past net.core.rmem_max (root); else as far as rmem_max lets it
+                sock.setsockopt(socket.SOL_SOCKET, option, ICMP_RCVBUF)
+                break
+            except OSError:
+                pass
+        if self.kind == "raw":  # ours alone: the identifier is ours to choose
+            self.ident = int.from_bytes(os.urandom(2), "big")
+            passed = ICMP_TYPES[self.version][1:]  # the kernel hands us only replies and unreachables
+            if v6:
+                words = [0xFFFFFFFF] * 8  # a set bit blocks that type
+                for icmp_type in passed:
+                    words[icmp_type >> 5] &= ~(1 << (icmp_type & 31))
+                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER,
+                                b"".join(w.to_bytes(4, sys.byteorder) for w in words))
+            else:
+                mask = 0xFFFFFFFF & ~sum(1 << icmp_type for icmp_type in passed)
+                sock.setsockopt(SOL_RAW, ICMP_FILTER, mask.to_bytes(4, sys.byteorder))
+        else:  # a ping socket: the kernel's identifier is its port; its ICMP errors on the error queue
+            sock.bind(("::" if v6 else "0.0.0.0", 0))
+            self.ident = sock.getsockname()[1]
+            if v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+
+    @classmethod
+    def of(cls, wave: "Wave", version: int) -> "_IcmpSocket":
+        """The wave's socket for this family: the first ping check to need it opens it."""
+        key = (cls, version)
+        if key not in wave.shared:
+            wave.shared[key] = cls(wave, version)
+        return wave.shared[key]
+
+    def send(self, check: "PingCheck") -> None:
+        """Send `check`'s echo request under a sequence number no other check of this socket holds."""
+        seq = self.seq
+        while seq in self.by_seq:
+            seq = (seq + 1) & 0xFFFF
+        self.seq = (seq + 1) & 0xFFFF
+        self.by_seq[seq] = check
+        self.users += 1
+        check.seq = seq
+        self.sock.sendto(echo_request(self.version, self.ident, seq, check.data), (str(check.target.ip), 0))
+        self.sent += 1
+        if self.sent % ICMP_DRAIN == 0:  # the wave reads nothing while it starts probes
+            self.ready(self.sock.fileno(), select.EPOLLIN)
+
+    def leave(self, check: "PingCheck") -> None:
+        """`check` is done: its late reply is a stray from now on; the last one closes the socket."""
+        if self.by_seq.get(check.seq) is check:
+            del self.by_seq[check.seq]
+        self.users -= 1
+        if self.users <= 0:
+            self.wave.shared.pop((type(self), self.version), None)
+            self.wave.forget(self.sock.fileno())
+            self.sock.close()
+
+    def ready(self, fd: int, events: int) -> None:
+        """Read what came (the rest next turn).  Whatever arrives, nothing raises: the socket serves
+        every ping check of the wave."""
+        for _ in range(ICMP_READS):
+            try:
+                packet, source = self.sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # a ping socket's pending ICMP error: the error queue says whose
+                self._errors()
+                continue
+            message = parse_icmp(self.version, packet, self.with_ip)
+            if message is not None:
+                self._answer(message, source)
+        if events & select.EPOLLERR:
+            self._errors()
+
+    def failed(self, exc: Exception) -> Tuple[bool, str]:
+        """A fault of ours, not of a server (`ready` catches what the network does): it fails the
+        pass, which then changes nothing, rather than timing out every ping check of the wave."""
+        raise exc
+
+    def _errors(self) -> None:
+        """A ping socket's ICMP errors: each quotes the echo it is about, and names its destination."""
+        origin = EE_ORIGIN_ICMP[self.version]
+        for _ in range(ICMP_READS):
+            try:
+                echo, ancillary, _, destination = self.sock.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+            except OSError:  # empty (EAGAIN), or nothing of the kind
+                return
+            for _, _, info in ancillary:  # struct sock_extended_err: errno, origin, type, code, ...
+                if len(info) >= 8 and info[4] == origin and info[5] == ICMP_TYPES[self.version][2] \
+                        and len(echo) >= 8:
+                    message = IcmpMessage(int.from_bytes(echo[4:6], "big"), int.from_bytes(echo[6:8], "big"),
+                                          unreachable=_unreachable(self.version, info[6]))
+                    self._answer(message, destination)
+
+    def _answer(self, message: IcmpMessage, source) -> None:
+        """Settle the check this message is for, if it is one of ours."""
+        check = self.by_seq.get(message.seq)
+        if check is None or message.ident != self.ident or check.verdict is not None:
+            return
+        try:
+            where = socket.inet_pton(self.sock.family, source[0].partition("%")[0])
+        except (OSError, ValueError, TypeError, IndexError):
+            return
+        if message.unreachable:
+            # a reply comes from the server; an unreachable from anyone on the way, about our echo TO it
+            if (message.to or where) != check.target.ip.packed:
+                return
+            check.verdict = (False, message.unreachable)
+        elif where != check.target.ip.packed or message.data != check.data:
+            return
+        else:
+            check.verdict = (True, "echo reply")
+        del self.by_seq[message.seq]
+        self.wave.settled.append(check)
+
+
+@checker
+class PingCheck(Check):
+    """check = ping: one ICMP echo, healthy on its reply (ldirectord's checktype=ping,
+    keepalived's PING_CHECK).  The wave's shared ICMP socket sends it and hands it its answer."""
+
+    KIND = "ping"
+    LIMIT = 0x10000  # the sequence numbers of one socket: a check holds one while in flight
+    __slots__ = ("icmp", "seq", "data")
+
+    def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
+        super().__init__(target, wave)
+        self.stage = "echo"
+        self.icmp: Optional[_IcmpSocket] = None
+        self.seq = -1
+        self.data = ECHO_MARK + os.urandom(16)  # this probe's token: a reply must carry it back
+
+    def start(self) -> None:
+        icmp = _IcmpSocket.of(self.wave, self.target.ip.version)
+        self.icmp = icmp  # before send: a send that fails still leaves the socket
+        icmp.send(self)
+
+    def ready(self, fd: int, events: int) -> None:
+        """Never called: the check watches no descriptor of its own (its socket is the wave's)."""
+
+    def failed(self, exc: Exception) -> Tuple[bool, str]:
+        if isinstance(exc, _Failed):
+            return False, str(exc)
+        if isinstance(exc, OSError):
+            return False, CONNECT_ERRORS.get(exc.errno, exc.strerror or str(exc))
+        return super().failed(exc)
+
+    def close(self) -> None:
+        if self.icmp is not None:
+            self.icmp.leave(self)
+            self.icmp = None
 
 
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
