@@ -1245,6 +1245,15 @@ class _Failed(Exception):
     """The answer is wrong in a way that ends the probe: the message is the reason."""
 
 
+class MonitorFault(Exception):
+    """The monitor cannot probe (out of descriptors, memory or processes; a check program
+    gone; a bug of ours before any server spoke): not the real servers' fault.  It ends
+    the wave, and the pass changes nothing and says why."""
+
+
+OUR_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN, errno.EADDRNOTAVAIL}
+
+
 class WatchClock:
     """The time the monitor spent watching its probes: only waits in poll()
     count, up to what was asked of them, less the time the monitor was
@@ -1357,8 +1366,15 @@ class Wave:
     def _call(self, check: Check, method, *args) -> None:
         try:
             method(*args)
-        except Exception as exc:  # whatever a server manages to provoke, it is a failed probe
-            check.verdict = check.failed(exc)
+        except MonitorFault:
+            raise
+        except Exception as exc:
+            starting = method == getattr(check, "start", None)
+            if starting and (not isinstance(exc, OSError) or exc.errno in OUR_ERRNOS):
+                # Before any server said anything: the monitor's own trouble, not a failed server.
+                raise MonitorFault(f"{check.KIND} probe of {check.target.ip}: "
+                                   f"{exc.strerror if isinstance(exc, OSError) else exc or type(exc).__name__}")
+            check.verdict = check.failed(exc)  # whatever a server manages to provoke, it is a failed probe
 
     def run(self, targets: Sequence["ProbeTarget"], stop) -> Optional[List[ProbeResult]]:
         """A verdict for each target, or None when `stop()` turned true meanwhile."""
@@ -1986,6 +2002,8 @@ class ExternalCheck(Check):
         try:
             self.proc = subprocess.Popen(t.command, stdin=subprocess.DEVNULL, stdout=write, stderr=write, env=env,
                                          start_new_session=True)
+        except OSError as exc:  # gone, not runnable, no process left: the same for every server
+            raise MonitorFault(f"cannot run {t.command[0]}: {exc.strerror or exc}") from None
         finally:
             os.close(write)
         os.set_blocking(self.pipe, False)
@@ -2333,7 +2351,7 @@ class _IcmpSocket:
     def failed(self, exc: Exception) -> Tuple[bool, str]:
         """A fault of ours, not of a server (`ready` catches what the network does): it fails the
         pass, which then changes nothing, rather than timing out every ping check of the wave."""
-        raise exc
+        raise MonitorFault(f"the shared ICMP socket: {type(exc).__name__}: {exc}") from exc
 
     def _errors(self) -> None:
         """A ping socket's ICMP errors: each quotes the echo it is about, and names its destination."""
@@ -3200,15 +3218,29 @@ class Monitor:
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
-        results = None if self.stop_requested() else probe_all(
-            list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
+        try:
+            results = None if self.stop_requested() else probe_all(
+                list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
+            fault = ""
+        except MonitorFault as exc:  # the monitor could not probe: nothing is decided on that
+            results, fault = {}, f"probes could not run: {exc}"
+            if self.problems.get(("probes",)) != fault:
+                self.output.say(f"{fault}; no change made this pass", "problem")
+            self.problems[("probes",)] = fault
+        else:
+            if self.problems.pop(("probes",), None):
+                self.output.say("probes run again")
         if results is None or self.stop_requested():
             report.stopped = True
             return report  # asked to stop: leave the table exactly as it is
+        not_probed = ProbeResult(False, "not probed: the monitor's fault", 0.0)
         for vs in services:
-            table = tables[vs.ipvs_key]
+            table = tables[vs.ipvs_key] if not fault else None
+            if fault:
+                reports[vs.ipvs_key].problem = fault
             health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
-            by_server = {rs.endpoint: results[self.targets[(vs.ipvs_key, rs.endpoint)]] for rs in vs.servers}
+            by_server = {rs.endpoint: results.get(self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
+                         for rs in vs.servers}
             done: Dict[str, str] = {}
             after: Dict[Endpoint, Optional[int]] = {}  # weights this pass changed
             if table is not None:

@@ -162,16 +162,33 @@ def test_killed_by_a_signal(tmp_path, mode):
     assert not result.ok and result.reason == "killed by SIGSEGV: about to crash"
 
 
-def test_a_program_that_cannot_run_fails_with_why(tmp_path):
+def test_a_program_that_cannot_run_is_the_monitors_fault_not_the_servers(tmp_path):
+    """Every server would fail alike: the wave ends with a MonitorFault, and the pass changes nothing."""
     not_executable = tmp_path / "plain"
     not_executable.write_text("#!/bin/sh\nexit 0\n")
     os.chmod(not_executable, 0o644)
-    result, _ = probe(target(str(not_executable)))
-    assert not result.ok and result.reason == f"cannot run {not_executable}: Permission denied"
+    with pytest.raises(m.MonitorFault, match=f"cannot run {not_executable}: Permission denied"):
+        probe(target(str(not_executable)))
     no_interpreter = script(tmp_path, "nointerp", "")
     (tmp_path / "nointerp").write_text("#!/nonexistent/sh\nexit 0\n")
-    result, _ = probe(target(no_interpreter))
-    assert not result.ok and result.reason == f"cannot run {no_interpreter}: No such file or directory"
+    with pytest.raises(m.MonitorFault, match=f"cannot run {no_interpreter}: No such file or directory"):
+        probe(target(no_interpreter))
+
+
+def test_a_check_program_gone_removes_nobody(ipvs, run, tmp_path):
+    """The check program deleted (an upgrade replacing it) while every server is in: nobody is removed,
+    the problem is said once, and checking resumes when the program is back."""
+    says = script(tmp_path, "says", "exit 0\n")
+    monitor = run(ipvs, config("127.0.0.1:80", ["127.0.0.11:80", "127.0.0.12:80"], [1, 1],
+                               extra=f"check = external\ncheckcommand = {says}")).start()
+    wait_until(lambda: len(ipvs.dests("127.0.0.1:80")) == 2, what="both servers in")
+    os.rename(says, says + ".away")
+    monitor.wait_log("probes could not run: cannot run")
+    os.rename(says + ".away", says)
+    monitor.wait_log("probes run again")
+    assert len(ipvs.dests("127.0.0.1:80")) == 2
+    assert monitor.stop()[0] == 0
+    assert monitor.count("probes could not run") == 1 and monitor.count("deleted") == 0
 
 
 @pytest.mark.parametrize("code, ok, weight, reason", [

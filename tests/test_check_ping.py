@@ -266,7 +266,7 @@ def test_a_fault_of_ours_in_the_shared_socket_fails_the_wave_loudly(monkeypatch)
         raise RuntimeError("a bug in the reader")
 
     monkeypatch.setattr(m, "parse_icmp", broken)
-    with pytest.raises(RuntimeError, match="a bug in the reader"):
+    with pytest.raises(m.MonitorFault, match="a bug in the reader"):
         ping("127.0.0.1", "127.0.0.2")
 
 
