@@ -714,8 +714,8 @@ def unsafe_path(path: str) -> str:
                 continue
             why = _unsafe_entry(entry, st, trusted, last=not pending)
             current = entry
-    except OSError:
-        return ""
+    except OSError as exc:  # what cannot be checked is not trusted
+        return f"cannot check {path}: {exc.strerror or exc}"
     return why
 
 
@@ -2522,7 +2522,7 @@ class Health:
     kept: bool = False
     weight: Optional[int] = None  # the weight the monitor last set, or found as configured
     operator: Optional[int] = None  # a weight an operator set by hand: kept until they change it
-    tried: Optional[int] = None  # a weight change made but not confirmed (failed, timed out, a crash): ours if seen
+    tried: Tuple[int, ...] = ()  # weights of changes made but not confirmed (failed, timed out, a crash): ours if seen
     asked: Optional[int] = None  # the weight its last good check asked for (external, dynamic_weight)
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
@@ -2578,18 +2578,22 @@ def _change_args(vs: VirtualService, kind: str, ep: Endpoint, weight: int = 0) -
     return (kind, *vs.service_args, "-r", str(ep), vs.forward, "-w", str(weight))
 
 
-def _observe(rs: "RealServer", h: Health, stored: Optional[Destination]) -> Health:
+def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiescent: bool) -> Health:
     """Tell an operator's weight from ours, before anything is decided."""
-    tried, h = h.tried, dataclasses.replace(h, tried=None) if h.tried is not None else h
+    tried, h = h.tried, dataclasses.replace(h, tried=()) if h.tried else h
     if stored is None:
         return h
     w = stored.weight
-    if tried is not None and w == tried:  # a change of ours took effect after all
+    if w in tried:  # a change of ours took effect after all
         if w == 0 and h.up is not True:
             return dataclasses.replace(h, quiesced=True)
         return dataclasses.replace(h, quiesced=False, weight=w)
     if h.quiesced and w == 0:
         return h
+    if quiescent and w == 0 and h.up is None and h.weight is None and h.operator is None:
+        # No memory of it (a first start, a lost state file): in a quiescent service a 0 is
+        # what the monitor itself sets, and a healthy server must not stay out for want of memory.
+        return dataclasses.replace(h, quiesced=True)
     if h.quiesced or h.weight is None or w != h.weight:
         # Not what we set: put back by hand while we held it at 0, found at first sight
         # (no memory), or changed since.  The configured weight is never "the operator's".
@@ -2623,7 +2627,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         # A good check of `dynamic_weight` may ask for a weight (exit 2..255 of an external check);
         # a good one that asks for none gives the configured weight back; a failed one changes nothing.
         asked = result.weight if result.ok else old.asked
-        seen = _observe(rs, dataclasses.replace(old, asked=asked), stored)
+        seen = _observe(rs, dataclasses.replace(old, asked=asked), stored, vs.quiescent)
         if seen.operator is not None and seen.operator != old.operator:
             events.append(Event(str(rs), Seen.HAND, f"weight {seen.operator} in IPVS, "
                                                     f"{configured_weight(rs, seen)} configured"))
@@ -2656,12 +2660,12 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                 if kind == Change.REWEIGHT:
                     why = "the configured weight" if h.asked is None else f"asked by its check ({result.reason})"
                 gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), why, weight,
-                                    ep, dataclasses.replace(h, tried=weight)))
+                                    ep, dataclasses.replace(h, tried=(weight,))))
                 new[ep] = done
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:
                 action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep,
-                                dataclasses.replace(h, tried=0))
+                                dataclasses.replace(h, tried=(0,)))
                 removals.append((rs, action, dataclasses.replace(h, quiesced=True), True))
             elif not vs.quiescent:
                 action = Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), result.reason, None, ep, h)
@@ -2687,7 +2691,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         else:
             if not h.kept:
                 events.append(Event(str(rs), Seen.KEPT, h.reason))
-            new[rs.endpoint] = dataclasses.replace(action.unchanged, kept=True, tried=None)
+            new[rs.endpoint] = dataclasses.replace(action.unchanged, kept=True, tried=())
 
     # Fallback (sorry server): present exactly while no real server is up and
     # serving (weight above 0).  Added before the last real servers go;
@@ -2705,6 +2709,10 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     stays = (want and have) or any(
         table.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0
         and (serving.get(rs.endpoint, 0) > 0 or new[rs.endpoint].kept) for rs in vs.servers)
+    # A server going to weight 0 while up (its check asked for it) leaves the pool like a loss.
+    zeroed = [a for a in gains if not a.weight and table.get(vs.stored_endpoint(a.endpoint), _ABSENT).weight]
+    gains = [a for a in gains if a not in zeroed]
+    losses = [(a, True) for a in zeroed] + losses
     providers = tuple(i for i, a in enumerate(first + gains) if a.weight)
     if not stays and providers:
         losses = [(dataclasses.replace(a, needs=providers) if shrinks else a, shrinks) for a, shrinks in losses]
@@ -2733,7 +2741,7 @@ def carry_out(decision: Decision, make: Callable[[Action], bool],
             ok = False
         holds.append(ok)
         if not ok and action.endpoint is not None:
-            health[action.endpoint] = action.unchanged if made else dataclasses.replace(action.unchanged, tried=None)
+            health[action.endpoint] = action.unchanged if made else dataclasses.replace(action.unchanged, tried=())
     return health
 
 
@@ -2759,7 +2767,7 @@ def remembered(h: Health) -> Health:
 
 
 def memory_of(h: Health) -> dict:
-    return {"quiesced": h.quiesced, "weight": h.weight, "operator": h.operator, "tried": h.tried}
+    return {"quiesced": h.quiesced, "weight": h.weight, "operator": h.operator, "tried": list(h.tried)}
 
 
 INTENT = ".intent"  # beside the state file: the weights a pass is about to set, written before it sets them
@@ -2786,27 +2794,46 @@ def _weight_or_none(value) -> Optional[int]:
     return value if type(value) is int and 0 <= value <= MAX_WEIGHT else None
 
 
+def _weights(value) -> Tuple[int, ...]:
+    """A list of weights as remembered (one bare weight, as written before, too)."""
+    values = value if isinstance(value, list) else [value]
+    return tuple(w for w in map(_weight_or_none, values) if w is not None)
+
+
 def read_memory(path: str) -> Memory:
     """The memory in a state file an earlier run left (running or not), or nothing;
     with the weights of a pass cut short (a crash) between its changes and its
-    state file, from the intent file beside it."""
+    state file, from the intent file beside it, added to what the state file says.
+    A state file of version 1.0.0 (no memory yet) gives what it had: a server
+    quiesced by the monitor.  What cannot be read is skipped, entry by entry."""
     memory: Memory = {}
     snap = _trusted_json(path)
-    try:
-        for s in snap["services"] if snap else ():
-            for r in s["servers"]:
-                kept = r.get("memory")
-                if isinstance(kept, dict):
-                    memory[(str(s["protocol"]), str(s["address"]), str(r["server"]))] = remembered(Health(
-                        quiesced=kept.get("quiesced") is True, weight=_weight_or_none(kept.get("weight")),
-                        operator=_weight_or_none(kept.get("operator")), tried=_weight_or_none(kept.get("tried"))))
-        intent = _trusted_json(path + INTENT)
-        for protocol, address, server, weight in intent["tried"] if intent else ():
-            key = (str(protocol), str(address), str(server))
-            memory[key] = dataclasses.replace(memory.get(key, Health()), tried=_weight_or_none(weight))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return {}
+    services = snap.get("services") if isinstance(snap, dict) else None
+    for s in services if isinstance(services, list) else ():
+        for r in s.get("servers", ()) if isinstance(s, dict) else ():
+            if not isinstance(r, dict):
+                continue
+            kept = r.get("memory")
+            if not isinstance(kept, dict):  # 1.0.0: only "quiesced"
+                kept = {"quiesced": r.get("quiesced") is True}
+            key = (str(s.get("protocol")), str(s.get("address")), str(r.get("server")))
+            memory[key] = remembered(Health(
+                quiesced=kept.get("quiesced") is True, weight=_weight_or_none(kept.get("weight")),
+                operator=_weight_or_none(kept.get("operator")), tried=_weights(kept.get("tried"))))
+    intent = _trusted_json(path + INTENT)
+    entries = intent.get("tried") if isinstance(intent, dict) else None
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, list) and len(entry) == 4 and _weight_or_none(entry[3]) is not None:
+            key = (str(entry[0]), str(entry[1]), str(entry[2]))
+            h = memory.get(key, Health())
+            memory[key] = dataclasses.replace(h, tried=tuple(dict.fromkeys(h.tried + (entry[3],))))
     return memory
+
+
+def legacy_state_path(config_path: str) -> str:
+    """Where version 1.0.0 kept the state file of this config by default."""
+    digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
+    return os.path.join("/run", f"monitor_rs-{digest}.state.json")
 
 
 def write_intent(path: str, tried: Dict[Tuple[str, str, str], int]) -> None:
@@ -3533,9 +3560,11 @@ class Publisher:
     def __init__(self, warn):
         self.warn = warn
         self.problem = ""
+        self.state_written = False  # by the last publish: the state file holds that pass
 
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
         path = state_path  # named in the warning: not exc.filename, which is the temporary file's
+        self.state_written = False
         try:
             if state_path:
                 folder = os.path.dirname(state_path)
@@ -3543,6 +3572,7 @@ class Publisher:
                 if why:
                     raise OSError(errno.EACCES, why, state_path)
                 write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
+                self.state_written = True
             path = metrics_path
             if metrics_path:
                 write_atomically(metrics_path, metrics_text(snap))
@@ -3813,7 +3843,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             click.echo(f"monitor_rs: cannot take the lock {config.lock}: {exc.strerror or exc}", err=True)
             sys.exit(EXIT_NO_LOCK)
     monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
-    monitor.recall(read_memory(config.state_file))  # what an earlier run did: a quiesce to undo, an operator's weight
+    memory = read_memory(config.state_file)  # what an earlier run did: a quiesce to undo, an operator's weight
+    if not memory and config.state_file == default_run_path(config.path, "state.json"):
+        memory = read_memory(legacy_state_path(config.path))  # the first start after an upgrade from 1.0.0
+    monitor.recall(memory)
     monitor.write_ahead = not dry_run
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop
@@ -3826,7 +3859,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         snap = snapshot(report, monitor.config, "monitor")
         if not dry_run:
             publisher.publish(snap, monitor.config.state_file, monitor.config.prometheus_file)
-            if monitor.intent and not publisher.problem:
+            if monitor.intent and publisher.state_written:
                 forget_intent(monitor.config.state_file)  # the state file now holds what the pass did
         if live is not None:
             from rich.console import Group
@@ -3837,7 +3870,11 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         output.say(f"monitor_rs {__version__} started (PID {os.getpid()}): {len(config.services)} virtual "
                    f"service(s), {sum(len(vs.servers) for vs in config.services)} real server(s), every "
                    f"{config.interval:g} s")
-    report = monitor.run_pass()  # the first pass also tells whether ipvsadm and IPVS work here
+    try:
+        report = monitor.run_pass()  # the first pass also tells whether ipvsadm and IPVS work here
+    except Exception as exc:  # as any later pass: said, and monitoring goes on (no crash loop)
+        output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in {config.interval:g} s", "problem")
+        report = PassReport(stopped=True, failed=1)
     if report.unavailable == len(config.services) and not dry_run and not report.stopped:
         click.echo(f"monitor_rs: {report.problems[0]}", err=True)
         sys.exit(EXIT_NO_IPVS)

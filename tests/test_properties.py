@@ -156,9 +156,12 @@ def test_what_the_monitor_did_holds_through_failed_changes_restarts_and_operator
                 # The weight of a change the monitor made but could not confirm (ipvsadm failed or
                 # timed out, or it died first), set by hand before it looks again, cannot be told
                 # from that change having held: it is taken as the monitor's.
-                tried = health.get(rs.endpoint, m.Health()).tried
-                if tried == weight:
-                    intent.pop(rs.endpoint, None)
+                # And in a quiescent service, a 0 the monitor finds with no memory of the server
+                # (before its first look) is taken as its own quiesce.
+                h = health.get(rs.endpoint, m.Health())
+                first_sight = h.up is None and h.weight is None and h.operator is None
+                if weight in h.tried or (vs.quiescent and weight == 0 and first_sight):
+                    pass  # the operator's earlier weight, if any, still stands
                 else:
                     intent[rs.endpoint] = weight
         before = pool(table)
