@@ -1378,8 +1378,8 @@ class Wave:
             starting = method == getattr(check, "start", None)
             if starting and (not isinstance(exc, OSError) or exc.errno in OUR_ERRNOS):
                 # Before any server said anything: the monitor's own trouble, not a failed server.
-                raise MonitorFault(f"{check.KIND} probe of {check.target.ip}: "
-                                   f"{exc.strerror if isinstance(exc, OSError) else exc or type(exc).__name__}")
+                why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
+                raise MonitorFault(f"{check.KIND} probe of {check.target.ip}: {why}")
             check.verdict = check.failed(exc)  # whatever a server manages to provoke, it is a failed probe
 
     def run(self, targets: Sequence["ProbeTarget"], stop) -> Optional[List[ProbeResult]]:

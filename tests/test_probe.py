@@ -385,3 +385,19 @@ def test_real_nginx(nginx):
     assert run(target(port, receive="ubuntu"), timeout=2).reason == "receive text not found"
     assert run(target(port, request="/fail"), timeout=2).reason == "HTTP 503"
     assert run(target(port, request="/fail", expect=((503, 503),), receive="maintenance"), timeout=2).ok
+
+
+@pytest.mark.parametrize("error", [__import__("errno").EMFILE, __import__("errno").ENOBUFS])
+def test_the_monitor_out_of_descriptors_is_its_own_fault_not_the_servers(monkeypatch, error):
+    """A socket the monitor cannot open fails no server: the wave ends with a MonitorFault
+    (the pass then changes nothing), where it used to fail every probe alike."""
+    import socket
+
+    def no_socket(*args, **kwargs):
+        raise OSError(error, "no socket for you")
+
+    targets = [target(free_port()), target(free_port())]
+    monkeypatch.setattr(socket, "socket", no_socket)
+    with pytest.raises(m.MonitorFault, match="http probe of 127.0.0.1: no socket for you"):
+        m.probe_all(targets, 0.5)
+
