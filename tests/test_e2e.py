@@ -205,11 +205,17 @@ def test_quiescent_leaves_a_weight_an_operator_set_alone(ipvs, run, backends):
     monitor.stop()
 
 
-def test_fallback_present_exactly_while_no_real_server_is_up(ipvs, run, backends):
+def one_server_and_a_fallback(ipvs, run, backends, weight):
+    """The service VIP with one real server a (rw `weight`) and a sorry server: (monitor, a, sorry)."""
     ipvs.service(VIP)
     a = backends(ip="127.0.0.11")
     sorry = backends(ip="127.0.0.99")
-    monitor = run(ipvs, config(VIP, [a.address], [3], extra=f"fallback = {sorry.address}")).start()
+    monitor = run(ipvs, config(VIP, [a.address], [weight], extra=f"fallback = {sorry.address}")).start()
+    return monitor, a, sorry
+
+
+def test_fallback_present_exactly_while_no_real_server_is_up(ipvs, run, backends):
+    monitor, a, sorry = one_server_and_a_fallback(ipvs, run, backends, 3)
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a in, no fallback")
     a.stop()
     wait_until(lambda: ipvs.dests(VIP) == {sorry.address: ("Masq", 1)}, what="fallback in, a out")
@@ -281,8 +287,8 @@ def test_tcp_check(ipvs, run, backends):
 # Trust (issue 11): what the monitor did survives a restart and is re-done until it
 # holds; an operator's weight is told from the monitor's; a changed rw reaches the table.
 
-def test_quiesced_server_restored_after_a_restart_of_the_monitor(ipvs, run, backends):
-    """Before: a restarted monitor took the 0 it had set for an operator's, and never restored it."""
+def quiesced_then_stopped(ipvs, run, backends):
+    """a (4) and b (2) in a quiescent service; a fails and is quiesced; the monitor stopped: (monitor, a, b)."""
     ipvs.service(VIP)
     a, b, _ = three(backends)
     monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
@@ -291,6 +297,12 @@ def test_quiesced_server_restored_after_a_restart_of_the_monitor(ipvs, run, back
     wait_until(lambda: (monitor.server_state(a.address) or {}).get("quiesced"), what="a quiesced in the state file")
     assert ipvs.dests(VIP)[a.address] == ("Masq", 0)
     assert monitor.stop()[0] == 0
+    return monitor, a, b
+
+
+def test_quiesced_server_restored_after_a_restart_of_the_monitor(ipvs, run, backends):
+    """Before: a restarted monitor took the 0 it had set for an operator's, and never restored it."""
+    monitor, a, b = quiesced_then_stopped(ipvs, run, backends)
     a.start()
     monitor.start()  # the same config, lock and state file
     wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 4), what="a restored to weight 4")
@@ -302,13 +314,7 @@ def test_quiesced_server_restored_after_a_restart_of_the_monitor(ipvs, run, back
 
 def test_status_is_not_in_place_while_a_quiesced_server_is_up_at_weight_0(ipvs, run, backends):
     """Before: --status said "up" and exit 0 for a server up but still at the 0 the monitor set."""
-    ipvs.service(VIP)
-    a, b, _ = three(backends)
-    monitor = run(ipvs, config(VIP, [a.address, b.address], [4, 2], extra="quiescent = yes")).start()
-    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4), b.address: ("Masq", 2)}, what="both in")
-    a.stop()
-    wait_until(lambda: (monitor.server_state(a.address) or {}).get("quiesced"), what="a quiesced in the state file")
-    assert monitor.stop()[0] == 0
+    monitor, a, b = quiesced_then_stopped(ipvs, run, backends)
     a.start()  # up again, but nobody runs to restore it
     code, snap = monitor.status()
     assert snap["source"] == "probe"
@@ -328,10 +334,7 @@ def test_status_is_not_in_place_while_a_quiesced_server_is_up_at_weight_0(ipvs, 
 
 def test_fallback_in_while_the_only_server_up_has_weight_0(ipvs, run, backends):
     """rw = 0: nobody serves; before, the fallback stayed out because the server was "up"."""
-    ipvs.service(VIP)
-    a = backends(ip="127.0.0.11")
-    sorry = backends(ip="127.0.0.99")
-    monitor = run(ipvs, config(VIP, [a.address], [0], extra=f"fallback = {sorry.address}")).start()
+    monitor, a, sorry = one_server_and_a_fallback(ipvs, run, backends, 0)
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 0), sorry.address: ("Masq", 1)},
                what="a at weight 0 and the fallback in")
     monitor.wait_log(f"{sorry.address} fallback added to {VIP} (web): no real server is up")
@@ -340,10 +343,7 @@ def test_fallback_in_while_the_only_server_up_has_weight_0(ipvs, run, backends):
 
 
 def test_fallback_in_while_an_operator_drains_the_only_server(ipvs, run, backends):
-    ipvs.service(VIP)
-    a = backends(ip="127.0.0.11")
-    sorry = backends(ip="127.0.0.99")
-    monitor = run(ipvs, config(VIP, [a.address], [3], extra=f"fallback = {sorry.address}")).start()
+    monitor, a, sorry = one_server_and_a_fallback(ipvs, run, backends, 3)
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a in, no fallback")
     ipvs.run("-e", "-t", VIP, "-r", a.address, "-m", "-w", "0")  # a drain by hand
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 0), sorry.address: ("Masq", 1)},
