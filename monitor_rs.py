@@ -761,10 +761,15 @@ def run_dirs() -> List[str]:
     return [RUN_DIR] if os.geteuid() == 0 else [RUN_DIR, private_run_dir()]
 
 
+def config_digest(config_path: str) -> str:
+    """What names a config's default lock and state file: its real path, hashed."""
+    return hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
+
+
 def default_run_path(config_path: str, suffix: str) -> str:
     """One lock and one state file per config, in RUN_DIR; a non-root monitor that
     cannot write there uses its own private folder."""
-    digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
+    digest = config_digest(config_path)
     folder = RUN_DIR
     if os.geteuid() != 0 and not os.access(RUN_DIR, os.W_OK):
         folder = private_run_dir()
@@ -1020,6 +1025,15 @@ TIMED_OUT = -3  # ... of a call killed at its timeout: a passing fault, not a mi
 KILL_GRACE = 1.0  # seconds a killed ipvsadm's pipes may take to close before they are given up
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a child started in a session of its own, and all it started: while the child
+    is not reaped, its PID is still its group's number (no other process can have it)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 SBIN_DIRS = ("/usr/sbin", "/sbin")  # where Debian puts ipvsadm; cron's PATH (/usr/bin:/bin) lacks them
 
 
@@ -1079,10 +1093,7 @@ class Ipvsadm:
             exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
             exited = True
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(proc)
         why = f"{command}: " + (f"its output was still open after {self.timeout:g} s" if exited
                                  else f"no answer within {self.timeout:g} s")
         try:
@@ -1391,8 +1402,8 @@ class Wave:
         in_flight: Dict[type, int] = collections.Counter()
         clock, timeout = self.clock, self.timeout
 
-        def finish(check: Check) -> None:
-            check.latency = time.monotonic() - started
+        def finish(check: Check, latency: Optional[float] = None) -> None:
+            check.latency = time.monotonic() - started if latency is None else latency
             check.close()
             running.pop(check, None)
             in_flight[type(check)] -= 1
@@ -1433,10 +1444,7 @@ class Wave:
                         for check in list(running):
                             if check.began + timeout - clock.watched > 0:
                                 break
-                            check.latency = timeout
-                            check.close()
-                            running.pop(check)
-                            in_flight[type(check)] -= 1
+                            finish(check, timeout)
                         grace = GRACE_STEPS
                         launch()
                         continue
@@ -2067,15 +2075,9 @@ class ExternalCheck(Check):
                 return None
             time.sleep(pause)
             pause = min(pause * 2, 0.005)
-        self._kill_group()
+        kill_group(self.proc)
         code = self.proc.wait()  # a zombie: no wait
         return _exit_verdict(code, self.out, self.target.dynamic_weight)
-
-    def _kill_group(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def _close_pipe(self) -> None:
         if self.pipe >= 0:
@@ -2093,7 +2095,7 @@ class ExternalCheck(Check):
             self.pidfd = -1
         proc = self.proc
         if proc is not None and proc.returncode is None:  # a timeout or a stop: it and all it started
-            self._kill_group()
+            kill_group(proc)
             if proc.poll() is None:
                 ExternalCheck.dying.append(proc)
         self.reap()
@@ -2773,16 +2775,32 @@ def memory_of(h: Health) -> dict:
 INTENT = ".intent"  # beside the state file: the weights a pass is about to set, written before it sets them
 
 
+def open_regular(path: str, flags: int, mode: int) -> int:
+    """os.open of a file root writes or trusts: never through a symlink (someone else's link
+    would have root write, or believe, where it points), and only a regular file (a FIFO would
+    hang us)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symlink, not followed", path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
+
+
 def _trusted_json(path: str):
     """The JSON in `path` if it is a regular file (no symlink followed) of root or ours that
     nobody else may write (it decides weights in the kernel's table), else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_regular(path, os.O_RDONLY, 0)
     except (OSError, ValueError):
         return None
     with os.fdopen(fd, encoding="utf-8") as handle:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
             return None
         try:
             return json.load(handle)
@@ -2832,8 +2850,7 @@ def read_memory(path: str) -> Memory:
 
 def legacy_state_path(config_path: str) -> str:
     """Where version 1.0.0 kept the state file of this config by default."""
-    digest = hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
-    return os.path.join("/run", f"monitor_rs-{digest}.state.json")
+    return os.path.join("/run", f"monitor_rs-{config_digest(config_path)}.state.json")
 
 
 def write_intent(path: str, tried: Dict[Tuple[str, str, str], int]) -> None:
@@ -2862,21 +2879,6 @@ def forget_intent(path: str) -> None:
 
 def timestamp(when: Optional[float] = None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-
-
-def open_regular(path: str, flags: int, mode: int) -> int:
-    """os.open for writing as root: never through a symlink (someone else's link would
-    have root write where it points), and only a regular file (a FIFO would hang us)."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "is a symlink, not followed", path) from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", path)
-    return fd
 
 
 def _to_devnull(fd: int) -> None:
@@ -3082,10 +3084,7 @@ class Hooks:
         for proc, deadline, server in self.running:
             code = proc.poll()
             if code is None and time.monotonic() > deadline:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: whatever it started goes too
-                except ProcessLookupError:
-                    pass
+                kill_group(proc)  # its own session: whatever it started goes too
                 try:
                     proc.wait(timeout=KILL_GRACE)
                 except subprocess.TimeoutExpired:
