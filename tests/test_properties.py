@@ -186,3 +186,64 @@ def test_what_the_monitor_did_holds_through_failed_changes_restarts_and_operator
         if vs.fallback is not None:
             serving = any(health[rs.endpoint].up and intent.get(rs.endpoint, rs.weight) > 0 for rs in vs.servers)
             assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)
+
+
+# Issue 12: a check may ask for a weight (check = external with dynamic_weight:
+# exit 2..255 is healthy at weight exit - 2), with changes that fail and restarts.
+
+asking = st.fixed_dictionaries({
+    "verdicts": st.lists(st.sampled_from(["bad", "ok", "ask 0", "ask 2", "ask 5"]), min_size=4, max_size=4),
+    "failures": st.lists(st.booleans(), max_size=8),
+    "restart": st.booleans(),
+})
+
+
+def asked_result(verdict):
+    if verdict == "bad":
+        return BAD
+    if verdict == "ok":
+        return OK
+    return m.ProbeResult(True, f"exit {int(verdict[4:]) + 2}", 0.0, weight=int(verdict[4:]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(vs=st.builds(make_service, n=st.integers(1, 4), fall=st.integers(1, 2), rise=st.integers(1, 2),
+                    quiescent=st.booleans(), fallback=st.booleans(), threshold=st.just(0.0),
+                    forward=st.sampled_from(["-g", "-m"])),
+       passes=st.lists(asking, min_size=1, max_size=10))
+def test_a_weight_a_check_asks_for_is_the_servers_and_the_pool_never_empties(vs, passes):
+    table, health = {}, {}
+    asked = {}  # what the last good check of each server asked for (None: the configured weight)
+    for step in passes:
+        if step["restart"]:
+            health = {ep: m.remembered(h) for ep, h in health.items()}
+        verdicts = step["verdicts"][:len(vs.servers)]
+        results = {rs.endpoint: asked_result(v) for rs, v in zip(vs.servers, verdicts)}
+        for rs in vs.servers:
+            if results[rs.endpoint].ok:
+                asked[rs.endpoint] = results[rs.endpoint].weight
+        before = pool(table)
+        decision = m.decide(vs, results, table, health)
+        outcome, made = iter(step["failures"]), []
+
+        def make(action):
+            ok = not next(outcome, False)
+            if ok:
+                made.append(action)
+            return ok
+
+        health = m.carry_out(decision, make)
+        table = apply(vs, table, made)
+        if vs.fallback is not None and before:
+            assert pool(table), "the pool was emptied although a fallback is configured"
+        if any(step["failures"][:len(decision.actions)]):
+            continue
+        for rs in vs.servers:
+            h, d = health[rs.endpoint], table.get(vs.stored_endpoint(rs.endpoint))
+            assert h.operator is None, (rs, h)  # no operator here: a weight asked for is never "by hand"
+            if h.up and results[rs.endpoint].ok:
+                want = rs.weight if asked[rs.endpoint] is None else asked[rs.endpoint]
+                assert d is not None and d.weight == want, (rs, h, d, want)
+        if vs.fallback is not None:
+            serving = any(d.weight > 0 for ep, d in table.items() if ep != vs.stored_endpoint(vs.fallback))
+            assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)
