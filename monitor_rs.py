@@ -132,6 +132,8 @@ class RealServer:
     port: int  # the real port: its own ``:port`` in rs, else rport
     weight: int
     index: int
+    request: Optional[str] = None  # its own request and receive (ldirectord's real=... "request", "receive"):
+    receive: Optional[str] = None  # None: the virtual service's
 
     @functools.cached_property  # frozen: built once, though asked for many times a pass
     def endpoint(self) -> Endpoint:
@@ -170,6 +172,20 @@ class VirtualService:
     on_change: Tuple[str, ...] = ()
     checkcommand: Tuple[str, ...] = ()  # check = external: the program and its own words
     dynamic_weight: bool = False  # check = external: its exit code may set the weight
+    receive_regex: bool = False  # receive is a regular expression (ldirectord.cf's), not plain text
+    httpmethod: str = "GET"  # GET | HEAD (check = http|https)
+    timeout: Optional[float] = None  # this service's probe deadline; None: the config's
+    interval: Optional[float] = None  # seconds between its checks; None: the config's
+    # The virtual service itself, created (and corrected) by the monitor when `scheduler` is set;
+    # "" (monitorRS.conf without scheduler): it must exist, as in the original.
+    scheduler: str = ""
+    persistent: Optional[int] = None  # seconds (ipvsadm -p), None: not persistent
+    netmask: str = ""  # persistence granularity (ipvsadm -M), "" for the kernel's default
+    ops: bool = False  # one-packet scheduling (ipvsadm -o, UDP)
+    fallbackcommand: Tuple[str, ...] = ()  # run with start|stop VIP:PORT when the pool empties / fills
+    emailalert: Tuple[str, ...] = ()  # addresses mailed on each state change of a real server
+    emailalertfreq: float = 0.0  # seconds between repeated mails while a server stays down; 0: never
+    emailalertstatus: Tuple[str, ...] = ("all",)  # ldirectord's: all|none|starting|running|stopping|reloading
 
     @functools.cached_property
     def family(self) -> int:
@@ -206,6 +222,13 @@ class VirtualService:
         return f"{self.address} ({self.name})"
 
 
+class ConfigFormat(str, enum.Enum):
+    """The two front ends of one Config, told apart by content (detect_format)."""
+
+    MONITOR_RS = "monitorRS.conf"
+    LDIRECTORD = "ldirectord.cf"
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -218,6 +241,14 @@ class Config:
     state_file: str = ""  # rewritten every pass, read by --status
     prometheus_file: str = ""  # node_exporter textfile, "" for none
     services: Tuple[VirtualService, ...] = ()
+    format: ConfigFormat = ConfigFormat.MONITOR_RS
+    syslog: str = ""  # a syslog facility (local0, daemon, ...): log lines go to syslog too ("" none)
+    autoreload: bool = False  # re-read the config when its content changes
+    callback: Tuple[str, ...] = ()  # run with the config's path when autoreload finds it changed
+    cleanstop: bool = False  # at stop, remove the virtual services the monitor manages (ldirectord's default)
+    maintenancedir: str = ""  # a file named IP or IP:PORT here holds that real server out
+    smtp: str = ""  # the mail relay, host[:port], for emailalert ("" : localhost:25)
+    emailalertfrom: str = ""  # the From of alert mails ("": root@ this host's name)
 
 
 class _Section:
