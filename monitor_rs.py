@@ -100,6 +100,8 @@ class CheckKind(str, enum.Enum):
     PING = "ping"  # ICMP echo
     DNS = "dns"  # a query over UDP
     EXTERNAL = "external"  # a program: checkcommand
+    ON = "on"  # no check: always up (ldirectord's checktype=on)
+    OFF = "off"  # no check: always down (ldirectord's checktype=off)
 
 
 CHECKS = tuple(kind.value for kind in CheckKind)
@@ -601,7 +603,7 @@ def _not_yet(kind: str):
 
 CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind.TCP: _tcp_keys,
               CheckKind.PING: _ping_keys, CheckKind.DNS: _dns_keys,
-              CheckKind.EXTERNAL: _external_keys}
+              CheckKind.EXTERNAL: _external_keys, CheckKind.ON: _not_yet("on"), CheckKind.OFF: _not_yet("off")}
 
 
 def _load_service(path: str, sec: _Section, name: str, own: _Section) -> VirtualService:
