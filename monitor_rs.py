@@ -109,13 +109,24 @@ UDP_CHECKS = (CheckKind.DNS, CheckKind.PING, CheckKind.EXTERNAL)  # what can che
 MAX_WEIGHT = 2147483647
 
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
-                "prometheus_file"}
+                "prometheus_file", "autoreload", "callback", "cleanstop", "maintenancedir", "syslog", "smtp",
+                "emailalertfrom"}
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
     "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
     "checkcommand", "dynamic_weight",
+    "scheduler", "persistent", "netmask", "ops", "httpmethod", "receive_regex", "fallbackcommand",
+    "emailalert", "emailalertfreq", "emailalertstatus",
 }
+# A [virtual]'s own timeout and interval: in [monitor] these two are the loop's (and so every service's
+# unless it says its own), never merged into a service as a default of its own.
+SERVICE_OWN_KEYS = {"timeout", "interval"}
+PER_REAL = re.compile(r"(request|receive)@(\S+)")  # request@RIP:PORT = ...: one real server's own (as in rs)
+SYSLOG_FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "kern", "local0", "local1", "local2", "local3",
+                     "local4", "local5", "local6", "local7", "lpr", "mail", "news", "syslog", "user", "uucp")
+EMAIL_STATUSES = ("all", "none", "starting", "running", "stopping", "reloading")  # ldirectord's emailalertstatus
+MAX_PERSISTENT = 2678400  # ipvsadm -p: 31 days at most
 
 
 def stored_endpoint(protocol: str, forward: str, vport: int, ep: Endpoint) -> Endpoint:
@@ -595,15 +606,157 @@ def _ping_keys(sec: _Section) -> dict:
     return dict(request="", receive="")
 
 
-def _not_yet(kind: str):
-    def keys(sec: _Section) -> dict:
-        raise sec.fail("check", f"check = {kind} is not available in this version")
-    return keys
+def _no_check_keys(sec: _Section) -> dict:
+    """check = on | off (ldirectord's checktype=on/off): no traffic, so no request and no receive."""
+    return dict(request="", receive="")
 
 
 CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind.TCP: _tcp_keys,
               CheckKind.PING: _ping_keys, CheckKind.DNS: _dns_keys,
-              CheckKind.EXTERNAL: _external_keys, CheckKind.ON: _not_yet("on"), CheckKind.OFF: _not_yet("off")}
+              CheckKind.EXTERNAL: _external_keys, CheckKind.ON: _no_check_keys, CheckKind.OFF: _no_check_keys}
+PER_REAL_CHECKS = (CheckKind.HTTP, CheckKind.HTTPS, CheckKind.TCP, CheckKind.DNS)  # what sends a request
+
+
+def _command(sec: _Section, key: str) -> Tuple[str, ...]:
+    """A program and its words (on_change, fallbackcommand, callback), split as a shell would but
+    run without one; as root the program must be safe to run (unsafe_program)."""
+    try:
+        words = tuple(shlex.split(sec.text(key)))
+    except ValueError as exc:
+        raise sec.fail(key, f"cannot split into a command: {exc}") from None
+    if any(CONTROL.search(word) for word in words):
+        raise sec.fail(key, "control character (NUL, escape, ...) in the command")
+    if words:
+        why = unsafe_program(words[0])
+        if why:
+            raise sec.fail(key, why)
+    return words
+
+
+def _regex(sec: _Section, key: str, text: str) -> None:
+    """A receive read as a regular expression: compiled once here, so a bad one fails at start."""
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise sec.fail(key, f"not a regular expression Python reads: {exc}") from None
+
+
+def parse_email_status(text: str) -> Tuple[str, ...]:
+    """ldirectord's emailalertstatus: comma separated all|none|starting|running|stopping|reloading,
+    none alone; as one canonical tuple (("all",), ("none",) or the words in EMAIL_STATUSES order).
+    ValueError says which word is wrong."""
+    words = [word for word in re.split(r"\s*,\s*|\s+", text.strip()) if word]
+    for word in words:
+        if word not in EMAIL_STATUSES:
+            raise ValueError(f"{word!r} is not one of " + ", ".join(EMAIL_STATUSES))
+    if "none" in words:
+        if len(set(words)) > 1:
+            raise ValueError("none goes alone")
+        return ("none",)
+    if "all" in words or set(words) >= set(EMAIL_STATUSES[2:]):
+        return ("all",)
+    return tuple(word for word in EMAIL_STATUSES if word in words)
+
+
+def _service_extras(sec: _Section, protocol: str, family: int, check: CheckKind, settings: dict) -> dict:
+    """The keys issue 13 added to a virtual service: the service itself (scheduler, persistence,
+    one-packet scheduling), HEAD and regex receive, its own timeout and interval, fallbackcommand
+    and mail alerts."""
+    receive_regex = sec.boolean("receive_regex", False)
+    if receive_regex and settings.get("receive"):
+        _regex(sec, "receive", settings["receive"])
+    httpmethod = sec.choice("httpmethod", "GET", {"get": "GET", "head": "HEAD"})
+    if httpmethod == "HEAD" and check in (CheckKind.HTTP, CheckKind.HTTPS) and settings.get("receive"):
+        raise sec.fail("httpmethod", "HEAD gets no body: receive could never match (use GET, or no receive)")
+    scheduler = sec.text("scheduler")
+    if scheduler and not re.fullmatch(r"[a-z]+", scheduler):
+        raise sec.fail("scheduler", "an IPVS scheduler name is lowercase letters: rr, wrr, lc, wlc, sh, ...")
+    persistent = sec.integer("persistent", 0, 1, MAX_PERSISTENT) if sec.has("persistent") else None
+    netmask = sec.text("netmask")
+    for key in ("persistent", "netmask", "ops"):
+        if sec.has(key) and not scheduler:
+            raise sec.fail(key, "goes with scheduler: the monitor sets it when it creates or corrects "
+                                "the virtual service, which it does only when scheduler is set")
+    if netmask:
+        if persistent is None:
+            raise sec.fail("netmask", "the granularity of persistence: it goes with persistent")
+        if family == 6 and not (re.fullmatch(r"[0-9]{1,3}", netmask) and 1 <= int(netmask) <= 128):
+            raise sec.fail("netmask", "an IPv6 service takes a prefix length, 1 to 128")
+        if family == 4:
+            try:
+                ipaddress.IPv4Network(f"0.0.0.0/{netmask}")
+                if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", netmask):
+                    raise ValueError(netmask)
+            except ValueError:
+                raise sec.fail("netmask", "an IPv4 service takes a netmask, e.g. 255.255.255.0") from None
+    ops = sec.boolean("ops", False)
+    if ops and protocol != "udp":
+        raise sec.fail("ops", "one-packet scheduling is for UDP services only")
+    emailalert = tuple(word for word in re.split(r"[,\s]+", sec.text("emailalert")) if word)
+    if any(CONTROL.search(word) for word in emailalert):
+        raise sec.fail("emailalert", "control character in an address")
+    try:
+        status = parse_email_status(sec.text("emailalertstatus", "all"))
+    except ValueError as exc:
+        raise sec.fail("emailalertstatus", str(exc)) from None
+    return dict(
+        receive_regex=receive_regex,
+        httpmethod=httpmethod,
+        timeout=sec.number("timeout", 0.0, 0.01, 3600.0) if sec.has("timeout") else None,
+        interval=sec.number("interval", 0.0, 0.1, 86400.0) if sec.has("interval") else None,
+        scheduler=scheduler,
+        persistent=persistent,
+        netmask=netmask,
+        ops=ops,
+        fallbackcommand=_command(sec, "fallbackcommand"),
+        emailalert=emailalert,
+        emailalertfreq=sec.number("emailalertfreq", 0.0, 0.0, 31536000.0),
+        emailalertstatus=status,
+    )
+
+
+def _per_real(sec: _Section, check: CheckKind, servers: list, written: list) -> list:
+    """request@RIP:PORT / receive@RIP:PORT: one real server's own request and receive (the server as
+    written in rs), checked as the service's own would be (CHECK_KEYS of its kind)."""
+    keys = [key for key in sec.values if PER_REAL.fullmatch(key)]
+    if not keys:
+        return servers
+    by_name = {text.lower(): i for i, text in enumerate(written)}
+    own: Dict[int, dict] = {}
+    for key in keys:
+        what, name = PER_REAL.fullmatch(key).groups()
+        if name.lower() not in by_name:
+            raise sec.fail(key, "names no real server of this virtual service (write it as in rs)")
+        if check not in PER_REAL_CHECKS:
+            raise sec.fail(key, f"check = {check.value} sends no request and reads no answer")
+        own.setdefault(by_name[name.lower()], {})[what] = key
+    servers = list(servers)
+    for index, keys_of in sorted(own.items()):
+        values = dict(sec.values)
+        for what, key in keys_of.items():
+            values[what] = sec.values[key]
+        mine = copy_section(sec, values, {what: key for what, key in keys_of.items()})
+        settings = CHECK_KEYS[check](mine)
+        if sec.boolean("receive_regex", False) and "receive" in keys_of and settings["receive"]:
+            _regex(mine, "receive", settings["receive"])
+        servers[index] = dataclasses.replace(servers[index], **{what: settings[what] for what in keys_of})
+    return servers
+
+
+def copy_section(sec: _Section, values: Mapping[str, str], renamed: Mapping[str, str]) -> _Section:
+    """`sec` with other values, whose faults are named as the keys in `renamed` (request -> request@...)."""
+    other = _Section.__new__(type(sec))
+    other.__dict__.update(sec.__dict__)
+    other.values = dict(values)
+    other.own = dict(values)
+    parent = sec.fail
+
+    def fail(key: str, reason: str) -> ConfigError:
+        if key in renamed:
+            return parent(renamed[key], reason)
+        return parent(key, reason)
+    other.fail = fail
+    return other
 
 
 def _load_service(path: str, sec: _Section, name: str, own: _Section) -> VirtualService:
@@ -673,16 +826,11 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         raise sec.fail("check", "a UDP virtual service needs its own check (a TCP check would probe "
                                 "another service): check = " + ", ".join(k.value for k in UDP_CHECKS))
     settings = CHECK_KEYS[check](sec)
-    try:
-        on_change = tuple(shlex.split(sec.text("on_change")))
-    except ValueError as exc:
-        raise sec.fail("on_change", f"cannot split into a command: {exc}") from None
-    if any(CONTROL.search(word) for word in on_change):
-        raise sec.fail("on_change", "control character (NUL, escape, ...) in the command")
-    if on_change:
-        why = unsafe_program(on_change[0])
-        if why:
-            raise sec.fail("on_change", why)
+    on_change = _command(sec, "on_change")
+    family = vip.version if vip is not None else (
+        6 if all(ip.version == 6 for ip in [rs.ip for rs in servers] + ([fallback.ip] if fallback else [])) else 4)
+    extras = _service_extras(sec, protocol, family, check, settings)
+    servers = _per_real(sec, check, servers, addresses)
     return VirtualService(
         name=name,
         protocol=protocol,
@@ -700,6 +848,7 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         fallback=fallback,
         depool_threshold=sec.number("depool_threshold", 0.0, 0.0, 1.0),
         on_change=on_change,
+        **extras,
     )
 
 
@@ -867,9 +1016,61 @@ def _unknown_key(sec: _Section, key: str, known) -> ConfigError:
     return sec.fail(key, "unknown key")
 
 
+def read_config_text(path: str) -> str:
+    """The whole config file, read once.  As root, only a file no one else can change (unsafe_path),
+    checked once open: what is checked is what is read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if os.geteuid() == 0:
+                why = unsafe_path(path)
+                st, held = os.stat(path), os.fstat(handle.fileno())
+                if not why and (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+                    why = "it changed while it was opened"
+                if why:
+                    raise ConfigError(f"{path}: not read as root, others can change it: {why}")
+            return handle.read()
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+
+
+def detect_format(text: str) -> ConfigFormat:
+    """Which front end reads this text: a section header ``[...]`` as the first meaningful line is
+    monitorRS.conf; an ldirectord directive at column 0 (``key=value``, ``virtual=...``, a bare
+    ``supervised``) is ldirectord.cf.  Anything else is left to monitorRS.conf's reader, whose error
+    says what is wrong."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if re.match(r"[A-Za-z][A-Za-z0-9_]*\s*=", line) or re.fullmatch(r"supervised\s*", line):
+            return ConfigFormat.LDIRECTORD
+        return ConfigFormat.MONITOR_RS
+    return ConfigFormat.MONITOR_RS
+
+
 def load_config(path: str) -> Config:
-    """Read and check a whole config; raise ConfigError with one line on any fault."""
-    parser = configparser.ConfigParser(
+    """Read and check a whole config, monitorRS.conf or ldirectord.cf (told apart by its content);
+    raise ConfigError with one line on any fault."""
+    text = read_config_text(path)
+    if detect_format(text) == ConfigFormat.LDIRECTORD:
+        return load_ldirectord(path, text)
+    return load_ini(path, text)
+
+
+class _IniParser(configparser.ConfigParser):
+    """monitorRS.conf's parser: `=` or `:` between key and value, but a per-real key
+    (``request@10.0.0.1:80 = ...``) keeps its colon: only `=` ends it."""
+
+    OPTCRE = re.compile(r"(?P<option>re(?:quest|ceive)@[^\s=]+(?=\s*=)|.*?)\s*(?P<vi>=|:)\s*(?P<value>.*)$")
+
+
+def load_ini(path: str, text: str) -> Config:
+    """monitorRS.conf: [monitor] and [virtual NAME] sections."""
+    parser = _IniParser(
         interpolation=None,
         inline_comment_prefixes=(";", "#"),
         default_section="\0none",  # no magic [DEFAULT]: defaults live in [monitor]
@@ -877,21 +1078,7 @@ def load_config(path: str) -> Config:
     )
     parser.optionxform = str.lower
     try:
-        with open(path, encoding="utf-8") as handle:
-            if os.geteuid() == 0:  # checked once open: what is checked is what is read
-                why = unsafe_path(path)
-                st, held = os.stat(path), os.fstat(handle.fileno())
-                if not why and (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
-                    why = "it changed while it was opened"
-                if why:
-                    raise ConfigError(f"{path}: not read as root, others can change it: {why}")
-            parser.read_file(handle)
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        parser.read_string(text, source=path)
     except configparser.Error as exc:
         raise ConfigError(f"{path}: " + " ".join(str(exc).split())) from None
 
@@ -917,6 +1104,7 @@ def load_config(path: str) -> Config:
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        **_monitor_extras(top),
     )
 
     services, seen = [], {}
@@ -926,8 +1114,8 @@ def load_config(path: str) -> Config:
         match = re.fullmatch(r"virtual\s+(\S.*)", name)
         own = dict(parser[name])
         for key in own:
-            if key not in SERVICE_KEYS:
-                raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS)
+            if key not in SERVICE_KEYS | SERVICE_OWN_KEYS and not PER_REAL.fullmatch(key):
+                raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS | SERVICE_OWN_KEYS)
         merged = {k: v for k, v in top.values.items() if k in SERVICE_KEYS}
         merged.update(own)
         vs = _load_service(path, _Section(path, name, merged, own, top.values), match.group(1).strip(),
@@ -939,6 +1127,31 @@ def load_config(path: str) -> Config:
     if not services:
         raise ConfigError(f"{path}: no [virtual NAME] section: nothing to monitor")
     return Config(path=path, services=tuple(services), **settings)
+
+
+def _monitor_extras(top: _Section) -> dict:
+    """[monitor]'s keys of issue 13: syslog, autoreload (+ callback), cleanstop (no: leave the
+    table as it is, monitorRS.conf's default), maintenancedir, and the mail relay and sender."""
+    maintenancedir = top.text("maintenancedir")
+    if maintenancedir and (not maintenancedir.startswith("/") or CONTROL.search(maintenancedir)):
+        raise top.fail("maintenancedir", "must be an absolute path to a folder")
+    smtp = top.text("smtp")
+    if smtp and not re.fullmatch(r"(?:[0-9A-Za-z._+-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", smtp):
+        raise top.fail("smtp", "must be host or host:port (an IPv6 address in brackets)")
+    if smtp and ":" in smtp.rsplit("]", 1)[-1] and not 1 <= int(smtp.rsplit(":", 1)[1]) <= 65535:
+        raise top.fail("smtp", "port out of range 1-65535")
+    sender = top.text("emailalertfrom")
+    if CONTROL.search(sender):
+        raise top.fail("emailalertfrom", "control character in the address")
+    return dict(
+        syslog=top.choice("syslog", "", {name: name for name in SYSLOG_FACILITIES}),
+        autoreload=top.boolean("autoreload", False),
+        callback=_command(top, "callback"),
+        cleanstop=top.boolean("cleanstop", False),
+        maintenancedir=maintenancedir,
+        smtp=smtp,
+        emailalertfrom=sender,
+    )
 
 
 ###############################################################################
