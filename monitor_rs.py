@@ -1154,6 +1154,874 @@ def _monitor_extras(top: _Section) -> dict:
     )
 
 
+# ldirectord.cf, read as ldirectord 4.12's own parser reads it (read_config, add_real_server,
+# parse_fallback, ld_setup; /usr/sbin/ldirectord): globals at column 0, the lines of a virtual=
+# block indented (a tab or 4+ spaces), `#` ends a block line (even inside quotes), a line of
+# comment only is skipped anywhere, the first other unindented line ends the block.  Defaults
+# are its code's where its man page differs (said at each).  What monitor_rs cannot do as
+# ldirectord does is refused at start in one line: file:line: directive: why, and what to write.
+
+LD_SERVICES = ("dns", "ftp", "http", "https", "http_proxy", "imap", "imaps", "ldap", "ldaps", "mysql", "nntp",
+               "none", "oracle", "pgsql", "pop", "pops", "radius", "simpletcp", "sip", "smtp", "submission")
+LD_PORT_SERVICE = {21: "ftp", 25: "smtp", 53: "dns", 80: "http", 110: "pop", 119: "nntp", 143: "imap", 389: "ldap",
+                   443: "https", 587: "submission", 636: "ldaps", 993: "imaps", 995: "pops", 1521: "oracle",
+                   1812: "radius", 3128: "http_proxy", 3306: "mysql", 5060: "sip", 5432: "pgsql"}  # ld_port_to_service
+LD_SERVICE_PORT = {name: port for port, name in LD_PORT_SERVICE.items()}  # ld_service_to_port
+LD_CHECKTYPES = ("connect", "negotiate", "ping", "off", "on", "external", "external-perl")
+LD_FORWARD = {"gate": "g", "masq": "m", "ipip": "i"}
+LD_DEFAULT_LOG = "/var/log/ldirectord.log"
+
+# service=... (checktype=negotiate) of a line or banner protocol: check = tcp, and the greeting
+# ldirectord's check_* function (through its Perl module) wants, as a regular expression on what
+# the server sends first.  monitor_rs reads that greeting and no more; ldirectord goes on:
+LD_BANNERS = {
+    "smtp": r"^2[0-9][0-9]",  # Net::SMTP: a 2xx greeting, then EHLO (or HELO) answered 2xx, then QUIT
+    "submission": r"^2[0-9][0-9]",  # the same check_smtp
+    "ftp": r"^2[0-9][0-9]",  # Net::FTP: a 2xx greeting; then login, get `request`, match `receive` on it
+    "pop": r"(?i)^\+OK",  # Mail::POP3Client: +OK greeting (its object is made even when the connect
+    # fails, so ldirectord's check passes then: monitor_rs is stricter); no login without login=
+    "imap": r"(?i)^\*\s+(?:OK|PREAUTH)",  # Net::IMAP::Simple: an untagged OK or PREAUTH greeting
+    "nntp": r"^2",  # check_nntp: the first 64 bytes read start with 2
+}
+# Services monitor_rs has no check for, and what to write instead.
+LD_REFUSED_SERVICES = {
+    "http_proxy": "ldirectord fetches `request` through the real server as an HTTP proxy",
+    "imaps": "ldirectord reads the IMAP greeting over TLS",
+    "pops": "ldirectord reads the POP3 greeting over TLS",
+    "ldap": "ldirectord binds and searches `request` over LDAP",
+    "ldaps": "ldirectord binds and searches `request` over LDAP",
+    "mysql": "ldirectord logs in and runs the `request` query",
+    "pgsql": "ldirectord logs in and runs the `request` query",
+    "oracle": "ldirectord logs in and runs the `request` query",
+    "radius": "ldirectord sends a RADIUS Access-Request with login, passwd and secret",
+    "sip": "ldirectord sends a SIP OPTIONS request",
+}
+
+
+def _ld_error(path: str, line: int, said: str, reason: str) -> ConfigError:
+    said = said.strip()
+    if len(said) > 80:
+        said = said[:77] + "..."
+    return ConfigError(f"{path}:{line}: {said}: {reason}")
+
+
+@dataclass
+class _LdVirtual:
+    """One virtual= block as read, before anything is resolved (ldirectord resolves at its end)."""
+
+    line: int
+    said: str
+    family: int  # 4 (virtual=) or 6 (virtual6=)
+    host: str = ""  # "" for a firewall mark
+    port: str = ""
+    fwmark: int = 0
+    opts: Dict[str, Tuple[str, int, str]] = field(default_factory=dict)  # directive: (value, line, as written)
+    reals: List[Tuple[str, int, str]] = field(default_factory=list)
+
+
+def _ld_number(path: str, line: int, said: str, value: str, what: str, zero: bool = False) -> str:
+    """ldirectord's `$1 =~ /(\\d+)/ && $1`: the first digits in the value, not 0."""
+    match = re.search(r"[0-9]+", value)
+    if not match or (int(match.group()) == 0 and not zero):
+        raise _ld_error(path, line, said, f"invalid {what}")
+    return match.group()
+
+
+def _ld_yes_no(path: str, line: int, said: str, value: str, key: str) -> str:
+    if value not in ("yes", "no"):
+        raise _ld_error(path, line, said, f"{key} must be 'yes' or 'no'")
+    return value
+
+
+def _ld_block_line(path: str, line: int, rcmd: str, v: _LdVirtual) -> None:
+    """One line of a virtual= block, `rcmd` without its indent: ldirectord's chain of regexes."""
+    said = rcmd
+
+    def put(key: str, value: str) -> None:
+        v.opts[key] = (value, line, said)
+
+    def fail(reason: str) -> ConfigError:
+        return _ld_error(path, line, said, reason)
+
+    m = re.match(r"(real(6)?)\s*=\s*(.*)", rcmd)
+    if m:
+        if (v.family == 4) == bool(m.group(2)):
+            raise fail(f"cannot specify \"{m.group(1)}\" here: please use \"real{'' if v.family == 4 else '6'}\" instead")
+        v.reals.append((m.group(3), line, said))
+        return
+    for key in ("request", "receive", "login", "passwd", "database", "secret"):
+        m = re.match(key + r'\s*=\s*"(.*)"', rcmd)
+        if m:
+            if not m.group(1):
+                raise fail(f"no {key} string specified")
+            value = m.group(1)
+            put(key, value if key != "request" or value.startswith("/") else "/" + value)
+            return
+    m = re.match(r"checktype\s*=\s*(.*)", rcmd)
+    if m:
+        digits = re.search(r"[0-9]+", m.group(1))
+        word = re.search(r"[\w-]+", m.group(1))
+        if digits:
+            put("checktype", "combined")
+        elif word and word.group() in LD_CHECKTYPES:
+            if word.group() == "external-perl":
+                raise fail("monitor_rs does not evaluate Perl: write checktype=external (ldirectord's "
+                           "external-perl scripts run as external ones: make the script executable)")
+            put("checktype", word.group())
+        else:
+            raise fail("checktype must be connect, negotiate, on, off, ping, external, external-perl "
+                       "or a positive number")
+        return
+    m = re.match(r'checkcommand\s*=\s*"(.*)"', rcmd) or re.match(r"checkcommand\s*=\s*(.*)", rcmd)
+    if m:
+        if not m.group(1):
+            raise fail("invalid check command")
+        put("checkcommand", m.group(1))
+        return
+    for key, what in (("checktimeout", "check timeout"), ("negotiatetimeout", "negotiate timeout"),
+                      ("failurecount", "failure count"), ("checkinterval", "checkinterval")):
+        m = re.match(key + r"\s*=\s*(.*)", rcmd)
+        if m:
+            put(key, _ld_number(path, line, said, m.group(1), what))
+            return
+    if re.match(r"connecttimeout\s*=", rcmd):
+        raise fail("connecttimeout directive deprecated in favour of negotiatetimeout (ldirectord refuses it too)")
+    m = re.match(r"checkcount\s*=\s*(.*)", rcmd)
+    if m:
+        if _ld_number(path, line, said, m.group(1), "check count") != "1":
+            raise fail("checkcount (deprecated in ldirectord: ping attempts within one check) is not "
+                       "supported: write failurecount=N instead")
+        return  # 1, ldirectord's default: nothing to do
+    m = re.match(r"checkport\s*=\s*(.*)", rcmd)
+    if m:
+        port = _ld_number(path, line, said, m.group(1), "port", zero=True)
+        if not 0 < int(port) < 65536:
+            raise fail("checkport must be in range 1..65535")
+        put("checkport", port)
+        return
+    m = re.match(r'load\s*=\s*"(.*)"', rcmd)
+    if m:
+        if not re.search(r"\w", m.group(1)):
+            raise fail("invalid string for load testing")
+        return  # stored by ldirectord 4.12, never used
+    m = re.match(r"scheduler\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"[a-z]+", m.group(1))
+        if not word:
+            raise fail("invalid scheduler, should be only lowercase letters (a-z)")
+        put("scheduler", word.group())
+        return
+    m = re.match(r"persistent\s*=\s*(.*)", rcmd)
+    if m:
+        put("persistent", _ld_number(path, line, said, m.group(1), "persistent timeout", zero=True))
+        return
+    if re.match(r"schedflags\s*=", rcmd):
+        raise fail("monitor_rs does not set scheduler flags (ipvsadm -b): remove schedflags")
+    m = re.match(r"netmask\s*=\s*(.*)", rcmd)
+    if m:
+        value = m.group(1)
+        if v.family == 6 and not (re.fullmatch(r"[0-9]+", value) and 1 <= int(value) <= 128):
+            raise fail("invalid netmask: a prefix length between 1 and 128 is required")
+        if v.family == 4 and not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", value):
+            raise fail("invalid netmask: dotted quad notation is required")
+        put("netmask", value)
+        return
+    m = re.match(r"protocol\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"\w+", m.group(1))
+        if not word:
+            raise fail("invalid protocol")
+        if not v.host and word.group() != "fwm":
+            raise fail("protocol must be fwm if the virtual service is a fwmark (a number)")
+        if v.host and word.group() not in ("tcp", "udp"):
+            raise fail("protocol must be tcp or udp if the virtual service is an address and port")
+        put("protocol", word.group())
+        return
+    m = re.match(r"ops\s*=\s*(.*)", rcmd)
+    if m:
+        put("ops", _ld_yes_no(path, line, said, m.group(1), "ops"))
+        return
+    m = re.match(r"service\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"\w+", m.group(1))
+        if not word or word.group() not in LD_SERVICES:
+            raise fail("service must be " + ", ".join(LD_SERVICES))
+        put("service", word.group())
+        return
+    m = re.match(r"httpmethod\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"\w+", m.group(1))
+        if not word or word.group().upper() not in ("GET", "HEAD"):
+            raise fail("httpmethod must be GET or HEAD")
+        put("httpmethod", word.group().upper())
+        return
+    m = re.match(r"virtualhost\s*=\s*(.*)", rcmd)
+    if m:
+        put("virtualhost", re.match(r'"?([^"]*)"?', m.group(1)).group(1).strip())
+        return
+    m = re.match(r"(fallback(6)?)\s*=\s*(.*)", rcmd)
+    if m:
+        if (v.family == 4) == bool(m.group(2)):
+            raise fail(f"cannot specify \"{m.group(1)}\" here: please use \"fallback{'' if v.family == 4 else '6'}\" instead")
+        _ld_parse_fallback(path, line, said, m.group(3))
+        put("fallback", m.group(3))
+        return
+    m = re.match(r'fallbackcommand\s*=\s*"(.*)"', rcmd) or re.match(r"fallbackcommand\s*=\s*(.*)", rcmd)
+    if m:
+        if not m.group(1):
+            raise fail("invalid fallback command")
+        put("fallbackcommand", m.group(1))
+        return
+    m = re.match(r"quiescent\s*=\s*(.*)", rcmd)
+    if m:
+        put("quiescent", _ld_yes_no(path, line, said, m.group(1), "quiescent"))
+        return
+    if _ld_mail_line(path, line, said, rcmd, put):
+        return
+    if re.match(r"monitorfile\s*=", rcmd):
+        raise fail("monitor_rs keeps no per-service check log: remove monitorfile (its log and --status "
+                   "say what each check found)")
+    m = re.match(r"cleanstop\s*=\s*(.*)", rcmd)
+    if m:
+        put("cleanstop", _ld_yes_no(path, line, said, m.group(1), "cleanstop"))
+        return
+    m = re.match(r"smtp\s*=\s*(.*)", rcmd)
+    if m:
+        put("smtp", _ld_smtp(path, line, said, m.group(1)))
+        return
+    m = re.match(r"servicename\s*=\s*(.*)", rcmd)
+    if m:
+        put("servicename", m.group(1).strip())
+        return
+    if re.match(r"comment\s*=", rcmd):
+        return  # for ldirectord's mails only
+    raise fail("unknown directive (ldirectord refuses it too)")
+
+
+def _ld_mail_line(path: str, line: int, said: str, text: str, put) -> bool:
+    """emailalert, emailalertfreq, emailalertstatus: in a block and at column 0 alike."""
+    m = re.match(r"emailalert\s*=\s*(.*)", text)
+    if m:
+        address = re.sub(r'^"([^"]*)"$', r"\1", m.group(1))
+        if not address:
+            raise _ld_error(path, line, said, "no email address specified")
+        put("emailalert", address)
+        return True
+    m = re.match(r"emailalertfreq\s*=\s*([0-9]*)", text)
+    if m:
+        if not m.group(1):
+            raise _ld_error(path, line, said, "invalid email alert frequency")
+        put("emailalertfreq", m.group(1))
+        return True
+    m = re.match(r"emailalertstatus\s*=\s*(.*)", text)
+    if m:
+        words = re.split(r"\s*,\s*", m.group(1))
+        for word in words:
+            if word not in EMAIL_STATUSES:
+                raise _ld_error(path, line, said, f"invalid email alert status at: \"{word}\"")
+        if "none" in words and len(set(words)) > 1:
+            raise _ld_error(path, line, said, "invalid email alert status: none goes alone")
+        put("emailalertstatus", ",".join(words))
+        return True
+    return False
+
+
+def _ld_smtp(path: str, line: int, said: str, value: str) -> str:
+    """ldirectord takes the leading host name characters of smtp= (a :port after them is dropped)."""
+    host = re.match(r"[0-9A-Za-z._+-]+", value)
+    if not host:
+        raise _ld_error(path, line, said, "invalid SMTP server address")
+    if value[host.end():].strip():
+        raise _ld_error(path, line, said, f"ldirectord would use {host.group()!r} only (no port): write "
+                                          f"smtp={host.group()}")
+    return host.group()
+
+
+def _ld_parse_fallback(path: str, line: int, said: str, text: str) -> Tuple[str, Optional[str], str]:
+    """parse_fallback: ``host[:port|:service] [gate|masq|ipip]`` -> (host, port or None, forward)."""
+    forward = None
+    m = re.search(r"(\S+)(\s+(\S+))?\s*$", text)
+    if m:
+        forward, text = m.group(3), m.group(1)
+    m = re.search(r"(:([0-9]+|[A-Za-z0-9-_]+))?$", text)
+    port = m.group(2)
+    host = text[:m.start()]
+    if forward and forward not in LD_FORWARD:
+        raise _ld_error(path, line, said, "forward method must be gate, masq or ipip")
+    return host, port, forward or "gate"  # parse_fallback's default: gate
+
+
+def _ld_global_line(path: str, line: int, data: str, g: Dict[str, Tuple[str, int, str]]) -> None:
+    """One line at column 0 outside a block: ldirectord's chain of regexes for the globals."""
+    said = data
+
+    def put(key: str, value: str) -> None:
+        g[key] = (value, line, said)
+
+    def fail(reason: str) -> ConfigError:
+        return _ld_error(path, line, said, reason)
+
+    for key, what in (("checktimeout", "check timeout value"), ("negotiatetimeout", "negotiate timeout value"),
+                      ("checkinterval", "check interval value"), ("failurecount", "failure count value")):
+        m = re.match(key + r"\s*=\s*(.*)", data)
+        if m:
+            put(key, _ld_number(path, line, said, m.group(1), what))
+            return
+    if re.match(r"connecttimeout\s*=", data):
+        raise fail("connecttimeout directive deprecated in favour of negotiatetimeout (ldirectord refuses it too)")
+    m = re.match(r"checkcount\s*=\s*(.*)", data)
+    if m:
+        if _ld_number(path, line, said, m.group(1), "check count value") != "1":
+            raise fail("checkcount (deprecated in ldirectord: ping attempts within one check) is not "
+                       "supported: write failurecount=N instead")
+        return
+    m = re.match(r"fallback(6)?\s*=\s*(.*)", data)
+    if m:
+        _ld_parse_fallback(path, line, said, m.group(2))
+        put("fallback6" if m.group(1) else "fallback", m.group(2))
+        return
+    m = re.match(r"fallbackcommand\s*=\s*(.*)", data)
+    if m:
+        if not m.group(1):
+            raise fail("invalid fallback command")
+        put("fallbackcommand", m.group(1))  # run by a shell in ldirectord: its quotes are the shell's
+        return
+    for key in ("autoreload", "fork", "quiescent", "readdquiescent", "cleanstop"):
+        m = re.match(key + r"\s*=\s*(.*)", data)
+        if m:
+            put(key, _ld_yes_no(path, line, said, m.group(1), key))
+            if key == "readdquiescent" and m.group(1) == "yes":
+                raise fail("monitor_rs never puts back a failing server the operator removed, not even at "
+                           "weight 0: remove readdquiescent=yes (readdquiescent=no is what it does)")
+            return
+    m = re.match(r'callback\s*=\s*"(.*)"', data)
+    if m:
+        put("callback", m.group(1))
+        return
+    m = re.match(r'logfile\s*=\s*"(.*)"', data)
+    if m:
+        value = m.group(1)
+        if not value.startswith("/") and value not in SYSLOG_FACILITIES:
+            raise fail("not a path (/...) nor a syslog facility: " + ", ".join(SYSLOG_FACILITIES))
+        put("logfile", value)
+        return
+    if re.match(r"execute\s*=", data):
+        raise fail("monitor_rs does not start other instances: run one monitor_rs per config file "
+                   "(e.g. one systemd unit instance each) and remove execute")
+    if re.match(r"supervised", data):
+        m = re.match(r"supervised\s*=\s*(.*)", data)
+        if m and m.group(1) in ("yes", "no"):
+            put("supervised", m.group(1))
+        elif re.fullmatch(r"supervised\s*", data):
+            put("supervised", "yes")
+        else:
+            raise fail("supervised must be 'yes' or 'no'")
+        return
+    if _ld_mail_line(path, line, said, data, put):
+        return
+    m = re.match(r"emailalertfrom\s*=\s*(.*)", data)
+    if m:
+        if not m.group(1):
+            raise fail("no email from address specified")
+        put("emailalertfrom", m.group(1))
+        return
+    m = re.match(r"smtp\s*=\s*(.*)", data)
+    if m:
+        put("smtp", _ld_smtp(path, line, said, m.group(1)))
+        return
+    m = re.match(r"maintenancedir\s*=\s*(.*)", data)
+    if m:
+        if not m.group(1):
+            raise fail("maintenance directory not specified")
+        put("maintenancedir", m.group(1))
+        return
+    if re.match(r"timeout\s*=", data):
+        raise fail("timeout directive deprecated in favour of checktimeout and negotiatetimeout "
+                   "(ldirectord refuses it too)")
+    raise fail("unknown directive (ldirectord refuses it too"
+               + ("; an indented line belongs to a virtual= block" if data[:1].isspace() else "")
+               + (", and takes logfile and callback quoted only" if re.match(r"(logfile|callback)\s*=", data) else "")
+               + ")")
+
+
+def _ld_host(name: str, family: int) -> Optional[IPAddress]:
+    """ld_gethostbyname: an address, or a name resolved as ldirectord does (getaddrinfo, this family)."""
+    m = re.search(r"\[(.*)\]", name)
+    if m:
+        name = m.group(1)
+    if not name:
+        return None
+    try:
+        infos = socket.getaddrinfo(name, 0, socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+        return ipaddress.ip_address(infos[0][4][0].split("%")[0])
+    except (OSError, UnicodeError, ValueError, IndexError):
+        return None
+
+
+def _ld_port(text: str, protocol: str) -> Optional[int]:
+    """ld_getservbyname: a number 0..65535, or a service name of /etc/services."""
+    if re.fullmatch(r"[0-9]+", text):
+        return int(text) if int(text) < 65536 else None
+    try:
+        return socket.getservbyname(text, protocol) if protocol in ("tcp", "udp") else socket.getservbyname(text)
+    except (OSError, UnicodeError):
+        return None
+
+
+REAL_LINE = re.compile(r"(\d+\.\d+\.\d+\.\d+|[A-Za-z0-9.-]+|\[[0-9A-fa-f:]+\])"
+                       r"(->(\d+\.\d+\.\d+\.\d+|[A-Za-z0-9.-]+|\[[0-9A-fa-f:]+\]))?"
+                       r"(:(\d+|[A-Za-z0-9-_]+))?\s+(.*)")  # _ld_read_config_real_resolve's, unanchored as there
+MAX_RANGE = 65536
+
+
+@dataclass
+class _LdReal:
+    ip: IPAddress
+    port: int  # 0: none written
+    forward: str
+    weight: str
+    request: Optional[str]
+    receive: Optional[str]
+    line: int
+    said: str
+
+
+def _ld_reals(path: str, v: _LdVirtual) -> List[_LdReal]:
+    """Every real= of a block, resolved and ranges expanded, as _ld_read_config_real_resolve and
+    add_real_server read them."""
+    out = []
+    for text, line, said in v.reals:
+        m = REAL_LINE.search(text)
+        if not m:
+            raise _ld_error(path, line, said, "invalid address for real server (wrong format)")
+        first = _ld_host(m.group(1), v.family)
+        if first is None:
+            raise _ld_error(path, line, said, f"invalid address ({m.group(1)}) for real server (could not resolve host)")
+        port = _ld_port(m.group(5) or "0", "")
+        if port is None:
+            raise _ld_error(path, line, said, f"invalid port ({m.group(5)}) for real server (could not resolve port)")
+        flags = m.group(6)
+        word = re.search(r"(\w+)(.*)", flags)
+        if not word or word.group(1) not in LD_FORWARD:
+            raise _ld_error(path, line, said, "forward method must be gate, masq or ipip")
+        forward, flags = word.group(1), word.group(2)
+        weight = re.search(r"\s+(\d+)(.*)", flags)
+        if weight:
+            weight, flags = weight.group(1), weight.group(2)
+        else:
+            weight = "1"
+        request = receive = None
+        pair = re.search(r'\s+"(.*)"[, ]\s*"(.*)"(.*)', flags)
+        if pair:
+            request, receive, flags = pair.group(1), pair.group(2), pair.group(3)
+            request = request if request.startswith("/") else "/" + request
+        if re.search(r"\s+[lu]:(\d+)", flags):
+            raise _ld_error(path, line, said, "monitor_rs does not set connection thresholds (ipvsadm -x/-y): "
+                                              "remove \"l:N\" and \"u:N\"")
+        if re.search(r"\S", flags):
+            raise _ld_error(path, line, said, f"Invalid real server line, around \"{flags}\"")
+        ips = [first]
+        if m.group(3):
+            last = _ld_host(m.group(3), v.family)
+            if last is None:
+                raise _ld_error(path, line, said, f"invalid address ({m.group(3)}) for real server (could not resolve end host)")
+            if v.family == 6:
+                raise _ld_error(path, line, said, "Address range for IPv6 is not supported yet (nor by ldirectord)")
+            if int(first) > int(last):
+                raise _ld_error(path, line, said, f"Invalid Range: {first}-{last}: the first address must not be above the last")
+            if int(last) - int(first) >= MAX_RANGE:
+                raise _ld_error(path, line, said, f"a range of more than {MAX_RANGE} real servers")
+            ips = [ipaddress.IPv4Address(n) for n in range(int(first), int(last) + 1)]
+        out += [_LdReal(ip, port, forward, weight, request, receive, line, said) for ip in ips]
+    return out
+
+
+class _LdSection(_Section):
+    """A virtual= block turned into monitorRS.conf's keys, so that one reader checks both formats;
+    a fault is named by the ldirectord.cf line the key came from."""
+
+    def __init__(self, path: str, values: Mapping[str, str], where: Mapping[str, Tuple[int, str]],
+                 default: Tuple[int, str]):
+        super().__init__(path, "", values, own=values)
+        self.where, self.default = dict(where), default
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        line, said = self.where.get(key, self.default)
+        return _ld_error(self.path, line, said, reason)
+
+
+def _ld_tcp_request(text: str) -> str:
+    """simpletcp's request as monitor_rs's tcp request: ldirectord sends it as written but for the
+    two characters \\n, sent as a line feed (and without the / its parser put first)."""
+    return "\\n".join(part.replace("\\", "\\\\") for part in text.split("\\n"))
+
+
+def load_ldirectord(path: str, text: str) -> Config:
+    """ldirectord.cf as a Config (format LDIRECTORD): see the section's comment."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    g: Dict[str, Tuple[str, int, str]] = {}
+    virtuals: List[_LdVirtual] = []
+    index, pending = 0, None
+    while True:
+        if pending is None:
+            if index >= len(lines):
+                break
+            data, number = lines[index], index + 1
+            index += 1
+        else:
+            (data, number), pending = pending, None
+        m = re.match(r"virtual(6)?\s*=\s*(.*)", data)
+        if m:
+            v = _ld_virtual_head(path, number, data, 6 if m.group(1) else 4, m.group(2))
+            while index < len(lines):
+                raw = lines[index]
+                index += 1
+                if re.match(r"\s*#", raw):
+                    continue
+                body = re.match(r" {4,}(.+)", raw.split("#", 1)[0].replace("\t", "    "))
+                if not body:
+                    pending = (raw, index)
+                    break
+                _ld_block_line(path, index, body.group(1), v)
+            virtuals.append(v)
+            continue
+        if re.fullmatch(r"\s*", data) or re.match(r"\s*#", data):
+            continue
+        _ld_global_line(path, number, data, g)
+
+    def value(key: str, default: str = "") -> str:
+        return g[key][0] if key in g else default
+
+    logfile = value("logfile", LD_DEFAULT_LOG)
+    syslog = "" if logfile.startswith("/") else logfile
+    log = "" if syslog or value("supervised") == "yes" else logfile  # supervised: ldirectord logs to stdout only
+    top = _LdSection(path, {}, {key: (line, said) for key, (_, line, said) in g.items()}, (1, "ldirectord.cf"))
+    # the global timeouts, as ld_setup makes each the other's default
+    checktimeout = value("checktimeout") or value("negotiatetimeout") or "5"
+    callback = (value("callback"),) if "callback" in g else ()
+    if callback:
+        why = unsafe_program(callback[0])
+        if why:
+            raise top.fail("callback", why)
+    if "maintenancedir" in g and not value("maintenancedir").startswith("/"):
+        raise top.fail("maintenancedir", "must be an absolute path to a folder (monitor_rs runs in /)")
+    cleanstop = value("cleanstop", "yes") == "yes"  # ldirectord's default: yes
+    services, seen, names = [], {}, set()
+    for v in virtuals:
+        vs = _ld_service(path, v, g, names)
+        if vs.ipvs_key in seen:
+            raise _ld_error(path, v.line, v.said, f"duplicate virtual server (also on line {seen[vs.ipvs_key]})")
+        seen[vs.ipvs_key] = v.line
+        for key, wanted in (("cleanstop", value("cleanstop", "yes")), ("smtp", value("smtp"))):
+            if key in v.opts and v.opts[key][0] != wanted:
+                own, line, said = v.opts[key]
+                raise _ld_error(path, line, said, f"monitor_rs has one {key} for all virtual services: "
+                                                  f"write {key}={own} at column 0 (globally) instead")
+        services.append(vs)
+    if not services:
+        raise ConfigError(f"{path}: no virtual= block: nothing to monitor")
+    timeout = float(checktimeout)
+    if timeout > 3600:
+        raise top.fail("checktimeout" if "checktimeout" in g else "negotiatetimeout", "must be 3600 at most")
+    return Config(
+        path=path,
+        interval=float(value("checkinterval", "10")),  # ldirectord's default: 10
+        timeout=timeout,
+        log=log,
+        lock=default_run_path(path, "lock"),
+        state_file=default_run_path(path, "state.json"),
+        services=tuple(services),
+        format=ConfigFormat.LDIRECTORD,
+        syslog=syslog,
+        autoreload=value("autoreload", "no") == "yes",
+        callback=callback,
+        cleanstop=cleanstop,
+        maintenancedir=value("maintenancedir"),
+        smtp=value("smtp"),
+        emailalertfrom=value("emailalertfrom"),
+    )
+
+
+def _ld_virtual_head(path: str, line: int, said: str, family: int, text: str) -> _LdVirtual:
+    """virtual=IP:PORT, host:service or a firewall mark; virtual6=[IPv6]:PORT."""
+    v = _LdVirtual(line, said, family)
+    patterns = ([r"(\d+\.\d+\.\d+\.\d+):([0-9A-Za-z-_]+)"] if family == 4 else []) + [
+        r"([0-9A-Za-z._+-]+):([0-9A-Za-z-_]+)"]
+    for pattern in patterns:
+        m = re.match(pattern, text)
+        if m:
+            v.host, v.port = m.group(1), m.group(2)
+            break
+    else:
+        m = re.match(r"(\d+)", text)
+        if m:
+            v.fwmark = int(m.group(1))
+        else:
+            m = re.match(r"\[([0-9A-Fa-f:]+)\]:([0-9A-Za-z-_]+)", text)
+            if not m:
+                raise _ld_error(path, line, said, "invalid address for virtual server")
+            if family == 4:
+                raise _ld_error(path, line, said, "cannot specify an IPv6 address here: please use \"virtual6\" instead")
+            v.host, v.port = f"[{m.group(1)}]", m.group(2)
+    rest = text[m.end():]
+    if rest.strip() and not rest.strip().startswith("#"):
+        what = f"firewall mark {v.fwmark}" if not v.host else f"{v.host}:{v.port}"
+        raise _ld_error(path, line, said, f"ldirectord reads this as {what} and ignores {rest.strip()!r}: "
+                                          f"write what you mean (IP:PORT, or a firewall mark alone)")
+    if not v.host and not 1 <= v.fwmark <= 4294967295:
+        raise _ld_error(path, line, said, "a firewall mark is 1 to 4294967295")
+    return v
+
+
+def _ld_service(path: str, v: _LdVirtual, g: Mapping[str, Tuple[str, int, str]], names: set) -> VirtualService:
+    """One virtual= block as a VirtualService: its values, defaults as ldirectord's code has them
+    (ld_setup, fallback_find), mapped onto monitorRS.conf's keys and checked by _load_service."""
+    opts = v.opts
+    where: Dict[str, Tuple[int, str]] = {}
+    values: Dict[str, str] = {}
+    head = (v.line, v.said)
+
+    def opt(key: str, default: str = "") -> str:
+        return opts[key][0] if key in opts else default
+
+    def at(key: str) -> Tuple[int, str]:
+        return (opts[key][1], opts[key][2]) if key in opts else (g[key][1], g[key][2]) if key in g else head
+
+    def fail(key: str, reason: str) -> ConfigError:
+        line, said = at(key)
+        return _ld_error(path, line, said, reason)
+
+    def put(key: str, value: str, source: Optional[str] = None) -> None:
+        values[key] = value
+        where[key] = at(source) if source else head
+
+    def own_or_global(key: str, default: str = "") -> str:
+        return opts[key][0] if key in opts else g[key][0] if key in g else default
+
+    # the service: its protocol (port 53 or "domain": udp), address and port, as ldirectord resolves them
+    if v.host:
+        protocol = opt("protocol", "udp" if v.port in ("53", "domain") else "tcp")
+        vip = _ld_host(v.host, v.family)
+        vport = _ld_port(v.port, protocol)
+        if vip is None or vport is None:
+            raise _ld_error(path, v.line, v.said, "invalid address for virtual service (could not resolve "
+                            + ("its host)" if vip is None else "its port)"))
+        put("protocol", protocol, "protocol")
+        put("vip", str(vip))
+        put("vport", str(vport))
+    else:
+        protocol, vip, vport = "fwm", None, 0
+        put("protocol", "fwm")
+        put("fwmark", str(v.fwmark))
+    service = opt("service") or ("none" if not v.host else LD_PORT_SERVICE.get(vport, "none"))
+    checktype = opt("checktype", "negotiate")
+    if checktype == "combined":  # N connects, then one negotiate: here every check negotiates (stricter)
+        checktype = "negotiate"
+    if checktype == "connect" and protocol == "udp":
+        checktype = "ping"  # _check_real: a connect check of a UDP service is a ping
+
+    # the real servers: one forwarding method for all (monitor_rs keeps one per service)
+    reals = _ld_reals(path, v)
+    if not reals:
+        raise _ld_error(path, v.line, v.said, "no real= line: monitor_rs needs at least one real server "
+                                              "(ldirectord would run the fallback alone)")
+    forward = reals[0].forward
+    for rs in reals:
+        if rs.forward != forward:
+            raise _ld_error(path, rs.line, rs.said, f"monitor_rs gives all real servers of a virtual service one "
+                            f"forwarding method: this one is {rs.forward}, the one of line {reals[0].line} {forward}")
+    put("type", LD_FORWARD[forward])
+    checkport = int(opt("checkport")) if "checkport" in opts else None
+    service_port = LD_SERVICE_PORT.get(service)
+    portless = [rs for rs in reals if rs.port == 0]
+    if not v.host:  # a firewall mark: IPVS keeps its real servers without a port; the probe needs one
+        port = checkport or service_port
+        if portless and forward == "masq":
+            raise _ld_error(path, portless[0].line, portless[0].said, "a masq real server of a firewall-mark "
+                            "service needs its port here (real=RIP:PORT masq): monitor_rs adds it with one")
+        if portless and port is None and checktype not in ("on", "off"):
+            raise _ld_error(path, portless[0].line, portless[0].said, "the port to check: write real=RIP:PORT, "
+                                                                      "or checkport=PORT in this block")
+        for rs in portless:
+            rs.port = port or 1  # on/off: no traffic, any port
+    else:
+        if portless and checkport is None and service_port and service_port != vport:
+            # ld_checkport: a real server without port is checked on its service's port, not vport
+            if len(portless) != len(reals):
+                raise _ld_error(path, portless[0].line, portless[0].said, f"ldirectord checks this server on "
+                                f"port {service_port} ({service}) and the others on their own: write "
+                                f"checkport= or a port on every real=")
+            checkport = service_port
+        for rs in portless:
+            rs.port = vport
+    put("rs", " ".join(str(Endpoint(rs.ip, rs.port)) for rs in reals), None)
+    where["rs"] = (reals[0].line, reals[0].said)
+    put("rw", " ".join(rs.weight for rs in reals))
+    where["rw"] = where["rs"]
+    if not v.host:
+        put("rport", str(reals[0].port))
+    if checkport is not None:
+        put("checkport", str(checkport), "checkport")
+
+    # the check
+    kind, receive_regex, uses_request = _ld_check(path, v, g, service, checktype, protocol, fail, put, opt)
+    if receive_regex:
+        put("receive_regex", "yes", "receive")
+    for rs in reals:  # real=... "request", "receive": used by the checks that send the request
+        if rs.request is None or not uses_request:
+            continue
+        name = str(Endpoint(rs.ip, rs.port))
+        request, receive = _ld_convert(service, rs.request, rs.receive)
+        if request != values.get("request", "/" if kind in ("http", "https") else ""):
+            values[f"request@{name}"] = request
+            where[f"request@{name}"] = (rs.line, rs.said)
+        if receive != values.get("receive", ""):
+            values[f"receive@{name}"] = receive
+            where[f"receive@{name}"] = (rs.line, rs.said)
+        if receive and service not in ("dns",):
+            put("receive_regex", "yes", "receive")
+    if kind not in ("on", "off"):  # ld_setup: connect, ping, external checks have checktimeout, the others negotiate's
+        checktimeout = opt("checktimeout") or opt("negotiatetimeout") or own_or_global(
+            "checktimeout") or own_or_global("negotiatetimeout") or "5"
+        negotiatetimeout = opt("negotiatetimeout") or opt("checktimeout") or own_or_global(
+            "negotiatetimeout") or own_or_global("checktimeout") or "30"
+        if checktype == "negotiate":
+            put("timeout", negotiatetimeout, "negotiatetimeout" if "negotiatetimeout" in opts or (
+                "checktimeout" not in opts and "negotiatetimeout" in g) else "checktimeout")
+        else:
+            put("timeout", checktimeout, "checktimeout" if "checktimeout" in opts or (
+                "negotiatetimeout" not in opts and "checktimeout" in g) else "negotiatetimeout")
+    if "checkinterval" in opts:  # ldirectord honours it with fork=yes only; checks here are always concurrent
+        put("interval", opt("checkinterval"), "checkinterval")
+    put("fall", own_or_global("failurecount", "1"), "failurecount")
+    put("quiescent", own_or_global("quiescent", "no"), "quiescent")  # the code's default: no (its man page: yes)
+
+    # the fallback: its own, else the global of its family (with the service's port when it has none)
+    key = "fallback" if "fallback" in opts else ("fallback6" if v.family == 6 else "fallback")
+    text = opts["fallback"][0] if "fallback" in opts else g[key][0] if key in g and v.host else ""
+    if text:
+        line, said = at(key)
+        host, port_text, fallforward = _ld_parse_fallback(path, line, said, text)
+        ip = _ld_host(host, v.family)
+        if ip is None:
+            raise _ld_error(path, line, said, f"invalid IPv{v.family} address or could not resolve for fallback "
+                                              f"server: {host}")
+        port = _ld_port(port_text, protocol) if port_text else vport
+        if port is None:
+            raise _ld_error(path, line, said, "invalid port for fallback server")
+        if fallforward != forward and not ip.is_loopback:  # on this host IPVS forwards locally whatever the method
+            raise _ld_error(path, line, said, f"monitor_rs gives the fallback the real servers' forwarding method "
+                                              f"({forward}), not {fallforward}")
+        put("fallback", str(Endpoint(ip, port or reals[0].port)), key)
+    command = own_or_global("fallbackcommand")
+    if command:
+        put("fallbackcommand", command, "fallbackcommand")
+    for key in ("emailalert", "emailalertfreq", "emailalertstatus"):
+        if own_or_global(key):
+            put(key, own_or_global(key), key)
+
+    # the virtual service itself: always set up by ldirectord (scheduler default wrr)
+    put("scheduler", opt("scheduler", "wrr"), "scheduler")
+    if "persistent" in opts:
+        put("persistent", opt("persistent"), "persistent")
+        if "netmask" in opts:  # ldirectord passes -M only with -p: without persistent it has no effect
+            put("netmask", opt("netmask"), "netmask")
+    if protocol == "udp" and opt("ops") == "yes":  # ldirectord passes -o for UDP only
+        put("ops", "yes", "ops")
+
+    name = opt("servicename") or (f"{v.host}:{v.port}" if v.host else f"fwmark {v.fwmark}")
+    if name in names:
+        name = f"{name} ({vs_address(protocol, vip, vport, v.fwmark)})"
+    names.add(name)
+    sec = _LdSection(path, values, where, head)
+    return _load_service(path, sec, name, sec)
+
+
+def vs_address(protocol: str, vip: Optional[IPAddress], vport: int, fwmark: int) -> str:
+    return f"fwm {fwmark}" if vip is None else f"{protocol} {Endpoint(vip, vport)}"
+
+
+def _ld_convert(service: str, request: str, receive: Optional[str]) -> Tuple[str, str]:
+    """ldirectord's request and receive (request with the / its parser put first) as monitorRS.conf's."""
+    receive = receive or ""
+    if service == "simpletcp":
+        return _ld_tcp_request(request[1:]), receive
+    if service == "dns":
+        return request.lstrip("/"), receive
+    return request, receive
+
+
+def _ld_check(path, v, g, service, checktype, protocol, fail, put, opt) -> Tuple[str, bool, bool]:
+    """checktype and service as one of monitor_rs's checks: (kind, receive is a regex, per-real
+    request/receive apply).  What monitor_rs cannot check as ldirectord does is refused."""
+    if checktype in ("on", "off"):
+        put("check", checktype, "checktype")
+        return checktype, False, False
+    if checktype == "ping":
+        put("check", "ping", "checktype")
+        return "ping", False, False
+    if checktype == "external":
+        put("check", "external", "checktype")
+        # exec'd as one program path, with VIP VPORT RIP RPORT (check_external); ldirectord's default /bin/true
+        put("checkcommand", shlex.quote(opt("checkcommand", "/bin/true")), "checkcommand")
+        return "external", False, False
+    if checktype == "connect":
+        put("check", "tcp", "checktype")
+        return "tcp", False, False
+    # negotiate
+    if service in LD_REFUSED_SERVICES:
+        raise fail("service" if "service" in v.opts else "virtual",
+                   f"monitor_rs has no {service} check ({LD_REFUSED_SERVICES[service]}): write checktype=connect "
+                   f"for a TCP connect{' (a ping for UDP)' if protocol == 'udp' else ''}, or checktype=external "
+                   f"with a checkcommand that speaks {service}")
+    for key in ("login", "passwd", "database", "secret"):
+        if key in v.opts and service in ("ftp", "pop", "imap"):
+            raise fail(key, f"monitor_rs does not log in ({service} reads the greeting only): remove {key}, "
+                            f"or write checktype=external with a checkcommand that logs in")
+    if service == "none":  # check_none: the server is up without any check
+        put("check", "on", "service" if "service" in v.opts else None)
+        return "on", False, False
+    request, receive = _ld_convert(service, opt("request", "/"), opt("receive"))
+    if service in ("http", "https"):
+        put("check", service, "service" if "service" in v.opts else None)
+        put("request", request, "request")
+        if receive:
+            put("receive", receive, "receive")
+        if "virtualhost" in v.opts:
+            put("host", opt("virtualhost"), "virtualhost")
+        put("httpmethod", opt("httpmethod", "GET"), "httpmethod")
+        return service, bool(receive), True
+    if service == "dns":
+        if protocol != "udp":
+            raise fail("protocol" if "protocol" in v.opts else "virtual", "monitor_rs asks DNS over UDP and "
+                       "ldirectord asks a TCP service over TCP: write checktype=connect for a TCP connect")
+        if not receive:
+            raise fail("service" if "service" in v.opts else "virtual", "receive=\"ADDRESS\" needed: ldirectord's "
+                       "dns check never passes without it, monitor_rs's wants the address the answer holds")
+        if not _is_ip(receive):
+            raise fail("receive", "monitor_rs's dns check wants one address the answer holds, not a regular "
+                                  "expression: write receive=\"192.0.2.1\"")
+        put("check", "dns", "service" if "service" in v.opts else None)
+        put("request", request, "request")
+        put("receive", receive, "receive")
+        return "dns", False, True
+    if service == "ftp" and "receive" in v.opts:
+        raise fail("receive", "monitor_rs does not fetch files over FTP (ldirectord gets `request` and matches "
+                              "receive on it): remove request and receive to check the greeting, or write "
+                              "checktype=external")
+    put("check", "tcp", "service" if "service" in v.opts else None)
+    if service == "simpletcp":
+        if request:
+            put("request", request, "request")
+        if receive:
+            put("receive", receive, "receive")
+        return "tcp", bool(receive), True
+    put("receive", LD_BANNERS[service], "service" if "service" in v.opts else None)
+    return "tcp", True, False
+
+
 ###############################################################################
 # IPVS table: read and change it through ipvsadm ##############################
 ###############################################################################
