@@ -1098,7 +1098,7 @@ def load_ini(path: str, text: str) -> Config:
     settings = dict(
         interval=top.number("interval", 3.0, 0.1, 86400.0),
         timeout=top.number("timeout", 1.0, 0.01, 3600.0),
-        log=top.text("log", DEFAULT_LOG),
+        log="" if top.text("log") in ('""', "''") else top.text("log", DEFAULT_LOG),  # "": no log file
         ipvsadm=top.text("ipvsadm", "ipvsadm"),
         ipvsadm_timeout=top.number("ipvsadm_timeout", 5.0, 0.1, 600.0),
         lock=top.text("lock") or default_run_path(path, "lock"),
@@ -4817,33 +4817,132 @@ def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
 def _check_settings(vs: VirtualService) -> str:
     """The settings of the service's own kind of check, as --check-config shows them (none of another kind's)."""
     kind = CheckKind(vs.check)
+    regex = "receive_regex=yes " if vs.receive_regex else ""
     if kind in (CheckKind.HTTP, CheckKind.HTTPS):
         expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
-        return f"request={vs.request} expect={expect} receive={vs.receive!r} host={vs.host or '-'} "
+        return (f"request={vs.request} expect={expect} receive={vs.receive!r} {regex}host={vs.host or '-'} "
+                f"httpmethod={vs.httpmethod} ")
     if kind in (CheckKind.TCP, CheckKind.DNS):
-        return f"request={vs.request or '-'} receive={vs.receive!r} "
+        return f"request={vs.request or '-'} receive={vs.receive!r} {regex}"
     if kind == CheckKind.EXTERNAL:
         return f"checkcommand={shlex.join(vs.checkcommand)} dynamic_weight={'yes' if vs.dynamic_weight else 'no'} "
     return ""
 
 
+def _ini_number(value: float) -> str:
+    """A number as monitorRS.conf reads it back exactly: 3, not 3.0; 0.25 as it is."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _ini_line(key: str, value: str) -> str:
+    """``key = value``, refused when monitorRS.conf could not read the value back as it is."""
+    if value != value.strip() or "\n" in value or "\r" in value or re.search(r"(^|\s)[#;]", value):
+        raise ConfigError(f"{key} = {value!r} cannot be written in monitorRS.conf as it is (spaces at its ends, "
+                          "a line break, or a # or ; after a space would be read otherwise)")
+    return f"{key} = {value}\n"
+
+
+def _ini_service(vs: VirtualService) -> str:
+    """One [virtual NAME] section, every setting written out."""
+    out = [f"[virtual {vs.name}]\n", _ini_line("protocol", vs.protocol)]
+    if vs.protocol == "fwm":
+        out += [_ini_line("fwmark", str(vs.fwmark)), _ini_line("rport", str(vs.servers[0].port))]
+    else:
+        out += [_ini_line("vip", str(vs.vip)), _ini_line("vport", str(vs.vport))]
+    out += [_ini_line("rs", " ".join(rs.name for rs in vs.servers)),
+            _ini_line("rw", " ".join(str(rs.weight) for rs in vs.servers)),
+            _ini_line("type", {"-g": "g", "-m": "m", "-i": "i"}[vs.forward]),
+            _ini_line("check", vs.check)]
+    kind = CheckKind(vs.check)
+    keys: List[Tuple[str, str]] = []
+    if kind in (CheckKind.HTTP, CheckKind.HTTPS):
+        expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
+        keys += [("request", vs.request), ("expect", expect), ("receive", vs.receive), ("host", vs.host),
+                 ("httpmethod", vs.httpmethod)]
+    elif kind in (CheckKind.TCP, CheckKind.DNS):
+        keys += [("request", vs.request), ("receive", vs.receive)]
+    elif kind == CheckKind.EXTERNAL:
+        keys += [("checkcommand", shlex.join(vs.checkcommand)), ("dynamic_weight", "yes" if vs.dynamic_weight else "")]
+    keys += [
+        ("receive_regex", "yes" if vs.receive_regex else ""),
+        ("checkport", str(vs.checkport or "")),
+        ("fall", str(vs.fall)), ("rise", str(vs.rise)), ("quiescent", "yes" if vs.quiescent else "no"),
+        ("fallback", str(vs.fallback or "")),
+        ("depool_threshold", _ini_number(vs.depool_threshold) if vs.depool_threshold else ""),
+        ("on_change", shlex.join(vs.on_change)),
+        ("timeout", "" if vs.timeout is None else _ini_number(vs.timeout)),
+        ("interval", "" if vs.interval is None else _ini_number(vs.interval)),
+        ("scheduler", vs.scheduler),
+        ("persistent", "" if vs.persistent is None else str(vs.persistent)),
+        ("netmask", vs.netmask), ("ops", "yes" if vs.ops else ""),
+        ("fallbackcommand", shlex.join(vs.fallbackcommand)),
+        ("emailalert", ", ".join(vs.emailalert)),
+        ("emailalertfreq", _ini_number(vs.emailalertfreq) if vs.emailalertfreq else ""),
+        ("emailalertstatus", "" if vs.emailalertstatus == ("all",) else ",".join(vs.emailalertstatus)),
+    ]
+    for rs in vs.servers:
+        keys += [(f"request@{rs.name}", rs.request or ""), (f"receive@{rs.name}", rs.receive or "")]
+    out += [_ini_line(key, value) for key, value in keys if value]
+    return "".join(out)
+
+
+def render_ini(config: Config) -> str:
+    """The monitorRS.conf that loads as this same Config (its path and format aside): what
+    --check-config prints for an ldirectord.cf, to review a migration or to keep."""
+    servers = sum(len(vs.servers) for vs in config.services)
+    out = [f"# monitor_rs: {config.path}: ok, {len(config.services)} virtual service(s), {servers} real server(s)\n",
+           f"# the same settings as a monitorRS.conf (monitor_rs {__version__} --check-config)\n",
+           "[monitor]\n"]
+    keys = [("interval", _ini_number(config.interval)), ("timeout", _ini_number(config.timeout)),
+            ("log", config.log or '""'), ("ipvsadm", config.ipvsadm),
+            ("ipvsadm_timeout", _ini_number(config.ipvsadm_timeout)), ("lock", config.lock),
+            ("state_file", config.state_file), ("prometheus_file", config.prometheus_file),
+            ("syslog", config.syslog), ("autoreload", "yes" if config.autoreload else "no"),
+            ("callback", shlex.join(config.callback)), ("cleanstop", "yes" if config.cleanstop else "no"),
+            ("maintenancedir", config.maintenancedir), ("smtp", config.smtp),
+            ("emailalertfrom", config.emailalertfrom)]
+    out += [_ini_line(key, value) for key, value in keys if value]
+    for vs in config.services:
+        out += ["\n", _ini_service(vs)]
+    return "".join(out)
+
+
 def show_config(config: Config) -> None:
-    """--check-config: the settings as resolved, per virtual service (like nginx -t)."""
+    """--check-config: the settings as resolved, per virtual service (like nginx -t); for an
+    ldirectord.cf, the equivalent monitorRS.conf."""
+    if config.format == ConfigFormat.LDIRECTORD:
+        print(render_ini(config), end="")
+        return
     servers = sum(len(vs.servers) for vs in config.services)
     print(f"monitor_rs: {config.path}: ok, {len(config.services)} virtual service(s), {servers} real server(s)")
     print(f"[monitor] interval={config.interval:g} timeout={config.timeout:g} log={config.log or '-'} "
           f"ipvsadm={config.ipvsadm} ipvsadm_timeout={config.ipvsadm_timeout:g} lock={config.lock} "
-          f"state_file={config.state_file} prometheus_file={config.prometheus_file or '-'}")
+          f"state_file={config.state_file} prometheus_file={config.prometheus_file or '-'} "
+          f"syslog={config.syslog or '-'} autoreload={'yes' if config.autoreload else 'no'} "
+          f"callback={shlex.join(config.callback) if config.callback else '-'} "
+          f"cleanstop={'yes' if config.cleanstop else 'no'} maintenancedir={config.maintenancedir or '-'} "
+          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'}")
     forwards = {"-g": "g", "-m": "m", "-i": "i"}
     for vs in config.services:
         print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
               f"{_check_settings(vs)}checkport={vs.checkport or '-'} "
               f"fall={vs.fall} rise={vs.rise} quiescent={'yes' if vs.quiescent else 'no'} "
               f"fallback={vs.fallback or '-'} depool_threshold={vs.depool_threshold:g} "
-              f"on_change={shlex.join(vs.on_change) if vs.on_change else '-'}")
+              f"on_change={shlex.join(vs.on_change) if vs.on_change else '-'} "
+              f"timeout={'-' if vs.timeout is None else f'{vs.timeout:g}'} "
+              f"interval={'-' if vs.interval is None else f'{vs.interval:g}'} scheduler={vs.scheduler or '-'} "
+              f"persistent={vs.persistent or '-'} netmask={vs.netmask or '-'} ops={'yes' if vs.ops else 'no'} "
+              f"fallbackcommand={shlex.join(vs.fallbackcommand) if vs.fallbackcommand else '-'} "
+              f"emailalert={','.join(vs.emailalert) or '-'} emailalertfreq={vs.emailalertfreq:g} "
+              f"emailalertstatus={','.join(vs.emailalertstatus)}")
         for rs in vs.servers:
-            print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, "
-                  f"probe {ProbeTarget.of(vs, rs.ip, rs.port).url()}")
+            own = "".join(f" {key}={value!r}" for key, value in (("request", rs.request), ("receive", rs.receive))
+                          if value is not None)
+            if CheckKind(vs.check) in (CheckKind.ON, CheckKind.OFF):
+                probe = "no check: always " + ("up" if vs.check == "on" else "down")
+            else:
+                probe = "probe " + ProbeTarget.of(vs, rs.ip, rs.port).url()
+            print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, {probe}{own}")
 
 
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
