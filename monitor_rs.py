@@ -1822,6 +1822,11 @@ def _ld_service(path: str, v: _LdVirtual, g: Mapping[str, Tuple[str, int, str]],
     if checktype == "connect" and protocol == "udp":
         checktype = "ping"  # _check_real: a connect check of a UDP service is a ping
 
+    # the check, first: a check monitor_rs cannot make is refused before any name is resolved
+    kind, receive_regex, uses_request = _ld_check(path, v, g, service, checktype, protocol, fail, put, opt)
+    if receive_regex:
+        put("receive_regex", "yes", "receive")
+
     # the real servers: one forwarding method for all (monitor_rs keeps one per service)
     reals = _ld_reals(path, v)
     if not reals:
@@ -1865,10 +1870,6 @@ def _ld_service(path: str, v: _LdVirtual, g: Mapping[str, Tuple[str, int, str]],
     if checkport is not None:
         put("checkport", str(checkport), "checkport")
 
-    # the check
-    kind, receive_regex, uses_request = _ld_check(path, v, g, service, checktype, protocol, fail, put, opt)
-    if receive_regex:
-        put("receive_regex", "yes", "receive")
     for rs in reals:  # real=... "request", "receive": used by the checks that send the request
         if rs.request is None or not uses_request:
             continue
@@ -1914,6 +1915,9 @@ def _ld_service(path: str, v: _LdVirtual, g: Mapping[str, Tuple[str, int, str]],
         if fallforward != forward and not ip.is_loopback:  # on this host IPVS forwards locally whatever the method
             raise _ld_error(path, line, said, f"monitor_rs gives the fallback the real servers' forwarding method "
                                               f"({forward}), not {fallforward}")
+        if any(Endpoint(ip, port or reals[0].port) == Endpoint(rs.ip, rs.port) for rs in reals):
+            raise _ld_error(path, line, said, "is also a real= of this block: monitor_rs never makes a real "
+                                              "server its own fallback; remove one of the two")
         put("fallback", str(Endpoint(ip, port or reals[0].port)), key)
     command = own_or_global("fallbackcommand")
     if command:
@@ -1978,8 +1982,8 @@ def _ld_check(path, v, g, service, checktype, protocol, fail, put, opt) -> Tuple
                    f"with a checkcommand that speaks {service}")
     for key in ("login", "passwd", "database", "secret"):
         if key in v.opts and service in ("ftp", "pop", "imap"):
-            raise fail(key, f"monitor_rs does not log in ({service} reads the greeting only): remove {key}, "
-                            f"or write checktype=external with a checkcommand that logs in")
+            raise fail(key, f"monitor_rs's {service} check reads the greeting and does not log in: remove "
+                            f"{key}, or write checktype=external with a checkcommand that logs in")
     if service == "none":  # check_none: the server is up without any check
         put("check", "on", "service" if "service" in v.opts else None)
         return "on", False, False
