@@ -1541,7 +1541,8 @@ def _ld_global_line(path: str, line: int, data: str, g: Dict[str, Tuple[str, int
     raise fail("unknown directive (ldirectord refuses it too"
                + ("; an indented line belongs to a virtual= block" if data[:1].isspace() else "")
                + (", and takes logfile and callback quoted only" if re.match(r"(logfile|callback)\s*=", data) else "")
-               + ")")
+               + ")" + ("; a monitorRS.conf starts with [monitor]" if re.match(r"\w+", data) and re.match(
+                   r"\w+", data).group().lower() in MONITOR_KEYS | SERVICE_KEYS else ""))
 
 
 def _ld_host(name: str, family: int) -> Optional[IPAddress]:
@@ -1915,7 +1916,9 @@ def _ld_service(path: str, v: _LdVirtual, g: Mapping[str, Tuple[str, int, str]],
         if fallforward != forward and not ip.is_loopback:  # on this host IPVS forwards locally whatever the method
             raise _ld_error(path, line, said, f"monitor_rs gives the fallback the real servers' forwarding method "
                                               f"({forward}), not {fallforward}")
-        if any(Endpoint(ip, port or reals[0].port) == Endpoint(rs.ip, rs.port) for rs in reals):
+        flag = FORWARD_FLAGS[LD_FORWARD[forward]]
+        if any(stored_endpoint(protocol, flag, vport, Endpoint(ip, port or reals[0].port))
+               == stored_endpoint(protocol, flag, vport, Endpoint(rs.ip, rs.port)) for rs in reals):
             raise _ld_error(path, line, said, "is also a real= of this block: monitor_rs never makes a real "
                                               "server its own fallback; remove one of the two")
         put("fallback", str(Endpoint(ip, port or reals[0].port)), key)
