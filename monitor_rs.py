@@ -735,7 +735,7 @@ def _per_real(sec: _Section, check: CheckKind, servers: list, written: list) -> 
         values = dict(sec.values)
         for what, key in keys_of.items():
             values[what] = sec.values[key]
-        mine = copy_section(sec, values, {what: key for what, key in keys_of.items()})
+        mine = _copy_section(sec, values, {what: key for what, key in keys_of.items()})
         settings = CHECK_KEYS[check](mine)
         if sec.boolean("receive_regex", False) and "receive" in keys_of and settings["receive"]:
             _regex(mine, "receive", settings["receive"])
@@ -743,7 +743,7 @@ def _per_real(sec: _Section, check: CheckKind, servers: list, written: list) -> 
     return servers
 
 
-def copy_section(sec: _Section, values: Mapping[str, str], renamed: Mapping[str, str]) -> _Section:
+def _copy_section(sec: _Section, values: Mapping[str, str], renamed: Mapping[str, str]) -> _Section:
     """`sec` with other values, whose faults are named as the keys in `renamed` (request -> request@...)."""
     other = _Section.__new__(type(sec))
     other.__dict__.update(sec.__dict__)
@@ -1703,6 +1703,8 @@ def load_ldirectord(path: str, text: str) -> Config:
     checktimeout = value("checktimeout") or value("negotiatetimeout") or "5"
     callback = (value("callback"),) if "callback" in g else ()
     if callback:
+        if CONTROL.search(callback[0]):
+            raise top.fail("callback", "control character (NUL, escape, ...) in the command")
         why = unsafe_program(callback[0])
         if why:
             raise top.fail("callback", why)
@@ -1902,6 +1904,7 @@ def _ld_service(path: str, v: _LdVirtual, g: Mapping[str, Tuple[str, int, str]],
 
     # the fallback: its own, else the global of its family (with the service's port when it has none)
     key = "fallback" if "fallback" in opts else ("fallback6" if v.family == 6 else "fallback")
+    # (a global fallback is none of a firewall-mark service's: ldirectord keeps it per tcp/udp only)
     text = opts["fallback"][0] if "fallback" in opts else g[key][0] if key in g and v.host else ""
     if text:
         line, said = at(key)

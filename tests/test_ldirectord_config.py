@@ -331,7 +331,7 @@ def test_every_directive_of_a_virtual_block(tmp_path):
         'fallbackcommand="/bin/echo sorry"', "quiescent=yes", "failurecount=2", "checktimeout=2",
         "negotiatetimeout=4", "checkinterval=5", 'emailalert="a@example.org"', "emailalertfreq=60",
         "emailalertstatus=all", "servicename=shop", "comment=the shop", 'load="x"', "cleanstop=yes",
-        "fork=no" if False else "ops=no", head="virtual=192.0.2.10:443"))
+        "ops=no", head="virtual=192.0.2.10:443"))
     assert (vs.name, vs.check, vs.checkport, vs.request, vs.receive, vs.receive_regex) == (
         "shop", "https", 8443, "/health", "^OK [0-9]+", True)
     assert (vs.httpmethod, vs.host, vs.scheduler, vs.persistent, vs.netmask) == (
