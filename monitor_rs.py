@@ -1172,7 +1172,8 @@ INTERIM_CAP = 10  # interim answers (100 Continue, 103 Early Hints, ...) skipped
 
 @dataclass(frozen=True)
 class ProbeTarget:
-    """What to probe; equal targets of two virtual services are probed once."""
+    """What to probe; equal targets of two virtual services are probed once (targets that differ
+    only by their deadline are not equal: each is probed under its own)."""
 
     check: str
     ip: IPAddress
@@ -1186,10 +1187,24 @@ class ProbeTarget:
     command: Tuple[str, ...] = ()  # check = external: the program and all its words, VIP VPORT RIP RPORT last
     dynamic_weight: bool = False
     service: str = ""  # check = external: the virtual service's name, in the command's environment
+    timeout: Optional[float] = None  # this target's deadline in seconds (its service's); None: the pass's
 
     @classmethod
-    def of(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-        return TARGETS[CheckKind(vs.check)](cls, vs, ip, vs.checkport or port)
+    def of(cls, vs: VirtualService, rs: Union[RealServer, IPAddress], port: Optional[int] = None,
+           timeout: Optional[float] = None) -> "ProbeTarget":
+        """How `rs` is probed for `vs`: with rs's own request and receive when it has them
+        (ldirectord's ``real=IP:PORT gate 1 "request" "receive"``), else the service's; under
+        the service's timeout, else `timeout` (the config's; None: the pass's).  The older form
+        ``of(vs, ip, port)`` probes with the service's request and receive."""
+        if isinstance(rs, RealServer):
+            ip, port, request, receive = rs.ip, rs.port, rs.request, rs.receive
+        else:
+            ip, request, receive = rs, None, None
+        target = TARGETS[CheckKind(vs.check)](cls, vs, ip, vs.checkport or port,
+                                              vs.request if request is None else request,
+                                              vs.receive if receive is None else receive)
+        deadline = vs.timeout if vs.timeout is not None else timeout
+        return target if deadline is None else dataclasses.replace(target, timeout=deadline)
 
     @functools.cached_property  # frozen: computed once per config, not per probe per pass
     def socket_address(self) -> Tuple[int, Tuple[str, int]]:
@@ -1211,29 +1226,40 @@ class ProbeTarget:
             return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
         if self.check == "ping":  # an address, no port
             return f"ping://[{self.ip}]" if self.ip.version == 6 else f"ping://{self.ip}"
-        return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
+        url = f"{self.check}://{Endpoint(self.ip, self.port)}{self.request or '/'}"
+        return url + _receive_shown(self, "receive")
 
 
-def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-    return cls(vs.check, ip, port, vs.request, vs.host, vs.expect, vs.receive)
+def _receive_shown(t: "ProbeTarget", plain: str) -> str:
+    """`` expect 'text'``: `plain` names the text to find in the answer (http's expect is its status), or ""."""
+    return f" {plain} {t.receive!r}" if t.receive else ""
 
 
-def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    """`request` as sent: a server's own (ldirectord.cf's real=...) is encoded as the service's is
+    at load (encode_request does nothing more to a path it already encoded), "/" first."""
+    request = encode_request(request)
+    return cls(vs.check, ip, port, request if request.startswith("/") else "/" + request, vs.host, vs.expect,
+               receive)
+
+
+def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
     """The request as its bytes (one latin-1 character each), the receive text as written."""
-    return cls(vs.check, ip, port, decode_request(vs.request).decode("latin-1"), receive=vs.receive)
+    return cls(vs.check, ip, port, decode_request(request).decode("latin-1"), receive=receive)
 
 
 def _tcp_url(t: "ProbeTarget") -> str:
     """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` as they apply."""
     sent = f" send '{escape_request(t.request)}'" if t.request else ""
-    return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + (f" expect {t.receive!r}" if t.receive else "")
+    return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + _receive_shown(t, "expect")
 
 
-def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-    return cls(vs.check, ip, port, vs.request, receive=vs.receive)  # request: "NAME A" or "NAME AAAA"
+def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    return cls(vs.check, ip, port, request, receive=receive)  # request: "NAME A" or "NAME AAAA"
 
 
-def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str
+                     ) -> "ProbeTarget":
     """The command gets VIP VPORT RIP RPORT after its own words, in ldirectord's order.  A
     firewall-mark service has no VIP: its mark stands there and VPORT is 0, as ldirectord
     passes them.  RPORT is the port checked: checkport when set (ldirectord passes the real
@@ -1243,12 +1269,13 @@ def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "Prob
                dynamic_weight=vs.dynamic_weight, service=vs.name)
 
 
-def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
     return cls(vs.check, ip, 0, "")  # the address only: one echo per address, whatever its services and ports
 
 
 # What each check kind needs to know of its server: only what it uses, so that
-# equal targets of two virtual services are probed once.
+# equal targets of two virtual services are probed once.  Each gets the server's
+# request and receive: its own (ldirectord.cf's real=...) or its service's.
 TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target,
            CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target}
 
@@ -1357,7 +1384,7 @@ class Check:
 
     KIND = ""
     LIMIT = 0  # how many of this kind may be in flight at once (0: no limit but the wave's)
-    __slots__ = ("target", "wave", "stage", "verdict", "began", "latency")
+    __slots__ = ("target", "wave", "stage", "verdict", "began", "latency", "timeout")
 
     def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
         self.target, self.wave = target, wave
@@ -1365,6 +1392,8 @@ class Check:
         self.verdict: Optional[Tuple[bool, str]] = None
         self.began = 0.0  # on the wave's watch clock
         self.latency = 0.0
+        # its deadline, in watched seconds from `began`: its target's (its service's), else the wave's
+        self.timeout = target.timeout if target.timeout is not None else (wave.timeout if wave else 0.0)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -1390,9 +1419,11 @@ def checker(cls: type) -> type:
 
 class Wave:
     """Probes started together: one epoll over their descriptors, one watch
-    clock, and ONE deadline per probe (`timeout` of watched time from its
-    start), without a timer each.  At a deadline, GRACE_STEPS event turns read
-    what already arrived before anyone is blamed."""
+    clock, and ONE deadline per probe (its target's timeout, else the wave's
+    `timeout`, of watched time from its start), without a timer each: the
+    probes in flight are kept in one lane per timeout, each lane in start order,
+    so the first of each lane is the next of it to time out.  At a deadline,
+    GRACE_STEPS event turns read what already arrived before anyone is blamed."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -1431,14 +1462,19 @@ class Wave:
         started = time.monotonic()
         checks = [CHECKERS[t.check](t, self) for t in targets]
         waiting = collections.deque(checks)
-        running: Dict[Check, None] = {}  # in start order: the first is the first to time out
+        running: Dict[Check, None] = {}
+        lanes: Dict[float, Dict[Check, None]] = {}  # by timeout, each in start order: its first times out first
         in_flight: Dict[type, int] = collections.Counter()
-        clock, timeout = self.clock, self.timeout
+        clock = self.clock
 
         def finish(check: Check, latency: Optional[float] = None) -> None:
             check.latency = time.monotonic() - started if latency is None else latency
             check.close()
-            running.pop(check, None)
+            if running.pop(check, 0) is None:
+                lane = lanes[check.timeout]
+                del lane[check]
+                if not lane:
+                    del lanes[check.timeout]
             in_flight[type(check)] -= 1
 
         def settle() -> None:
@@ -1459,6 +1495,7 @@ class Wave:
                 in_flight[kind] += 1
                 check.began = now
                 running[check] = None
+                lanes.setdefault(check.timeout, {})[check] = None
                 self._call(check, check.start)
                 if check.verdict is not None:
                     finish(check)
@@ -1471,13 +1508,14 @@ class Wave:
             while running:
                 if stop():
                     return None
-                left = next(iter(running)).began + timeout - clock.watched
+                left = min(next(iter(lane)).began + timeout for timeout, lane in lanes.items()) - clock.watched
                 if left <= 0:
                     if not grace:  # answers that arrived were read: the rest is late
-                        for check in list(running):
-                            if check.began + timeout - clock.watched > 0:
-                                break
-                            finish(check, timeout)
+                        for timeout, lane in list(lanes.items()):
+                            for check in list(lane):
+                                if check.began + timeout - clock.watched > 0:
+                                    break
+                                finish(check, timeout)
                         grace = GRACE_STEPS
                         launch()
                         continue
@@ -1497,7 +1535,7 @@ class Wave:
             self.clock.close()
             self.poller.close()
         return [ProbeResult(c.verdict[0], c.verdict[1], c.latency, *c.verdict[2:])  # (ok, reason[, weight])
-                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", timeout) for c in checks]
+                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", c.timeout) for c in checks]
 
 
 ###############################################################################
@@ -3182,7 +3220,7 @@ class Monitor:
     def _plan(self, config: Config) -> None:
         """What to probe, worked out once per config rather than every pass."""
         self.config = config
-        self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
+        self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
 
@@ -3762,7 +3800,7 @@ def show_config(config: Config) -> None:
               f"on_change={shlex.join(vs.on_change) if vs.on_change else '-'}")
         for rs in vs.servers:
             print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, "
-                  f"probe {ProbeTarget.of(vs, rs.ip, rs.port).url()}")
+                  f"probe {ProbeTarget.of(vs, rs).url()}")
 
 
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
