@@ -1187,6 +1187,8 @@ class ProbeTarget:
     command: Tuple[str, ...] = ()  # check = external: the program and all its words, VIP VPORT RIP RPORT last
     dynamic_weight: bool = False
     service: str = ""  # check = external: the virtual service's name, in the command's environment
+    method: str = "GET"  # check = http|https: GET, or HEAD (no body read: receive never applies)
+    receive_regex: bool = False  # receive is a regular expression (ldirectord.cf's), searched: receive_pattern
     timeout: Optional[float] = None  # this target's deadline in seconds (its service's); None: the pass's
 
     @classmethod
@@ -1213,8 +1215,22 @@ class ProbeTarget:
     @functools.cached_property
     def http_request(self) -> bytes:
         host = self.host or (f"[{self.ip}]" if self.ip.version == 6 else str(self.ip))
-        return (f"GET {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
-                f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+        return (f"{self.method} {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\n"
+                f"User-Agent: monitor_rs/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                ).encode("latin-1")
+
+    @functools.cached_property
+    def receive_pattern(self) -> "re.Pattern[bytes]":
+        r"""receive_regex: `receive` compiled once per target (a config's targets live until the next
+        reload), over bytes as ldirectord's Perl matches them (its config is read as bytes, the
+        pattern's UTF-8 is matched byte by byte).  Python's `re`, not Perl's: the same for the
+        usual patterns (``.`` stops at a line break, ``$`` also matches before a final one, ``\d``
+        is ASCII here); Perl's ``\z`` is Python's ``\Z`` (Perl's ``\Z`` is ``$``); ``[[:alpha:]]``
+        (POSIX classes) and ``x{,3}`` mean something else here; ``\K``, ``\Q..\E``, ``\h``,
+        ``\p{..}``, ``(?<name>..)`` and recursion do not compile, nor before Python 3.11 atomic groups
+        and possessive quantifiers (re.error: the config reader refuses what does not compile; a
+        probe that meets one is the monitor's fault, MonitorFault: the pass changes nothing)."""
+        return re.compile(self.receive.encode("utf-8"))
 
     def url(self) -> str:
         """What --check-config says is probed."""
@@ -1226,13 +1242,17 @@ class ProbeTarget:
             return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
         if self.check == "ping":  # an address, no port
             return f"ping://[{self.ip}]" if self.ip.version == 6 else f"ping://{self.ip}"
-        url = f"{self.check}://{Endpoint(self.ip, self.port)}{self.request or '/'}"
+        method = f"{self.method} " if self.method != "GET" else ""
+        url = f"{method}{self.check}://{Endpoint(self.ip, self.port)}{self.request or '/'}"
         return url + _receive_shown(self, "receive")
 
 
 def _receive_shown(t: "ProbeTarget", plain: str) -> str:
-    """`` expect 'text'``: `plain` names the text to find in the answer (http's expect is its status), or ""."""
-    return f" {plain} {t.receive!r}" if t.receive else ""
+    """`` expect 'text'`` (`plain` names plain text to find in the answer: http's expect is its
+    status) or `` match 're'`` (a regular expression), or ""."""
+    if not t.receive:
+        return ""
+    return f" {'match' if t.receive_regex else plain} {t.receive!r}"
 
 
 def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
@@ -1240,16 +1260,17 @@ def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str
     at load (encode_request does nothing more to a path it already encoded), "/" first."""
     request = encode_request(request)
     return cls(vs.check, ip, port, request if request.startswith("/") else "/" + request, vs.host, vs.expect,
-               receive)
+               receive, method=vs.httpmethod, receive_regex=vs.receive_regex and bool(receive))
 
 
 def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
     """The request as its bytes (one latin-1 character each), the receive text as written."""
-    return cls(vs.check, ip, port, decode_request(request).decode("latin-1"), receive=receive)
+    return cls(vs.check, ip, port, decode_request(request).decode("latin-1"), receive=receive,
+               receive_regex=vs.receive_regex and bool(receive))
 
 
 def _tcp_url(t: "ProbeTarget") -> str:
-    """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` as they apply."""
+    """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` (``match '^221 '``) as they apply."""
     sent = f" send '{escape_request(t.request)}'" if t.request else ""
     return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + _receive_shown(t, "expect")
 
@@ -1644,15 +1665,25 @@ class TcpCheck(_StreamCheck):
     closes, BODY_CAP bytes came without it, or the deadline.  A request without receive is healthy
     on any answer, as simpletcp is (a server that takes it and says nothing fails: `closed without
     answering` or a timeout); to check only that the port takes connections, set neither.  The
-    write side is not shut after the request (some servers drop their answer on a half-close)."""
+    write side is not shut after the request (some servers drop their answer on a half-close).
+
+    With receive_regex, `receive` is searched in each line of the answer as it comes whole (and
+    in what ends it without a line break), as simpletcp matches line by line: ``^`` is a
+    line's start, ``$`` its end (before its line break)."""
 
     KIND = "tcp"
-    __slots__ = ("want", "searched")
+    __slots__ = ("want", "searched", "scanned")
 
     def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
         super().__init__(target, wave)
         self.want = target.receive.encode("utf-8")
         self.searched = 0  # what was read up to here holds no `receive` (it may straddle the edge)
+        self.scanned = 0  # receive_regex: the line from `searched` has no line break up to here
+
+    def start(self) -> None:
+        if self.target.receive_regex:  # compiled here, once per target: one that does not is our fault
+            self.target.receive_pattern
+        super().start()
 
     def connected_verdict(self) -> Optional[Tuple[bool, str]]:
         if self.target.request or self.want:
@@ -1668,6 +1699,8 @@ class TcpCheck(_StreamCheck):
             if buf:
                 return True, "answered"
             return (False, "closed without answering") if eof else None
+        if self.target.receive_regex:
+            return self._match(eof)
         if buf.find(want, max(0, self.searched - len(want) + 1), BODY_CAP) >= 0:
             return True, f"received {_shown(self.target.receive)}"
         self.searched = len(buf)
@@ -1676,6 +1709,31 @@ class TcpCheck(_StreamCheck):
         if eof:
             return False, f"closed before {_shown(self.target.receive)}" if buf else "closed without answering"
         return None
+
+    def _match(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        """receive_regex: search each whole line not searched yet (`searched`: where the next starts;
+        `scanned`: how far it is known to have no line break, so a line dribbled a byte at a time is
+        not scanned again and again); at the end of the answer (closed, or BODY_CAP read) what is
+        left too."""
+        buf, pattern, at = self.buf, self.target.receive_pattern, self.searched
+        limit = min(len(buf), BODY_CAP)
+        done = eof or len(buf) >= BODY_CAP
+        while at < limit:
+            end = buf.find(b"\n", max(at, self.scanned), limit)
+            if end < 0 and not done:
+                self.scanned = limit
+                break
+            end = limit if end < 0 else end + 1
+            if pattern.search(bytes(buf[at:end])):  # the line alone: ^ at its start, no look behind it
+                return True, f"matched {_shown(self.target.receive)}"
+            at = end
+        self.searched = at
+        if not done:
+            return None
+        if not buf:
+            return False, "closed without answering"
+        return False, "receive regex not matched" if len(buf) >= BODY_CAP else \
+            f"closed without a match of {_shown(self.target.receive)}"
 
 
 def _shown(text: str, limit: int = 40) -> str:
@@ -1686,7 +1744,13 @@ def _shown(text: str, limit: int = 40) -> str:
 @checker
 class HttpCheck(_StreamCheck):
     """check = http: GET `request`; healthy on a status in `expect` and, if set,
-    `receive` in the body (ldirectord's negotiate http, keepalived's HTTP_GET)."""
+    `receive` in the body (ldirectord's negotiate http, keepalived's HTTP_GET).
+
+    httpmethod = HEAD: a HEAD request, judged on its status alone: its answer has no body,
+    none is read and `receive` never applies (the config refuses receive with HEAD).
+    receive_regex: `receive` is searched (a regular expression) in the whole body once it
+    has come (its end, or BODY_CAP of it), as ldirectord matches LWP's content: a pattern
+    such as ``ok$`` must not match the body's first half."""
 
     KIND = "http"
     FIRST_READ = "status line"
@@ -1698,6 +1762,11 @@ class HttpCheck(_StreamCheck):
         self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
         self.chunk_left = 0  # bytes of the current chunk not read yet
         self.body: Optional[bytearray] = None  # a chunked body, decoded
+
+    def start(self) -> None:
+        if self.target.receive_regex:  # compiled here, once per target: one that does not is our fault
+            self.target.receive_pattern
+        super().start()
 
     def request_bytes(self) -> bytes:
         return self.target.http_request
@@ -1741,7 +1810,7 @@ class HttpCheck(_StreamCheck):
                     continue
                 if not _status_ok(self.code, t.expect):
                     return False, f"HTTP {self.code}"
-                if not t.receive:
+                if not t.receive or t.method == "HEAD":  # an answer to HEAD has no body
                     return True, f"HTTP {self.code}"
                 self.stage = "body"
                 if self.coding:  # Transfer-Encoding overrides Content-Length
@@ -1758,6 +1827,8 @@ class HttpCheck(_StreamCheck):
                     self.length = int(value)
                 elif name == b"transfer-encoding":  # the last coding says how the body ends
                     self.coding = "size" if value.rpartition(b",")[2].strip().lower() == b"chunked" else "close"
+        if t.receive_regex:
+            return self._match(eof)
         receive = t.receive.encode("utf-8")
         if self.body is None:
             limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
@@ -1772,6 +1843,19 @@ class HttpCheck(_StreamCheck):
         if ended or len(self.body) >= BODY_CAP or eof:
             return False, "receive text not found"
         return None
+
+    def _match(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        """receive_regex: the body searched once, whole (up to BODY_CAP)."""
+        if self.body is None:
+            limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
+            if len(self.buf) < limit and not eof:
+                return None
+            found = self.target.receive_pattern.search(self.buf, 0, limit)  # endpos: as if the body ended there
+        else:
+            if not (self._dechunk() or len(self.body) >= BODY_CAP or eof):
+                return None
+            found = self.target.receive_pattern.search(self.body)
+        return (True, f"HTTP {self.code}") if found else (False, "receive regex not matched")
 
     def _line(self) -> Optional[bytes]:
         """The next whole line of what was read (None until it has come), at most LINE_CAP long."""

@@ -57,6 +57,229 @@ def stop(proc):
 
 
 ###############################################################################
+# httpmethod = HEAD, against a real nginx ####################################
+###############################################################################
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    """nginx (one process, in the foreground) on 127.0.0.1:<free port>, serving tmp_path/www;
+    /head-only answers 405 to anything but HEAD."""
+    binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("nginx is not installed (.ci/run installs it)")
+        pytest.skip("nginx is not installed here (apt-get install nginx)")
+    www = tmp_path / "www"
+    www.mkdir()
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    temp = "".join(f"{kind}_temp_path {tmp_path}/{kind};\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf.write_text(f"""daemon off;
+master_process off;
+pid {tmp_path}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    {temp}
+    server {{
+        listen 127.0.0.1:{port};
+        root {www};
+        location = /head-only {{
+            if ($request_method != HEAD) {{ return 405; }}
+            return 200 "headers only, no body\\n";
+        }}
+    }}
+}}
+""")
+    proc = subprocess.Popen([binary, "-p", str(tmp_path), "-c", str(conf)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        def listening():
+            if proc.poll() is not None:
+                raise AssertionError(f"nginx exited {proc.returncode}: {proc.communicate()[1]}")
+            return probe([m.ProbeTarget("http", IP, port, "/nothing-here")], 2)[0] == (False, "HTTP 404")
+        wait_until(listening, what="nginx listening")
+        yield www, port
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_head_is_sent_and_judged_on_its_status(nginx):
+    www, port = nginx
+    rs = real(f"127.0.0.1:{port}")
+    head = m.ProbeTarget.of(service([rs], httpmethod="HEAD", request="/head-only"), rs)
+    get = m.ProbeTarget.of(service([rs], request="/head-only"), rs)
+    assert head.http_request.startswith(b"HEAD /head-only HTTP/1.0\r\n")
+    assert head.url() == f"HEAD http://127.0.0.1:{port}/head-only"
+    assert get.url() == f"http://127.0.0.1:{port}/head-only"
+    assert head != get  # two services checking one server, one with HEAD: two probes
+    assert probe([head, get], 2) == [(True, "HTTP 200"), (False, "HTTP 405")]
+    missing = m.ProbeTarget.of(service([rs], httpmethod="HEAD", request="/missing"), rs)
+    assert probe([missing], 2) == [(False, "HTTP 404")]
+
+
+def test_head_never_reads_a_body(nginx):
+    """nginx answers HEAD with the Content-Length of the file and no body: the verdict is the
+    status.  A receive never applies to HEAD (the config refuses it; were one there, no body
+    would be waited for: GET's "receive text not found" would have been the verdict)."""
+    www, port = nginx
+    (www / "index.html").write_bytes(b"<html>" + b"x" * 30000 + b"centos welcomes you</html>\n")
+    head = m.ProbeTarget("http", IP, port, "/index.html", receive="ubuntu", method="HEAD")
+    get = m.ProbeTarget("http", IP, port, "/index.html", receive="ubuntu")
+    assert probe([head, get], 2) == [(True, "HTTP 200"), (False, "receive text not found")]
+
+
+###############################################################################
+# receive_regex: http (the whole body) ########################################
+###############################################################################
+
+
+def test_regex_receive_in_an_http_body(backends):
+    b = backends(body="status: ok\nload: 0.3\n")
+
+    def regex(receive):
+        return m.ProbeTarget("http", IP, b.port, receive=receive, receive_regex=True)
+
+    assert probe([regex(r"load: 0\.[0-9]")]) == [(True, "HTTP 200")]
+    assert probe([m.ProbeTarget("http", IP, b.port, receive=r"load: 0\.[0-9]")]) == [
+        (False, "receive text not found")]  # the same text, plain: not in the body as it is
+    # as Perl without /m: $ is the end of the body (or before its last line break), not of a line
+    assert probe([regex("ok$"), regex(r"0\.3$"), regex("(?m)^status: ok$"), regex("^load")]) == [
+        (False, "receive regex not matched"), (True, "HTTP 200"), (True, "HTTP 200"),
+        (False, "receive regex not matched")]
+
+
+def test_regex_receive_of_a_service_is_compiled_once_per_target(backends):
+    b = backends(body="version 1.24.0")
+    rs = real(b.address)
+    t = m.ProbeTarget.of(service([rs], receive=r"version 1\.2[0-9]\.", receive_regex=True), rs)
+    assert t.receive_regex and t.url() == f"http://{b.address}/ match 'version 1\\\\.2[0-9]\\\\.'"
+    assert t.receive_pattern is t.receive_pattern  # compiled once, kept with the target
+    assert probe([t]) == [(True, "HTTP 200")]
+    assert probe([t]) == [(True, "HTTP 200")]
+
+
+def test_regex_receive_in_a_large_body_from_nginx(nginx):
+    www, port = nginx
+    (www / "index.html").write_bytes(b"<html>" + b"x" * 30000 + b"centos welcomes you</html>\n")
+
+    def regex(receive):
+        return m.ProbeTarget("http", IP, port, "/index.html", receive=receive, receive_regex=True)
+
+    assert probe([regex(r"^<html>x{30000}cent(os|OS) welcomes you</html>$"), regex("ubuntu|debian")], 2) == [
+        (True, "HTTP 200"), (False, "receive regex not matched")]
+
+
+# An HTTP server in another process that sends its body in two parts, 0.3 s apart:
+# "status ok" and then " - not really\n".  By path: /close (the end of the body is
+# the close), /length (Content-Length), /chunked (Transfer-Encoding: chunked).
+SPLIT = r"""
+import socket, sys, threading, time
+HEADS = {b"/close": b"HTTP/1.0 200 OK\r\n\r\n", b"/length": b"HTTP/1.0 200 OK\r\nContent-Length: 23\r\n\r\n",
+         b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"}
+def serve(conn):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return conn.close()
+        data += chunk
+    path = data.split(b" ")[1]
+    chunked = path == b"/chunked"
+    conn.sendall(HEADS[path] + (b"9\r\nstatus ok\r\n" if chunked else b"status ok"))
+    time.sleep(0.3)
+    conn.sendall(b"e\r\n - not really\n\r\n0\r\n\r\n" if chunked else b" - not really\n")
+    conn.close()
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(16)
+print(srv.getsockname()[1], flush=True)
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+@pytest.fixture
+def split_server():
+    proc = subprocess.Popen([sys.executable, "-c", SPLIT], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        yield int(proc.stdout.readline())
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize("path", ["/close", "/length", "/chunked"])
+def test_regex_receive_is_searched_in_the_whole_body_not_in_its_first_part(split_server, path):
+    """"ok$" would match "status ok", the first part, alone: the body is "status ok - not really"."""
+    def regex(receive):
+        return m.ProbeTarget("http", IP, split_server, path, receive=receive, receive_regex=True)
+
+    assert probe([regex("ok$"), regex("^status ok - not really$")], 5) == [
+        (False, "receive regex not matched"), (True, "HTTP 200")]
+
+
+def test_a_regex_that_does_not_compile_is_the_monitors_fault_not_the_servers(backends):
+    """The config reader refuses it; should one get through, no server is failed for it."""
+    b = backends()
+    with pytest.raises(m.MonitorFault, match=r"http probe of 127\.0\.0\.1: .*"):
+        m.probe_all([m.ProbeTarget("http", IP, b.port, receive=r"\Qx\E", receive_regex=True)], 2)
+
+
+###############################################################################
+# receive_regex: tcp (line by line, as ldirectord's simpletcp) ###############
+###############################################################################
+
+
+def tcp(ip, port, request="", receive="", regex=True):
+    return m.ProbeTarget("tcp", ipaddress.ip_address(ip), port, request, receive=receive, receive_regex=regex)
+
+
+def test_regex_receive_in_a_banner(smtp):
+    assert probe([tcp(*smtp, receive=r"^220 \S+ .*SMTP"), tcp(*smtp, receive="^220 .*SMTP", regex=False)], 3) == [
+        (True, "matched '^220 \\\\S+ .*SMTP'"), (False, "timeout (answer)")]  # plain: never in the banner as is
+
+
+def test_regex_receive_of_a_line_protocol(redis):
+    assert probe([tcp(redis.ip, redis.port, "PING\r\n", r"^\+PONG\r$")]) == [(True, "matched '^\\\\+PONG\\\\r$'")]
+    assert probe([tcp(redis.ip, redis.port, "PING\r\n", r"^-ERR")], 1.0) == [(False, "timeout (answer)")]
+
+
+@pytest.mark.parametrize("mode, receive, ok, reason", [
+    ("closes", "^220-not", True, "matched '^220-not'"),
+    ("closes", "^not", False, "closed without a match of '^not'"),  # ^ is a line's start
+    ("closes", r"want\r$", True, "matched 'want\\\\r$'"),  # $ is before the line's line break
+    ("dribble", r"^x+\+PONG\r$", True, "matched '^x+\\\\+PONG\\\\r$'"),  # a line that came in pieces
+    ("dribble", r"^\+PONG", False, "timeout (answer)"),  # +PONG ends a line of x: it does not start one
+    ("silent", "220", False, "timeout (answer)"),
+    ("flood", "PONG", False, "receive regex not matched"),  # BODY_CAP without a line break: searched, then failed
+])
+def test_regex_receive_line_by_line(talkers, mode, receive, ok, reason):
+    assert probe([tcp(*talkers[mode], receive=receive)], 1.0 if not ok else 3.0) == [(ok, reason)]
+
+
+def test_a_line_that_comes_in_pieces_is_searched_once_whole():
+    """Searched when its line break has come, and not scanned again from its start at each piece."""
+    check = m.TcpCheck(tcp("127.0.0.1", 1, receive=r"^x+\+PONG\r$"), None)
+    check.buf += b"x" * 1500 + b"+P"
+    assert check.answer(eof=False) is None and (check.searched, check.scanned) == (0, 1502)
+    check.buf += b"ONG\r"
+    assert check.answer(eof=False) is None and check.scanned == 1506
+    check.buf += b"\nnext"
+    assert check.answer(eof=False) == (True, "matched '^x+\\\\+PONG\\\\r$'")
+    check = m.TcpCheck(tcp("127.0.0.1", 1, receive="^two$"), None)
+    check.buf += b"one\ntw"
+    assert check.answer(eof=False) is None and (check.searched, check.scanned) == (4, 6)
+    check.buf += b"o"
+    assert check.answer(eof=True) == (True, "matched '^two$'")  # the last line, without its line break
+
+
+###############################################################################
 # A real server's own request and receive ####################################
 ###############################################################################
 
@@ -77,6 +300,14 @@ def test_each_real_server_is_probed_with_its_own_request_and_receive(backends):
                               (True, "HTTP 200")]
     assert [b.requests[0].split(b"\r\n")[0] for b in (one, two, plain, half)] == [
         b"GET /one HTTP/1.0", b"GET /two.html HTTP/1.0", b"GET /health HTTP/1.0", b"GET /half HTTP/1.0"]
+
+
+def test_a_real_servers_own_receive_is_a_regex_in_a_regex_service(backends):
+    b = backends(body="build 42 ok")
+    rs = real(b.address, receive=r"build \d+ ok$")
+    t = m.ProbeTarget.of(service([rs], receive="nothing like it", receive_regex=True), rs)
+    assert (t.receive, t.receive_regex) == (r"build \d+ ok$", True)
+    assert probe([t]) == [(True, "HTTP 200")]
 
 
 def test_a_real_servers_own_tcp_request_is_sent_as_its_escapes_say(smtp, redis):
