@@ -1242,6 +1242,8 @@ class ProbeTarget:
             return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
         if self.check == "ping":  # an address, no port
             return f"ping://[{self.ip}]" if self.ip.version == 6 else f"ping://{self.ip}"
+        if self.check in FIXED_VERDICTS:
+            return f"none: {self.check} ({'always up' if FIXED_VERDICTS[self.check][0] else 'always down'})"
         method = f"{self.method} " if self.method != "GET" else ""
         url = f"{method}{self.check}://{Endpoint(self.ip, self.port)}{self.request or '/'}"
         return url + _receive_shown(self, "receive")
@@ -1294,11 +1296,16 @@ def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str
     return cls(vs.check, ip, 0, "")  # the address only: one echo per address, whatever its services and ports
 
 
+def _fixed_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    return cls(vs.check, ip, port)  # check = on|off: nothing is sent, nothing read
+
+
 # What each check kind needs to know of its server: only what it uses, so that
 # equal targets of two virtual services are probed once.  Each gets the server's
 # request and receive: its own (ldirectord.cf's real=...) or its service's.
 TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target,
-           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target}
+           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target,
+           CheckKind.ON: _fixed_target, CheckKind.OFF: _fixed_target}
 
 
 @dataclass(frozen=True)
@@ -2588,6 +2595,40 @@ class PingCheck(Check):
         if self.icmp is not None:
             self.icmp.leave(self)
             self.icmp = None
+
+
+FIXED_VERDICTS = {CheckKind.ON.value: (True, "check = on: always up, not checked"),
+                  CheckKind.OFF.value: (False, "check = off: always down, not checked")}
+
+
+class _FixedCheck(Check):
+    """No check: a verdict at once, fixed by the kind; nothing sent, no socket (ldirectord's
+    checktype=on / off: the server is held in / out whatever it does)."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        self.stage = "none"
+        self.verdict = FIXED_VERDICTS[self.KIND]
+
+    def ready(self, fd: int, events: int) -> None:
+        """Never called: it watches no descriptor."""
+
+
+@checker
+class OnCheck(_FixedCheck):
+    """check = on: always up (ldirectord's checktype=on)."""
+
+    KIND = CheckKind.ON.value
+    __slots__ = ()
+
+
+@checker
+class OffCheck(_FixedCheck):
+    """check = off: always down (ldirectord's checktype=off)."""
+
+    KIND = CheckKind.OFF.value
+    __slots__ = ()
 
 
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:

@@ -383,3 +383,52 @@ def test_the_monitor_gives_each_target_its_services_timeout_else_the_configs():
     targets = monitor_of(config).targets
     assert [targets[(vs.ipvs_key, rs.endpoint)].timeout for vs in (quick, patient, plain)] == [0.2, 1.0, 0.7]
     assert len(set(targets.values())) == 3
+
+
+###############################################################################
+# check = on | off: no check, a fixed verdict ################################
+###############################################################################
+
+
+def test_on_is_up_and_off_is_down_without_a_socket(monkeypatch):
+    rs = real("127.0.0.1:1")  # nothing listens there: no traffic is sent anyway
+    on, off = (m.ProbeTarget.of(service([rs], check=kind), rs) for kind in ("on", "off"))
+    assert (on.url(), off.url()) == ("none: on (always up)", "none: off (always down)")
+
+    def no_socket(*args, **kwargs):
+        raise AssertionError("check = on|off opened a socket")
+
+    monkeypatch.setattr(socket, "socket", no_socket)
+    results = m.probe_all([on, off], 5.0)
+    assert [(results[t].ok, results[t].reason) for t in (on, off)] == [
+        (True, "check = on: always up, not checked"), (False, "check = off: always down, not checked")]
+    assert results[on].latency < 0.5 and results[off].latency < 0.5
+
+
+def test_on_and_off_answer_at_once_beside_a_hung_server(herd):
+    (address,) = herd(1, "hang").addresses
+    hung = m.ProbeTarget.of(service([real(address)], timeout=1.0), real(address))
+    on, off = (m.ProbeTarget.of(service([real(address)], check=kind), real(address)) for kind in ("on", "off"))
+    results = m.probe_all([hung, on, off], 5.0)
+    assert [(results[t].ok, results[t].reason) for t in (hung, on, off)] == [
+        (False, "timeout (status line)"), (True, "check = on: always up, not checked"),
+        (False, "check = off: always down, not checked")]
+    assert results[on].latency < 0.5 and results[off].latency < 0.5
+
+
+def test_a_config_with_check_on_and_off_is_planned_and_shown(tmp_path, monkeypatch, capsys):
+    """Their config readers are another branch's (CHECK_KEYS): stood in for here."""
+    for kind in (m.CheckKind.ON, m.CheckKind.OFF):
+        monkeypatch.setitem(m.CHECK_KEYS, kind, lambda sec: dict(request="", receive=""))
+    path = tmp_path / "monitorRS.conf"
+    path.write_text("[monitor]\nlock = {0}/lock\nstate_file = {0}/state.json\n"
+                    "[virtual up]\nvip = 10.0.0.1\nvport = 80\nrs = 10.0.0.2\ncheck = on\n"
+                    "[virtual down]\nvip = 10.0.0.1\nvport = 81\nrs = 10.0.0.2\ncheck = off\n".format(tmp_path))
+    config = m.load_config(str(path))
+    targets = monitor_of(config).targets
+    results = m.probe_all(list(targets.values()), 1.0)
+    assert sorted((t.check, results[t].ok) for t in targets.values()) == [("off", False), ("on", True)]
+    m.show_config(config)
+    out = capsys.readouterr().out
+    assert "10.0.0.2:80 weight 1: IPVS entry 10.0.0.2:80, probe none: on (always up)\n" in out
+    assert "10.0.0.2:81 weight 1: IPVS entry 10.0.0.2:81, probe none: off (always down)\n" in out
