@@ -2263,7 +2263,8 @@ INTERIM_CAP = 10  # interim answers (100 Continue, 103 Early Hints, ...) skipped
 
 @dataclass(frozen=True)
 class ProbeTarget:
-    """What to probe; equal targets of two virtual services are probed once."""
+    """What to probe; equal targets of two virtual services are probed once (targets that differ
+    only by their deadline are not equal: each is probed under its own)."""
 
     check: str
     ip: IPAddress
@@ -2277,10 +2278,26 @@ class ProbeTarget:
     command: Tuple[str, ...] = ()  # check = external: the program and all its words, VIP VPORT RIP RPORT last
     dynamic_weight: bool = False
     service: str = ""  # check = external: the virtual service's name, in the command's environment
+    method: str = "GET"  # check = http|https: GET, or HEAD (no body read: receive never applies)
+    receive_regex: bool = False  # receive is a regular expression (ldirectord.cf's), searched: receive_pattern
+    timeout: Optional[float] = None  # this target's deadline in seconds (its service's); None: the pass's
 
     @classmethod
-    def of(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-        return TARGETS[CheckKind(vs.check)](cls, vs, ip, vs.checkport or port)
+    def of(cls, vs: VirtualService, rs: Union[RealServer, IPAddress], port: Optional[int] = None,
+           timeout: Optional[float] = None) -> "ProbeTarget":
+        """How `rs` is probed for `vs`: with rs's own request and receive when it has them
+        (ldirectord's ``real=IP:PORT gate 1 "request" "receive"``), else the service's; under
+        the service's timeout, else `timeout` (the config's; None: the pass's).  The older form
+        ``of(vs, ip, port)`` probes with the service's request and receive."""
+        if isinstance(rs, RealServer):
+            ip, port, request, receive = rs.ip, rs.port, rs.request, rs.receive
+        else:
+            ip, request, receive = rs, None, None
+        target = TARGETS[CheckKind(vs.check)](cls, vs, ip, vs.checkport or port,
+                                              vs.request if request is None else request,
+                                              vs.receive if receive is None else receive)
+        deadline = vs.timeout if vs.timeout is not None else timeout
+        return target if deadline is None else dataclasses.replace(target, timeout=deadline)
 
     @functools.cached_property  # frozen: computed once per config, not per probe per pass
     def socket_address(self) -> Tuple[int, Tuple[str, int]]:
@@ -2289,8 +2306,22 @@ class ProbeTarget:
     @functools.cached_property
     def http_request(self) -> bytes:
         host = self.host or (f"[{self.ip}]" if self.ip.version == 6 else str(self.ip))
-        return (f"GET {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
-                f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+        return (f"{self.method} {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\n"
+                f"User-Agent: monitor_rs/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                ).encode("latin-1")
+
+    @functools.cached_property
+    def receive_pattern(self) -> "re.Pattern[bytes]":
+        r"""receive_regex: `receive` compiled once per target (a config's targets live until the next
+        reload), over bytes as ldirectord's Perl matches them (its config is read as bytes, the
+        pattern's UTF-8 is matched byte by byte).  Python's `re`, not Perl's: the same for the
+        usual patterns (``.`` stops at a line break, ``$`` also matches before a final one, ``\d``
+        is ASCII here); Perl's ``\z`` is Python's ``\Z`` (Perl's ``\Z`` is ``$``); ``[[:alpha:]]``
+        (POSIX classes) and ``x{,3}`` mean something else here; ``\K``, ``\Q..\E``, ``\h``,
+        ``\p{..}``, ``(?<name>..)`` and recursion do not compile, nor before Python 3.11 atomic groups
+        and possessive quantifiers (re.error: the config reader refuses what does not compile; a
+        probe that meets one is the monitor's fault, MonitorFault: the pass changes nothing)."""
+        return re.compile(self.receive.encode("utf-8"))
 
     def url(self) -> str:
         """What --check-config says is probed."""
@@ -2302,29 +2333,47 @@ class ProbeTarget:
             return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
         if self.check == "ping":  # an address, no port
             return f"ping://[{self.ip}]" if self.ip.version == 6 else f"ping://{self.ip}"
-        return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
+        if self.check in FIXED_VERDICTS:
+            return f"none: {self.check} ({'always up' if FIXED_VERDICTS[self.check][0] else 'always down'})"
+        method = f"{self.method} " if self.method != "GET" else ""
+        url = f"{method}{self.check}://{Endpoint(self.ip, self.port)}{self.request or '/'}"
+        return url + _receive_shown(self, "receive")
 
 
-def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-    return cls(vs.check, ip, port, vs.request, vs.host, vs.expect, vs.receive)
+def _receive_shown(t: "ProbeTarget", plain: str) -> str:
+    """`` expect 'text'`` (`plain` names plain text to find in the answer: http's expect is its
+    status) or `` match 're'`` (a regular expression), or ""."""
+    if not t.receive:
+        return ""
+    return f" {'match' if t.receive_regex else plain} {t.receive!r}"
 
 
-def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    """`request` as sent: a server's own (ldirectord.cf's real=...) is encoded as the service's is
+    at load (encode_request does nothing more to a path it already encoded), "/" first."""
+    request = encode_request(request)
+    return cls(vs.check, ip, port, request if request.startswith("/") else "/" + request, vs.host, vs.expect,
+               receive, method=vs.httpmethod, receive_regex=vs.receive_regex and bool(receive))
+
+
+def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
     """The request as its bytes (one latin-1 character each), the receive text as written."""
-    return cls(vs.check, ip, port, decode_request(vs.request).decode("latin-1"), receive=vs.receive)
+    return cls(vs.check, ip, port, decode_request(request).decode("latin-1"), receive=receive,
+               receive_regex=vs.receive_regex and bool(receive))
 
 
 def _tcp_url(t: "ProbeTarget") -> str:
-    """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` as they apply."""
+    """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` (``match '^221 '``) as they apply."""
     sent = f" send '{escape_request(t.request)}'" if t.request else ""
-    return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + (f" expect {t.receive!r}" if t.receive else "")
+    return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + _receive_shown(t, "expect")
 
 
-def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-    return cls(vs.check, ip, port, vs.request, receive=vs.receive)  # request: "NAME A" or "NAME AAAA"
+def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    return cls(vs.check, ip, port, request, receive=receive)  # request: "NAME A" or "NAME AAAA"
 
 
-def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str
+                     ) -> "ProbeTarget":
     """The command gets VIP VPORT RIP RPORT after its own words, in ldirectord's order.  A
     firewall-mark service has no VIP: its mark stands there and VPORT is 0, as ldirectord
     passes them.  RPORT is the port checked: checkport when set (ldirectord passes the real
@@ -2334,14 +2383,20 @@ def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "Prob
                dynamic_weight=vs.dynamic_weight, service=vs.name)
 
 
-def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
     return cls(vs.check, ip, 0, "")  # the address only: one echo per address, whatever its services and ports
 
 
+def _fixed_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    return cls(vs.check, ip, port)  # check = on|off: nothing is sent, nothing read
+
+
 # What each check kind needs to know of its server: only what it uses, so that
-# equal targets of two virtual services are probed once.
+# equal targets of two virtual services are probed once.  Each gets the server's
+# request and receive: its own (ldirectord.cf's real=...) or its service's.
 TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target,
-           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target}
+           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target,
+           CheckKind.ON: _fixed_target, CheckKind.OFF: _fixed_target}
 
 
 @dataclass(frozen=True)
@@ -2448,7 +2503,7 @@ class Check:
 
     KIND = ""
     LIMIT = 0  # how many of this kind may be in flight at once (0: no limit but the wave's)
-    __slots__ = ("target", "wave", "stage", "verdict", "began", "latency")
+    __slots__ = ("target", "wave", "stage", "verdict", "began", "latency", "timeout")
 
     def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
         self.target, self.wave = target, wave
@@ -2456,6 +2511,8 @@ class Check:
         self.verdict: Optional[Tuple[bool, str]] = None
         self.began = 0.0  # on the wave's watch clock
         self.latency = 0.0
+        # its deadline, in watched seconds from `began`: its target's (its service's), else the wave's
+        self.timeout = target.timeout if target.timeout is not None else (wave.timeout if wave else 0.0)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -2481,9 +2538,11 @@ def checker(cls: type) -> type:
 
 class Wave:
     """Probes started together: one epoll over their descriptors, one watch
-    clock, and ONE deadline per probe (`timeout` of watched time from its
-    start), without a timer each.  At a deadline, GRACE_STEPS event turns read
-    what already arrived before anyone is blamed."""
+    clock, and ONE deadline per probe (its target's timeout, else the wave's
+    `timeout`, of watched time from its start), without a timer each: the
+    probes in flight are kept in one lane per timeout, each lane in start order,
+    so the first of each lane is the next of it to time out.  At a deadline,
+    GRACE_STEPS event turns read what already arrived before anyone is blamed."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -2522,14 +2581,19 @@ class Wave:
         started = time.monotonic()
         checks = [CHECKERS[t.check](t, self) for t in targets]
         waiting = collections.deque(checks)
-        running: Dict[Check, None] = {}  # in start order: the first is the first to time out
+        running: Dict[Check, None] = {}
+        lanes: Dict[float, Dict[Check, None]] = {}  # by timeout, each in start order: its first times out first
         in_flight: Dict[type, int] = collections.Counter()
-        clock, timeout = self.clock, self.timeout
+        clock = self.clock
 
         def finish(check: Check, latency: Optional[float] = None) -> None:
             check.latency = time.monotonic() - started if latency is None else latency
             check.close()
-            running.pop(check, None)
+            if running.pop(check, 0) is None:
+                lane = lanes[check.timeout]
+                del lane[check]
+                if not lane:
+                    del lanes[check.timeout]
             in_flight[type(check)] -= 1
 
         def settle() -> None:
@@ -2550,6 +2614,7 @@ class Wave:
                 in_flight[kind] += 1
                 check.began = now
                 running[check] = None
+                lanes.setdefault(check.timeout, {})[check] = None
                 self._call(check, check.start)
                 if check.verdict is not None:
                     finish(check)
@@ -2562,13 +2627,14 @@ class Wave:
             while running:
                 if stop():
                     return None
-                left = next(iter(running)).began + timeout - clock.watched
+                left = min(next(iter(lane)).began + timeout for timeout, lane in lanes.items()) - clock.watched
                 if left <= 0:
                     if not grace:  # answers that arrived were read: the rest is late
-                        for check in list(running):
-                            if check.began + timeout - clock.watched > 0:
-                                break
-                            finish(check, timeout)
+                        for timeout, lane in list(lanes.items()):
+                            for check in list(lane):
+                                if check.began + timeout - clock.watched > 0:
+                                    break
+                                finish(check, timeout)
                         grace = GRACE_STEPS
                         launch()
                         continue
@@ -2588,7 +2654,7 @@ class Wave:
             self.clock.close()
             self.poller.close()
         return [ProbeResult(c.verdict[0], c.verdict[1], c.latency, *c.verdict[2:])  # (ok, reason[, weight])
-                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", timeout) for c in checks]
+                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", c.timeout) for c in checks]
 
 
 ###############################################################################
@@ -2697,15 +2763,25 @@ class TcpCheck(_StreamCheck):
     closes, BODY_CAP bytes came without it, or the deadline.  A request without receive is healthy
     on any answer, as simpletcp is (a server that takes it and says nothing fails: `closed without
     answering` or a timeout); to check only that the port takes connections, set neither.  The
-    write side is not shut after the request (some servers drop their answer on a half-close)."""
+    write side is not shut after the request (some servers drop their answer on a half-close).
+
+    With receive_regex, `receive` is searched in each line of the answer as it comes whole (and
+    in what ends it without a line break), as simpletcp matches line by line: ``^`` is a
+    line's start, ``$`` its end (before its line break)."""
 
     KIND = "tcp"
-    __slots__ = ("want", "searched")
+    __slots__ = ("want", "searched", "scanned")
 
     def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
         super().__init__(target, wave)
         self.want = target.receive.encode("utf-8")
         self.searched = 0  # what was read up to here holds no `receive` (it may straddle the edge)
+        self.scanned = 0  # receive_regex: the line from `searched` has no line break up to here
+
+    def start(self) -> None:
+        if self.target.receive_regex:  # compiled here, once per target: one that does not is our fault
+            self.target.receive_pattern
+        super().start()
 
     def connected_verdict(self) -> Optional[Tuple[bool, str]]:
         if self.target.request or self.want:
@@ -2721,6 +2797,8 @@ class TcpCheck(_StreamCheck):
             if buf:
                 return True, "answered"
             return (False, "closed without answering") if eof else None
+        if self.target.receive_regex:
+            return self._match(eof)
         if buf.find(want, max(0, self.searched - len(want) + 1), BODY_CAP) >= 0:
             return True, f"received {_shown(self.target.receive)}"
         self.searched = len(buf)
@@ -2729,6 +2807,31 @@ class TcpCheck(_StreamCheck):
         if eof:
             return False, f"closed before {_shown(self.target.receive)}" if buf else "closed without answering"
         return None
+
+    def _match(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        """receive_regex: search each whole line not searched yet (`searched`: where the next starts;
+        `scanned`: how far it is known to have no line break, so a line dribbled a byte at a time is
+        not scanned again and again); at the end of the answer (closed, or BODY_CAP read) what is
+        left too."""
+        buf, pattern, at = self.buf, self.target.receive_pattern, self.searched
+        limit = min(len(buf), BODY_CAP)
+        done = eof or len(buf) >= BODY_CAP
+        while at < limit:
+            end = buf.find(b"\n", max(at, self.scanned), limit)
+            if end < 0 and not done:
+                self.scanned = limit
+                break
+            end = limit if end < 0 else end + 1
+            if pattern.search(bytes(buf[at:end])):  # the line alone: ^ at its start, no look behind it
+                return True, f"matched {_shown(self.target.receive)}"
+            at = end
+        self.searched = at
+        if not done:
+            return None
+        if not buf:
+            return False, "closed without answering"
+        return False, "receive regex not matched" if len(buf) >= BODY_CAP else \
+            f"closed without a match of {_shown(self.target.receive)}"
 
 
 def _shown(text: str, limit: int = 40) -> str:
@@ -2739,7 +2842,13 @@ def _shown(text: str, limit: int = 40) -> str:
 @checker
 class HttpCheck(_StreamCheck):
     """check = http: GET `request`; healthy on a status in `expect` and, if set,
-    `receive` in the body (ldirectord's negotiate http, keepalived's HTTP_GET)."""
+    `receive` in the body (ldirectord's negotiate http, keepalived's HTTP_GET).
+
+    httpmethod = HEAD: a HEAD request, judged on its status alone: its answer has no body,
+    none is read and `receive` never applies (the config refuses receive with HEAD).
+    receive_regex: `receive` is searched (a regular expression) in the whole body once it
+    has come (its end, or BODY_CAP of it), as ldirectord matches LWP's content: a pattern
+    such as ``ok$`` must not match the body's first half."""
 
     KIND = "http"
     FIRST_READ = "status line"
@@ -2751,6 +2860,11 @@ class HttpCheck(_StreamCheck):
         self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
         self.chunk_left = 0  # bytes of the current chunk not read yet
         self.body: Optional[bytearray] = None  # a chunked body, decoded
+
+    def start(self) -> None:
+        if self.target.receive_regex:  # compiled here, once per target: one that does not is our fault
+            self.target.receive_pattern
+        super().start()
 
     def request_bytes(self) -> bytes:
         return self.target.http_request
@@ -2794,7 +2908,7 @@ class HttpCheck(_StreamCheck):
                     continue
                 if not _status_ok(self.code, t.expect):
                     return False, f"HTTP {self.code}"
-                if not t.receive:
+                if not t.receive or t.method == "HEAD":  # an answer to HEAD has no body
                     return True, f"HTTP {self.code}"
                 self.stage = "body"
                 if self.coding:  # Transfer-Encoding overrides Content-Length
@@ -2811,6 +2925,8 @@ class HttpCheck(_StreamCheck):
                     self.length = int(value)
                 elif name == b"transfer-encoding":  # the last coding says how the body ends
                     self.coding = "size" if value.rpartition(b",")[2].strip().lower() == b"chunked" else "close"
+        if t.receive_regex:
+            return self._match(eof)
         receive = t.receive.encode("utf-8")
         if self.body is None:
             limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
@@ -2825,6 +2941,19 @@ class HttpCheck(_StreamCheck):
         if ended or len(self.body) >= BODY_CAP or eof:
             return False, "receive text not found"
         return None
+
+    def _match(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        """receive_regex: the body searched once, whole (up to BODY_CAP)."""
+        if self.body is None:
+            limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
+            if len(self.buf) < limit and not eof:
+                return None
+            found = self.target.receive_pattern.search(self.buf, 0, limit)  # endpos: as if the body ended there
+        else:
+            if not (self._dechunk() or len(self.body) >= BODY_CAP or eof):
+                return None
+            found = self.target.receive_pattern.search(self.body)
+        return (True, f"HTTP {self.code}") if found else (False, "receive regex not matched")
 
     def _line(self) -> Optional[bytes]:
         """The next whole line of what was read (None until it has come), at most LINE_CAP long."""
@@ -3559,6 +3688,40 @@ class PingCheck(Check):
             self.icmp = None
 
 
+FIXED_VERDICTS = {CheckKind.ON.value: (True, "check = on: always up, not checked"),
+                  CheckKind.OFF.value: (False, "check = off: always down, not checked")}
+
+
+class _FixedCheck(Check):
+    """No check: a verdict at once, fixed by the kind; nothing sent, no socket (ldirectord's
+    checktype=on / off: the server is held in / out whatever it does)."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        self.stage = "none"
+        self.verdict = FIXED_VERDICTS[self.KIND]
+
+    def ready(self, fd: int, events: int) -> None:
+        """Never called: it watches no descriptor."""
+
+
+@checker
+class OnCheck(_FixedCheck):
+    """check = on: always up (ldirectord's checktype=on)."""
+
+    KIND = CheckKind.ON.value
+    __slots__ = ()
+
+
+@checker
+class OffCheck(_FixedCheck):
+    """check = off: always down (ldirectord's checktype=off)."""
+
+    KIND = CheckKind.OFF.value
+    __slots__ = ()
+
+
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
     """Probes started together: see Wave.  None when `stop()` turned true meanwhile."""
     return Wave(timeout).run(targets, stop)
@@ -4273,7 +4436,7 @@ class Monitor:
     def _plan(self, config: Config) -> None:
         """What to probe, worked out once per config rather than every pass."""
         self.config = config
-        self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
+        self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
 
@@ -4946,13 +5109,8 @@ def show_config(config: Config) -> None:
               f"emailalert={','.join(vs.emailalert) or '-'} emailalertfreq={vs.emailalertfreq:g} "
               f"emailalertstatus={','.join(vs.emailalertstatus)}")
         for rs in vs.servers:
-            own = "".join(f" {key}={value!r}" for key, value in (("request", rs.request), ("receive", rs.receive))
-                          if value is not None)
-            if CheckKind(vs.check) in (CheckKind.ON, CheckKind.OFF):
-                probe = "no check: always " + ("up" if vs.check == "on" else "down")
-            else:
-                probe = "probe " + ProbeTarget.of(vs, rs.ip, rs.port).url()
-            print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, {probe}{own}")
+            print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, "
+                  f"probe {ProbeTarget.of(vs, rs).url()}")
 
 
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:

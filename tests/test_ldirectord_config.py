@@ -650,7 +650,7 @@ def test_check_config_of_a_monitor_rs_conf_shows_the_new_fields(tmp_path):
     lines = proc.stdout.splitlines()
     assert "syslog=local3" in lines[1] and "cleanstop=no" in lines[1]
     assert "check=on" in lines[2] and "scheduler=sh" in lines[2] and "emailalertstatus=all" in lines[2]
-    assert lines[3] == "  10.0.0.2:80 weight 1: IPVS entry 10.0.0.2:80, no check: always up"
+    assert lines[3] == "  10.0.0.2:80 weight 1: IPVS entry 10.0.0.2:80, probe none: on (always up)"
 
 
 def test_render_ini_refuses_what_it_could_not_write_back(tmp_path):
@@ -662,6 +662,8 @@ def test_render_ini_refuses_what_it_could_not_write_back(tmp_path):
 
 ADDRESSES = st.sampled_from(["192.0.2.2", "192.0.2.3", "198.51.100.7", "localhost"])
 WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=12)
+LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10)
+HOSTS = st.lists(LABEL, min_size=1, max_size=3).map(".".join)  # a host name: no empty label
 
 
 @st.composite
@@ -694,7 +696,7 @@ def ldirectord_cf(draw):
                             ("persistent", st.integers(1, 9999)), ("checkport", st.integers(1, 65535)),
                             ("checkinterval", st.integers(1, 60)), ("failurecount", st.integers(1, 5)),
                             ("servicename", WORDS), ("httpmethod", st.just("GET")),
-                            ("virtualhost", WORDS), ("emailalert", st.just('"a@example.org"'))):
+                            ("virtualhost", HOSTS), ("emailalert", st.just('"a@example.org"'))):
             if draw(st.booleans()):
                 value = draw(values)
                 lines.append(f'\t{key}="{value}"' if key in ("request", "receive") else f"\t{key}={value}")
