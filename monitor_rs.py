@@ -109,12 +109,12 @@ UDP_CHECKS = (CheckKind.DNS, CheckKind.PING, CheckKind.EXTERNAL)  # what can che
 MAX_WEIGHT = 2147483647
 
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
-                "prometheus_file"}
+                "prometheus_file", "cleanstop"}
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
     "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
-    "checkcommand", "dynamic_weight",
+    "checkcommand", "dynamic_weight", "scheduler", "persistent", "netmask", "ops",
 }
 
 
@@ -683,6 +683,7 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         why = unsafe_program(on_change[0])
         if why:
             raise sec.fail("on_change", why)
+    table = _table_keys(sec, protocol, vip, servers, fallback, forward)
     return VirtualService(
         name=name,
         protocol=protocol,
@@ -700,7 +701,41 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         fallback=fallback,
         depool_threshold=sec.number("depool_threshold", 0.0, 0.0, 1.0),
         on_change=on_change,
+        **table,
     )
+
+
+def _table_keys(sec: _Section, protocol: str, vip, servers, fallback, forward) -> dict:
+    """scheduler, persistent, netmask, ops: the virtual service the monitor creates and corrects."""
+    scheduler = sec.text("scheduler")
+    if scheduler and not re.fullmatch(r"[a-z][a-z0-9_]{0,14}", scheduler):
+        raise sec.fail("scheduler", "not a scheduler name (rr, wrr, lc, wlc, sh, ...)")
+    if not scheduler:
+        for key in ("persistent", "netmask", "ops"):
+            if sec.has(key):
+                raise sec.fail(key, "needs scheduler: only a virtual service the monitor creates is set up by it")
+    persistent = sec.integer("persistent", 0, 1, 2678400) if sec.has("persistent") else None
+    netmask = sec.text("netmask")
+    if netmask:
+        if persistent is None:
+            raise sec.fail("netmask", "needs persistent (it is the granularity of persistence)")
+        family = vip.version if vip is not None else VirtualService(
+            "", protocol, None, 0, 1, tuple(servers), forward, fallback=fallback).family
+        if family == 6 and not (re.fullmatch(r"[0-9]{1,3}", netmask) and 1 <= int(netmask) <= 128):
+            raise sec.fail("netmask", "an IPv6 service takes a prefix length, 1..128")
+        if family == 4:
+            if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", netmask):
+                raise sec.fail("netmask", "an IPv4 service takes a dotted netmask (255.255.255.0)")
+            try:
+                ok = ipaddress.IPv4Network(f"0.0.0.0/{netmask}").netmask == ipaddress.IPv4Address(netmask)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise sec.fail("netmask", "not an IPv4 netmask (255.255.255.0)")
+    ops = sec.boolean("ops", False)
+    if ops and protocol not in ("udp", "fwm"):
+        raise sec.fail("ops", "one-packet scheduling is for UDP (or firewall-mark) services only")
+    return dict(scheduler=scheduler, persistent=persistent, netmask=netmask, ops=ops)
 
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # never in a program name or argument from the config
@@ -917,6 +952,7 @@ def load_config(path: str) -> Config:
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        cleanstop=top.boolean("cleanstop", False),
     )
 
     services, seen = [], {}
