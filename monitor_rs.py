@@ -2244,6 +2244,186 @@ class Ipvsadm:
         return listing[vs.ipvs_key]
 
 
+# The kernel's own listing, /proc/net/ip_vs (ip_vs_ctl.c, ip_vs_info_seq_show): the whole table in
+# one read, no process.  Addresses and ports in hexadecimal (IPv6 as 8 groups of 4 hex digits in
+# brackets), the firewall mark in hexadecimal, and its service line is ``SCHED [ops] [persistent N
+# MASK]``.  What it does not print: the family of a firewall-mark service (only a destination not
+# forwarded by Tunnel tells it: a tunnel alone may cross families), ops of an IPv6 address service,
+# scheduler flags and persistence engines.  The monitor keeps changing the table through ipvsadm;
+# this only replaces ``ipvsadm -Ln`` where the system's own ipvsadm would read the same kernel.
+
+PROC_IP_VS = "/proc/net/ip_vs"
+PROC_TITLES = ("Prot LocalAddress:Port Scheduler Flags",
+               "-> RemoteAddress:Port Forward Weight ActiveConn InActConn")
+PROC_FORWARDS = ("Masq", "Local", "Tunnel", "Route")  # ip_vs_fwd_name
+SYSTEM_SBIN = ("/usr/sbin", "/sbin")  # where the system's own ipvsadm lives (not SBIN_DIRS: tests move that)
+_PROC_V4 = re.compile(r"([0-9A-F]{8}):([0-9A-F]{4})")
+_PROC_V6 = re.compile(r"\[((?:[0-9a-f]{4}:){7}[0-9a-f]{4})\]:([0-9A-F]{4})")  # %pI6: never compressed
+_PROC_HEX8 = re.compile(r"[0-9A-F]{8}")
+_PROC_SCHED = re.compile(r"[a-z][a-z0-9_-]{0,15}")
+
+
+class TableSource(str, enum.Enum):
+    """Where a pass reads the IPVS table (``[monitor] table_source``)."""
+
+    AUTO = "auto"  # /proc/net/ip_vs when the configured ipvsadm is the system's own, else ipvsadm -Ln
+    PROC = "proc"  # /proc/net/ip_vs whatever ipvsadm is configured (falls back to ipvsadm -Ln when unreadable)
+    IPVSADM = "ipvsadm"  # ipvsadm -Ln per virtual service, as before
+
+
+TABLE_SOURCES = {source.value: source.value for source in TableSource}
+
+
+class ProcTables(Dict[Tuple[str, str], Table]):
+    """{(PROT, address): table}, as parse_listing gives it, read from /proc/net/ip_vs; and:
+    `unsure`: marks (decimal) of firewall-mark services whose family the file does not show
+    (no destination but tunnels): read those with ``ipvsadm -Ln -f N [-6]``;
+    `heads`: each service line after its address as ``ipvsadm -Ln`` words it (scheduler,
+    ``persistent N``, ``mask M``, ``ops``), for the services whose line the file shows whole
+    (every one but IPv6 address services, where it omits ops); never flags nor ``pe``."""
+
+    def __init__(self):
+        super().__init__()
+        self.unsure: set = set()
+        self.heads: Dict[Tuple[str, str], Tuple[str, ...]] = {}
+
+
+@functools.lru_cache(maxsize=65536)  # the same destinations come back every pass
+def _proc_endpoint(text: str) -> Endpoint:
+    match = _PROC_V4.fullmatch(text)
+    if match:
+        return Endpoint(ipaddress.IPv4Address(int(match.group(1), 16)), int(match.group(2), 16))
+    match = _PROC_V6.fullmatch(text)
+    if not match:
+        raise ValueError(text)
+    return Endpoint(ipaddress.IPv6Address(match.group(1)), int(match.group(2), 16))
+
+
+def _proc_head(words: Sequence[str], family: Optional[int]) -> Tuple[Tuple[str, ...], bool]:
+    """The words after a service's address: (as ipvsadm -Ln words them, whether ops is shown)."""
+    if not words or not _PROC_SCHED.fullmatch(words[0]):
+        raise ValueError(words)
+    head, rest = [words[0]], list(words[1:])
+    ops = rest[:1] == ["ops"]
+    if ops:
+        rest.pop(0)
+    if rest[:1] == ["persistent"]:
+        if len(rest) != 3 or not rest[1].isdigit() or not _PROC_HEX8.fullmatch(rest[2]):
+            raise ValueError(words)
+        head += ["persistent", str(int(rest[1]))]
+        mask = int(rest[2], 16)
+        if family == 6:  # a prefix length, printed through ntohl: the bytes of the stored value swapped
+            plen = int.from_bytes(mask.to_bytes(4, "big"), sys.byteorder)
+            if plen != 128:
+                head += ["mask", str(plen)]
+        elif family == 4 and mask != 0xFFFFFFFF:
+            head += ["mask", str(ipaddress.IPv4Address(mask))]
+        rest = []  # family None: checked only, worded once the family is known (_proc_fwm)
+    if rest:
+        raise ValueError(words)
+    return tuple(head) + (("ops",) if ops else ()), ops
+
+
+def _proc_fwm(tables: ProcTables, entries: list) -> None:
+    """Key the firewall-mark services by mark and family: a destination forwarded otherwise than
+    by Tunnel has the service's family (the kernel refuses any other); one of a pair of the same
+    mark then gives the other's; with neither, the mark is `unsure`."""
+    by_mark: Dict[int, list] = {}
+    for mark, words, table in entries:
+        families = {ep.ip.version for ep, d in table.items() if d.forward != "Tunnel"}
+        if len(families) > 1:
+            raise ValueError(f"FWM {mark:08X} with destinations of both families")
+        by_mark.setdefault(mark, []).append([families.pop() if families else None, words, table])
+    for mark, services in by_mark.items():
+        known = [s[0] for s in services if s[0] is not None]
+        if len(services) > 2 or len(set(known)) != len(known):
+            raise ValueError(f"FWM {mark:08X} listed {len(services)} times")
+        if len(services) == 2 and len(known) == 1:
+            for s in services:
+                s[0] = s[0] or (4 if known[0] == 6 else 6)
+        for family, words, table in services:
+            if family is None:
+                tables.unsure.add(str(mark))
+                continue
+            key = ("FWM", f"{mark} IPv6" if family == 6 else str(mark))
+            tables[key] = table
+            tables.heads[key] = _proc_head(words, family)[0]
+
+
+def parse_proc(text: str) -> ProcTables:
+    """Parse /proc/net/ip_vs into what parse_listing gives for ``ipvsadm -Ln`` (same keys, same
+    destinations).  Strict as it is: a line not understood, a title missing, a service twice
+    raise IpvsError, so that a garbled read never looks like an empty service."""
+    tables = ProcTables()
+    lines = text.split("\n")
+    if lines[-1:] != [""] or len(lines) < 4 or not lines[0].startswith("IP Virtual Server version ") \
+            or tuple(line.strip() for line in lines[1:3]) != PROC_TITLES:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: title lines missing or cut short", f"unreadable {PROC_IP_VS}")
+    fwm: list = []
+    current: Optional[Table] = None
+    for line in lines[3:-1]:
+        fields = line.split()
+        try:
+            if fields and fields[0] == "->":
+                if current is None or len(fields) != 6 or fields[2] not in PROC_FORWARDS:
+                    raise ValueError
+                ep = _proc_endpoint(fields[1])
+                size = len(current)
+                active, inactive = int(fields[4]), int(fields[5])  # %d here, %u in ipvsadm
+                current[ep] = Destination(ep, fields[2], int(fields[3]), active % 2 ** 32, inactive % 2 ** 32)
+                if len(current) == size:  # a destination twice
+                    raise ValueError
+            elif fields[:1] == ["FWM"] and len(fields) >= 3 and _PROC_HEX8.fullmatch(fields[1]):
+                current = {}
+                _proc_head(fields[2:], None)
+                fwm.append((int(fields[1], 16), fields[2:], current))
+            elif fields[:1] in (["TCP"], ["UDP"], ["SCTP"]) and len(fields) >= 3:
+                ep = _proc_endpoint(fields[1])
+                key = (fields[0], str(ep))
+                if key in tables:
+                    raise ValueError
+                current = tables[key] = {}
+                head, ops = _proc_head(fields[2:], ep.ip.version)
+                if ep.ip.version == 4 or ops:
+                    tables.heads[key] = head
+            else:
+                raise ValueError
+        except ValueError:
+            raise IpvsError(f"unreadable {PROC_IP_VS} line {line.strip()!r}", f"unreadable {PROC_IP_VS}") from None
+    try:
+        _proc_fwm(tables, fwm)
+    except ValueError as exc:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: {exc}", f"unreadable {PROC_IP_VS}") from None
+    return tables
+
+
+def read_proc(path: str = PROC_IP_VS) -> ProcTables:
+    """The whole table in one go: the file read to its end (the kernel hands it out a page at a
+    time), then parsed.  OSError when it cannot be read, IpvsError when it is not understood."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("ascii")
+    except UnicodeDecodeError:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: not ASCII", f"unreadable {PROC_IP_VS}") from None
+    return parse_proc(text)
+
+
+def system_ipvsadm(name: str) -> bool:
+    """Whether `name` (the configured ipvsadm) is the system's own: found in /usr/sbin or /sbin,
+    so that it reads the same kernel table /proc/net/ip_vs shows (not a wrapper, not a test's fake)."""
+    path = name if os.sep in name else shutil.which(name) or shutil.which(name, path=os.pathsep.join(SYSTEM_SBIN))
+    return bool(path) and os.path.basename(path) == "ipvsadm" and os.path.dirname(os.path.abspath(path)) in SYSTEM_SBIN
+
+
 ###############################################################################
 # Probes ######################################################################
 ###############################################################################
