@@ -111,6 +111,7 @@ MAX_WEIGHT = 2147483647
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
                 "prometheus_file", "autoreload", "callback", "cleanstop", "maintenancedir", "syslog", "smtp",
                 "emailalertfrom"}
+MONITOR_KEYS.add("table_source")  # /proc/net/ip_vs or ipvsadm -Ln (TableSource)
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
@@ -262,6 +263,7 @@ class Config:
     maintenancedir: str = ""  # a file named IP or IP:PORT here holds that real server out
     smtp: str = ""  # the mail relay, host[:port], for emailalert ("" : localhost:25)
     emailalertfrom: str = ""  # the From of alert mails ("": root@ this host's name)
+    table_source: str = "auto"  # where a pass reads the IPVS table: auto | proc | ipvsadm (TableSource)
 
 
 class _Section:
@@ -1104,6 +1106,7 @@ def load_ini(path: str, text: str) -> Config:
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        table_source=top.choice("table_source", "auto", TABLE_SOURCES),
         **_monitor_extras(top),
     )
 
@@ -4611,6 +4614,10 @@ class Monitor:
         self.write_ahead = False  # write the weights a pass sets beside the state file first (the daemon)
         self.intent: Dict[Tuple[str, str, str], int] = {}  # this pass's, as written
         self.stop_requested = lambda: False
+        self.listed: Optional[ProcTables] = None  # this pass's one read of /proc/net/ip_vs (None: ipvsadm -Ln)
+        self.proc_path = PROC_IP_VS
+        self.proc_fault = ""  # why /proc/net/ip_vs could not be read, said once while it lasts
+        self._system: Tuple[str, bool] = ("", False)  # (ipvsadm path, whether it is the system's own)
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
@@ -4651,7 +4658,7 @@ class Monitor:
 
     def _read(self, vs: VirtualService, report: PassReport, service: ServiceReport) -> Optional[Table]:
         try:
-            table = self.ipvsadm.read_service(vs, self.stop_requested)
+            table = self._listed(vs)
         except IpvsStopped:
             return None
         except IpvsUnavailable as exc:
@@ -4669,6 +4676,49 @@ class Monitor:
         if self.problems.pop(vs.ipvs_key, None):
             self.output.say(f"virtual service {vs.label()} can be read again")
         return table
+
+    def _whole_table(self) -> Optional[ProcTables]:
+        """The pass's one read of the whole table from /proc/net/ip_vs when table_source selects it
+        (auto: when the ipvsadm run is the system's own); None: each service through ipvsadm -Ln.
+        A read that fails falls back to ipvsadm -Ln for the pass, said once while it lasts."""
+        source = self.config.table_source
+        if source == TableSource.IPVSADM:
+            return None
+        if source == TableSource.AUTO:
+            if self._system[0] != self.ipvsadm.path:
+                self._system = (self.ipvsadm.path, system_ipvsadm(self.ipvsadm.path))
+            if not self._system[1]:
+                return None
+        try:
+            tables = read_proc(self.proc_path)
+        except FileNotFoundError as exc:
+            if source == TableSource.AUTO:  # no ip_vs module loaded (yet): ipvsadm -Ln loads it, or says why
+                return None
+            why = exc.strerror or str(exc)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        except IpvsError as exc:
+            why = str(exc)
+        else:
+            if self.proc_fault:
+                self.output.say(f"IPVS table read from {self.proc_path} again")
+                self.proc_fault = ""
+            return tables
+        if self.proc_fault != why:
+            self.output.say(f"IPVS table: {self.proc_path} could not be read ({why}): read through ipvsadm -Ln "
+                            "until it can", "problem")
+        self.proc_fault = why
+        return None
+
+    def _listed(self, vs: VirtualService) -> Table:
+        """The destinations of `vs`: from the pass's read of /proc when there is one, else (and
+        for a firewall-mark service whose family /proc does not show) ``ipvsadm -Ln``."""
+        tables = self.listed
+        if tables is None or (vs.ipvs_key not in tables and vs.protocol == "fwm" and str(vs.fwmark) in tables.unsure):
+            return self.ipvsadm.read_service(vs, self.stop_requested)
+        if vs.ipvs_key not in tables:
+            raise ServiceNotDefined(f"virtual service {vs.address} is not defined in IPVS")
+        return tables[vs.ipvs_key]
 
     def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:
         """Say a problem once while it lasts (and again when it changes)."""
@@ -4716,7 +4766,9 @@ class Monitor:
         report = PassReport(started=now)
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
+        self.listed = self._whole_table()  # one read of the whole table, or None: one ipvsadm -Ln per service
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
+        self.listed = None
         try:
             results = None if self.stop_requested() else probe_all(
                 list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
@@ -5253,7 +5305,8 @@ def render_ini(config: Config) -> str:
             ("syslog", config.syslog), ("autoreload", "yes" if config.autoreload else "no"),
             ("callback", shlex.join(config.callback)), ("cleanstop", "yes" if config.cleanstop else "no"),
             ("maintenancedir", config.maintenancedir), ("smtp", config.smtp),
-            ("emailalertfrom", config.emailalertfrom)]
+            ("emailalertfrom", config.emailalertfrom),
+            ("table_source", "" if config.table_source == "auto" else config.table_source)]
     out += [_ini_line(key, value) for key, value in keys if value]
     for vs in config.services:
         out += ["\n", _ini_service(vs)]
@@ -5274,7 +5327,8 @@ def show_config(config: Config) -> None:
           f"syslog={config.syslog or '-'} autoreload={'yes' if config.autoreload else 'no'} "
           f"callback={shlex.join(config.callback) if config.callback else '-'} "
           f"cleanstop={'yes' if config.cleanstop else 'no'} maintenancedir={config.maintenancedir or '-'} "
-          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'}")
+          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'} "
+          f"table_source={config.table_source}")
     forwards = {"-g": "g", "-m": "m", "-i": "i"}
     for vs in config.services:
         print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
