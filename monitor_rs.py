@@ -2249,10 +2249,11 @@ class Ipvsadm:
 
 # The kernel's own listing, /proc/net/ip_vs (ip_vs_ctl.c, ip_vs_info_seq_show): the whole table in
 # one read, no process.  Addresses and ports in hexadecimal (IPv6 as 8 groups of 4 hex digits in
-# brackets), the firewall mark in hexadecimal, and its service line is ``SCHED [ops] [persistent N
-# MASK]``.  What it does not print: the family of a firewall-mark service (only a destination not
-# forwarded by Tunnel tells it: a tunnel alone may cross families), ops of an IPv6 address service,
-# scheduler flags and persistence engines.  The monitor keeps changing the table through ipvsadm;
+# brackets), the firewall mark in hexadecimal (unsigned: ipvsadm 1.31 prints a mark over 2^31 as a
+# negative number), and its service line is ``SCHED [ops] [persistent TICKS MASK]``.  What it does
+# not print: the family of a firewall-mark service (only a destination not forwarded by Tunnel tells
+# it: a tunnel alone may cross families), ops of an IPv6 address service, the persistence timeout in
+# seconds (it is in the kernel's ticks, HZ), scheduler flags and persistence engines.  The monitor keeps changing the table through ipvsadm;
 # this only replaces ``ipvsadm -Ln`` where the system's own ipvsadm would read the same kernel.
 
 PROC_IP_VS = "/proc/net/ip_vs"
@@ -2281,9 +2282,9 @@ class ProcTables(Dict[Tuple[str, str], Table]):
     """{(PROT, address): table}, as parse_listing gives it, read from /proc/net/ip_vs; and:
     `unsure`: marks (decimal) of firewall-mark services whose family the file does not show
     (no destination but tunnels): read those with ``ipvsadm -Ln -f N [-6]``;
-    `heads`: each service line after its address as ``ipvsadm -Ln`` words it (scheduler,
-    ``persistent N``, ``mask M``, ``ops``), for the services whose line the file shows whole
-    (every one but IPv6 address services, where it omits ops); never flags nor ``pe``."""
+    `heads`: each service line after its address as ``ipvsadm -Ln`` words it (scheduler, ``ops``),
+    for the services whose line the file shows whole: not persistent ones (their timeout is in
+    the kernel's ticks), nor IPv6 address services (ops not printed); flags and ``pe`` never."""
 
     def __init__(self):
         super().__init__()
@@ -2302,29 +2303,22 @@ def _proc_endpoint(text: str) -> Endpoint:
     return Endpoint(ipaddress.IPv6Address(match.group(1)), int(match.group(2), 16))
 
 
-def _proc_head(words: Sequence[str], family: Optional[int]) -> Tuple[Tuple[str, ...], bool]:
-    """The words after a service's address: (as ipvsadm -Ln words them, whether ops is shown)."""
+def _proc_head(words: Sequence[str]) -> Optional[Tuple[str, ...]]:
+    """The words after a service's address, checked: as ipvsadm -Ln words them (scheduler, ops),
+    or None for a persistent service (the file gives its timeout in the kernel's ticks, HZ unknown)."""
     if not words or not _PROC_SCHED.fullmatch(words[0]):
         raise ValueError(words)
-    head, rest = [words[0]], list(words[1:])
+    rest = list(words[1:])
     ops = rest[:1] == ["ops"]
     if ops:
         rest.pop(0)
     if rest[:1] == ["persistent"]:
         if len(rest) != 3 or not rest[1].isdigit() or not _PROC_HEX8.fullmatch(rest[2]):
             raise ValueError(words)
-        head += ["persistent", str(int(rest[1]))]
-        mask = int(rest[2], 16)
-        if family == 6:  # a prefix length, printed through ntohl: the bytes of the stored value swapped
-            plen = int.from_bytes(mask.to_bytes(4, "big"), sys.byteorder)
-            if plen != 128:
-                head += ["mask", str(plen)]
-        elif family == 4 and mask != 0xFFFFFFFF:
-            head += ["mask", str(ipaddress.IPv4Address(mask))]
-        rest = []  # family None: checked only, worded once the family is known (_proc_fwm)
+        return None
     if rest:
         raise ValueError(words)
-    return tuple(head) + (("ops",) if ops else ()), ops
+    return (words[0], "ops") if ops else (words[0],)
 
 
 def _proc_fwm(tables: ProcTables, entries: list) -> None:
@@ -2332,11 +2326,11 @@ def _proc_fwm(tables: ProcTables, entries: list) -> None:
     by Tunnel has the service's family (the kernel refuses any other); one of a pair of the same
     mark then gives the other's; with neither, the mark is `unsure`."""
     by_mark: Dict[int, list] = {}
-    for mark, words, table in entries:
+    for mark, head, table in entries:
         families = {ep.ip.version for ep, d in table.items() if d.forward != "Tunnel"}
         if len(families) > 1:
             raise ValueError(f"FWM {mark:08X} with destinations of both families")
-        by_mark.setdefault(mark, []).append([families.pop() if families else None, words, table])
+        by_mark.setdefault(mark, []).append([families.pop() if families else None, head, table])
     for mark, services in by_mark.items():
         known = [s[0] for s in services if s[0] is not None]
         if len(services) > 2 or len(set(known)) != len(known):
@@ -2344,13 +2338,14 @@ def _proc_fwm(tables: ProcTables, entries: list) -> None:
         if len(services) == 2 and len(known) == 1:
             for s in services:
                 s[0] = s[0] or (4 if known[0] == 6 else 6)
-        for family, words, table in services:
+        for family, head, table in services:
             if family is None:
                 tables.unsure.add(str(mark))
                 continue
             key = ("FWM", f"{mark} IPv6" if family == 6 else str(mark))
             tables[key] = table
-            tables.heads[key] = _proc_head(words, family)[0]
+            if head is not None:
+                tables.heads[key] = head
 
 
 def parse_proc(text: str) -> ProcTables:
@@ -2378,16 +2373,15 @@ def parse_proc(text: str) -> ProcTables:
                     raise ValueError
             elif fields[:1] == ["FWM"] and len(fields) >= 3 and _PROC_HEX8.fullmatch(fields[1]):
                 current = {}
-                _proc_head(fields[2:], None)
-                fwm.append((int(fields[1], 16), fields[2:], current))
+                fwm.append((int(fields[1], 16), _proc_head(fields[2:]), current))
             elif fields[:1] in (["TCP"], ["UDP"], ["SCTP"]) and len(fields) >= 3:
                 ep = _proc_endpoint(fields[1])
                 key = (fields[0], str(ep))
                 if key in tables:
                     raise ValueError
                 current = tables[key] = {}
-                head, ops = _proc_head(fields[2:], ep.ip.version)
-                if ep.ip.version == 4 or ops:
+                head = _proc_head(fields[2:])
+                if head is not None and (ep.ip.version == 4 or "ops" in head):  # IPv6: ops not printed
                     tables.heads[key] = head
             else:
                 raise ValueError
@@ -2407,7 +2401,7 @@ def read_proc(path: str = PROC_IP_VS) -> ProcTables:
     try:
         chunks = []
         while True:
-            chunk = os.read(fd, 1 << 20)
+            chunk = os.read(fd, 65536)  # the kernel hands out a page (or one service's whole record) a read
             if not chunk:
                 break
             chunks.append(chunk)
