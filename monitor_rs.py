@@ -4705,13 +4705,12 @@ class Monitor:
         return None
 
     def _listed(self, vs: VirtualService) -> Table:
-        """The destinations of `vs`: from the pass's read of /proc when there is one, else (and
-        for a firewall-mark service whose family /proc does not show) ``ipvsadm -Ln``."""
+        """The destinations of `vs`: from the pass's read of /proc when there is one and it has the
+        service; else ``ipvsadm -Ln`` for it, whose word on a service missing is final (a firewall
+        mark /proc cannot place, a service created or removed while the file was read)."""
         tables = self.listed
-        if tables is None or (vs.ipvs_key not in tables and vs.protocol == "fwm" and str(vs.fwmark) in tables.unsure):
+        if tables is None or vs.ipvs_key not in tables:
             return self.ipvsadm.read_service(vs, self.stop_requested)
-        if vs.ipvs_key not in tables:
-            raise ServiceNotDefined(f"virtual service {vs.address} is not defined in IPVS")
         return tables[vs.ipvs_key]
 
     def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:

@@ -499,15 +499,20 @@ def test_a_failed_proc_read_falls_back_to_ipvsadm_for_the_pass_said_once(fake_pa
     assert len([text for kind, text in said.lines if kind == "problem"]) == 2
 
 
-def test_a_service_missing_from_proc_is_not_defined_and_nothing_is_changed(fake_pass, ipvs, tmp_path):
+def test_a_service_missing_from_proc_is_asked_of_ipvsadm_whose_word_is_final(fake_pass, ipvs, tmp_path):
+    """A read that raced a change, or a mark /proc cannot place: ipvsadm -Ln for that one service."""
     monitor, said = fake_pass("proc")
     listing = ipvs.run("-Ln").stdout
     (tmp_path / "ip_vs").write_text(proc_of(listing.replace("TCP  127.0.0.1:81 rr", "")))
-    report = monitor.run_pass()
+    before = len(ipvs.listing_calls())
+    assert monitor.run_pass().ok  # the fake has it: read there, its server added
+    assert [argv for argv in ipvs.listing_calls()[before:] if argv[0] == "-Ln"] == [["-Ln", "-t", "127.0.0.1:81"]]
+    assert ipvs.dests("127.0.0.1:81") == {"127.0.0.12:80": ("Masq", 1)}
+    ipvs.run("-D", "-t", "127.0.0.1:81")
+    report = monitor.run_pass()  # gone from both: not defined, as before, nothing changed
     assert not report.ok
     two = next(s for s in report.services if s.address == "127.0.0.1:81")
     assert "is not defined in IPVS" in two.problem
-    assert ipvs.dests("127.0.0.1:81") == {}
 
 
 def test_a_firewall_mark_service_proc_cannot_place_is_listed_through_ipvsadm(ipvs, tmp_path):
