@@ -4707,9 +4707,11 @@ class Monitor:
     def _listed(self, vs: VirtualService) -> Table:
         """The destinations of `vs`: from the pass's read of /proc when there is one and it has the
         service; else ``ipvsadm -Ln`` for it, whose word on a service missing is final (a firewall
-        mark /proc cannot place, a service created or removed while the file was read)."""
+        mark /proc cannot place, a service created or removed while the file was read).  A service
+        the monitor manages (scheduler) is read through ipvsadm too: its whole service line, which
+        /proc does not always show (persistence in ticks, IPv6 ops), is what it is corrected on."""
         tables = self.listed
-        if tables is None or vs.ipvs_key not in tables:
+        if tables is None or vs.ipvs_key not in tables or vs.scheduler:
             return self.ipvsadm.read_service(vs, self.stop_requested)
         return tables[vs.ipvs_key]
 

@@ -528,3 +528,16 @@ def test_a_firewall_mark_service_proc_cannot_place_is_listed_through_ipvsadm(ipv
     assert monitor.run_pass().ok
     assert [argv for argv in ipvs.listing_calls()[before:] if argv[0] == "-Ln"] == [["-Ln", "-f", "7"]]
     assert list(ipvs.dests("7", "-f")) == ["127.0.0.12:80"]  # added through ipvsadm
+
+
+def test_a_service_the_monitor_manages_is_listed_through_ipvsadm_for_its_service_line(fake_pass, ipvs, tmp_path):
+    """scheduler set: the monitor corrects its scheduler, persistence, mask and ops, which /proc
+    does not always show (persistence in ticks, IPv6 ops): ipvsadm -Ln for that one."""
+    monitor, said = fake_pass("proc")
+    vs = dataclasses.replace(monitor.config.services[1], scheduler="rr")
+    monitor.reload(dataclasses.replace(monitor.config, services=(monitor.config.services[0], vs)))
+    monitor.ipvsadm = m.Ipvsadm(ipvs.path)
+    (tmp_path / "ip_vs").write_text(proc_of(ipvs.run("-Ln").stdout))
+    before = len(ipvs.listing_calls())
+    assert monitor.run_pass().ok
+    assert [argv for argv in ipvs.listing_calls()[before:] if argv[0] == "-Ln"] == [["-Ln", "-t", "127.0.0.1:81"]]
