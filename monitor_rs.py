@@ -2253,8 +2253,9 @@ class Ipvsadm:
 # negative number), and its service line is ``SCHED [ops] [persistent TICKS MASK]``.  What it does
 # not print: the family of a firewall-mark service (only a destination not forwarded by Tunnel tells
 # it: a tunnel alone may cross families), ops of an IPv6 address service, the persistence timeout in
-# seconds (it is in the kernel's ticks, HZ), scheduler flags and persistence engines.  The monitor keeps changing the table through ipvsadm;
-# this only replaces ``ipvsadm -Ln`` where the system's own ipvsadm would read the same kernel.
+# seconds (it is in the kernel's ticks, HZ), scheduler flags and persistence engines.  The monitor
+# keeps changing the table through ipvsadm; this only replaces ``ipvsadm -Ln`` where the system's
+# own ipvsadm would read the same kernel.
 
 PROC_IP_VS = "/proc/net/ip_vs"
 PROC_TITLES = ("Prot LocalAddress:Port Scheduler Flags",
