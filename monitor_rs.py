@@ -111,6 +111,7 @@ MAX_WEIGHT = 2147483647
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
                 "prometheus_file", "autoreload", "callback", "cleanstop", "maintenancedir", "syslog", "smtp",
                 "emailalertfrom"}
+MONITOR_KEYS.add("table_source")  # /proc/net/ip_vs or ipvsadm -Ln (TableSource)
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
@@ -262,6 +263,7 @@ class Config:
     maintenancedir: str = ""  # a file named IP or IP:PORT here holds that real server out
     smtp: str = ""  # the mail relay, host[:port], for emailalert ("" : localhost:25)
     emailalertfrom: str = ""  # the From of alert mails ("": root@ this host's name)
+    table_source: str = "auto"  # where a pass reads the IPVS table: auto | proc | ipvsadm (TableSource)
 
 
 class _Section:
@@ -1105,6 +1107,7 @@ def load_ini(path: str, text: str) -> Config:
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        table_source=top.choice("table_source", "auto", TABLE_SOURCES),
         **_monitor_extras(top),
     )
 
@@ -2336,6 +2339,181 @@ class Ipvsadm:
         if vs.ipvs_key not in listing:
             raise IpvsError(f"ipvsadm listing has no line for virtual service {vs.address}")
         return listing[vs.ipvs_key]
+
+
+# The kernel's own listing, /proc/net/ip_vs (ip_vs_ctl.c, ip_vs_info_seq_show): the whole table in
+# one read, no process.  Addresses and ports in hexadecimal (IPv6 as 8 groups of 4 hex digits in
+# brackets), the firewall mark in hexadecimal (unsigned: ipvsadm 1.31 prints a mark over 2^31 as a
+# negative number), and its service line is ``SCHED [ops] [persistent TICKS MASK]``.  What it does
+# not print: the family of a firewall-mark service (only a destination not forwarded by Tunnel tells
+# it: a tunnel alone may cross families), ops of an IPv6 address service, the persistence timeout in
+# seconds (it is in the kernel's ticks, HZ), scheduler flags and persistence engines.  The monitor
+# keeps changing the table through ipvsadm; this only replaces ``ipvsadm -Ln`` where the system's
+# own ipvsadm would read the same kernel.
+
+PROC_IP_VS = "/proc/net/ip_vs"
+PROC_TITLES = ("Prot LocalAddress:Port Scheduler Flags",
+               "-> RemoteAddress:Port Forward Weight ActiveConn InActConn")
+PROC_FORWARDS = ("Masq", "Local", "Tunnel", "Route")  # ip_vs_fwd_name
+SYSTEM_SBIN = ("/usr/sbin", "/sbin")  # where the system's own ipvsadm lives (not SBIN_DIRS: tests move that)
+_PROC_V4 = re.compile(r"([0-9A-F]{8}):([0-9A-F]{4})")
+_PROC_V6 = re.compile(r"\[((?:[0-9a-f]{4}:){7}[0-9a-f]{4})\]:([0-9A-F]{4})")  # %pI6: never compressed
+_PROC_HEX8 = re.compile(r"[0-9A-F]{8}")
+_PROC_SCHED = re.compile(r"[a-z][a-z0-9_-]{0,15}")
+
+
+class TableSource(str, enum.Enum):
+    """Where a pass reads the IPVS table (``[monitor] table_source``)."""
+
+    AUTO = "auto"  # /proc/net/ip_vs when the configured ipvsadm is the system's own, else ipvsadm -Ln
+    PROC = "proc"  # /proc/net/ip_vs whatever ipvsadm is configured (falls back to ipvsadm -Ln when unreadable)
+    IPVSADM = "ipvsadm"  # ipvsadm -Ln per virtual service, as before
+
+
+TABLE_SOURCES = {source.value: source.value for source in TableSource}
+
+
+class ProcTables(Dict[Tuple[str, str], Table]):
+    """{(PROT, address): table}, as parse_listing gives it, read from /proc/net/ip_vs; and:
+    `unsure`: marks (decimal) of firewall-mark services whose family the file does not show
+    (no destination but tunnels): read those with ``ipvsadm -Ln -f N [-6]``;
+    `heads`: each service line after its address as ``ipvsadm -Ln`` words it (scheduler, ``ops``),
+    for the services whose line the file shows whole: not persistent ones (their timeout is in
+    the kernel's ticks), nor IPv6 address services (ops not printed); flags and ``pe`` never."""
+
+    def __init__(self):
+        super().__init__()
+        self.unsure: set = set()
+        self.heads: Dict[Tuple[str, str], Tuple[str, ...]] = {}
+
+
+@functools.lru_cache(maxsize=65536)  # the same destinations come back every pass
+def _proc_endpoint(text: str) -> Endpoint:
+    match = _PROC_V4.fullmatch(text)
+    if match:
+        return Endpoint(ipaddress.IPv4Address(int(match.group(1), 16)), int(match.group(2), 16))
+    match = _PROC_V6.fullmatch(text)
+    if not match:
+        raise ValueError(text)
+    return Endpoint(ipaddress.IPv6Address(match.group(1)), int(match.group(2), 16))
+
+
+def _proc_head(words: Sequence[str]) -> Optional[Tuple[str, ...]]:
+    """The words after a service's address, checked: as ipvsadm -Ln words them (scheduler, ops),
+    or None for a persistent service (the file gives its timeout in the kernel's ticks, HZ unknown)."""
+    if not words or not _PROC_SCHED.fullmatch(words[0]):
+        raise ValueError(words)
+    rest = list(words[1:])
+    ops = rest[:1] == ["ops"]
+    if ops:
+        rest.pop(0)
+    if rest[:1] == ["persistent"]:
+        if len(rest) != 3 or not rest[1].isdigit() or not _PROC_HEX8.fullmatch(rest[2]):
+            raise ValueError(words)
+        return None
+    if rest:
+        raise ValueError(words)
+    return (words[0], "ops") if ops else (words[0],)
+
+
+def _proc_fwm(tables: ProcTables, entries: list) -> None:
+    """Key the firewall-mark services by mark and family: a destination forwarded otherwise than
+    by Tunnel has the service's family (the kernel refuses any other); one of a pair of the same
+    mark then gives the other's; with neither, the mark is `unsure`."""
+    by_mark: Dict[int, list] = {}
+    for mark, head, table in entries:
+        families = {ep.ip.version for ep, d in table.items() if d.forward != "Tunnel"}
+        if len(families) > 1:
+            raise ValueError(f"FWM {mark:08X} with destinations of both families")
+        by_mark.setdefault(mark, []).append([families.pop() if families else None, head, table])
+    for mark, services in by_mark.items():
+        known = [s[0] for s in services if s[0] is not None]
+        if len(services) > 2 or len(set(known)) != len(known):
+            raise ValueError(f"FWM {mark:08X} listed {len(services)} times")
+        if len(services) == 2 and len(known) == 1:
+            for s in services:
+                s[0] = s[0] or (4 if known[0] == 6 else 6)
+        for family, head, table in services:
+            if family is None:
+                tables.unsure.add(str(mark))
+                continue
+            key = ("FWM", f"{mark} IPv6" if family == 6 else str(mark))
+            tables[key] = table
+            if head is not None:
+                tables.heads[key] = head
+
+
+def parse_proc(text: str) -> ProcTables:
+    """Parse /proc/net/ip_vs into what parse_listing gives for ``ipvsadm -Ln`` (same keys, same
+    destinations).  Strict as it is: a line not understood, a title missing, a service twice
+    raise IpvsError, so that a garbled read never looks like an empty service."""
+    tables = ProcTables()
+    lines = text.split("\n")
+    if lines[-1:] != [""] or len(lines) < 4 or not lines[0].startswith("IP Virtual Server version ") \
+            or tuple(line.strip() for line in lines[1:3]) != PROC_TITLES:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: title lines missing or cut short", f"unreadable {PROC_IP_VS}")
+    fwm: list = []
+    current: Optional[Table] = None
+    for line in lines[3:-1]:
+        fields = line.split()
+        try:
+            if fields and fields[0] == "->":
+                if current is None or len(fields) != 6 or fields[2] not in PROC_FORWARDS:
+                    raise ValueError
+                ep = _proc_endpoint(fields[1])
+                size = len(current)
+                active, inactive = int(fields[4]), int(fields[5])  # %d here, %u in ipvsadm
+                current[ep] = Destination(ep, fields[2], int(fields[3]), active % 2 ** 32, inactive % 2 ** 32)
+                if len(current) == size:  # a destination twice
+                    raise ValueError
+            elif fields[:1] == ["FWM"] and len(fields) >= 3 and _PROC_HEX8.fullmatch(fields[1]):
+                current = {}
+                fwm.append((int(fields[1], 16), _proc_head(fields[2:]), current))
+            elif fields[:1] in (["TCP"], ["UDP"], ["SCTP"]) and len(fields) >= 3:
+                ep = _proc_endpoint(fields[1])
+                key = (fields[0], str(ep))
+                if key in tables:
+                    raise ValueError
+                current = tables[key] = {}
+                head = _proc_head(fields[2:])
+                if head is not None and (ep.ip.version == 4 or "ops" in head):  # IPv6: ops not printed
+                    tables.heads[key] = head
+            else:
+                raise ValueError
+        except ValueError:
+            raise IpvsError(f"unreadable {PROC_IP_VS} line {line.strip()!r}", f"unreadable {PROC_IP_VS}") from None
+    try:
+        _proc_fwm(tables, fwm)
+    except ValueError as exc:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: {exc}", f"unreadable {PROC_IP_VS}") from None
+    return tables
+
+
+def read_proc(path: str = PROC_IP_VS) -> ProcTables:
+    """The whole table in one go: the file read to its end (the kernel hands it out a page at a
+    time), then parsed.  OSError when it cannot be read, IpvsError when it is not understood."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)  # the kernel hands out a page (or one service's whole record) a read
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("ascii")
+    except UnicodeDecodeError:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: not ASCII", f"unreadable {PROC_IP_VS}") from None
+    return parse_proc(text)
+
+
+def system_ipvsadm(name: str) -> bool:
+    """Whether `name` (the configured ipvsadm) is the system's own: found in /usr/sbin or /sbin,
+    so that it reads the same kernel table /proc/net/ip_vs shows (not a wrapper, not a test's fake)."""
+    path = name if os.sep in name else shutil.which(name) or shutil.which(name, path=os.pathsep.join(SYSTEM_SBIN))
+    return bool(path) and os.path.basename(path) == "ipvsadm" and os.path.dirname(os.path.abspath(path)) in SYSTEM_SBIN
 
 
 ###############################################################################
@@ -4525,6 +4703,10 @@ class Monitor:
         self.write_ahead = False  # write the weights a pass sets beside the state file first (the daemon)
         self.intent: Dict[Tuple[str, str, str], int] = {}  # this pass's, as written
         self.stop_requested = lambda: False
+        self.listed: Optional[ProcTables] = None  # this pass's one read of /proc/net/ip_vs (None: ipvsadm -Ln)
+        self.proc_path = PROC_IP_VS
+        self.proc_fault = ""  # why /proc/net/ip_vs could not be read, said once while it lasts
+        self._system: Tuple[str, bool] = ("", False)  # (ipvsadm path, whether it is the system's own)
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
@@ -4566,7 +4748,7 @@ class Monitor:
     def _read(self, vs: VirtualService, report: PassReport, service: ServiceReport) -> Optional[Table]:
         try:
             try:
-                table = self.ipvsadm.read_service(vs, self.stop_requested)
+                table = self._listed(vs)
             except ServiceNotDefined:
                 if not vs.scheduler:  # not the monitor's to create: it must exist, as in the original
                     raise
@@ -4666,6 +4848,50 @@ class Monitor:
                     break
         return removed
 
+    def _whole_table(self) -> Optional[ProcTables]:
+        """The pass's one read of the whole table from /proc/net/ip_vs when table_source selects it
+        (auto: when the ipvsadm run is the system's own); None: each service through ipvsadm -Ln.
+        A read that fails falls back to ipvsadm -Ln for the pass, said once while it lasts."""
+        source = self.config.table_source
+        if source == TableSource.IPVSADM:
+            return None
+        if source == TableSource.AUTO:
+            if self._system[0] != self.ipvsadm.path:
+                self._system = (self.ipvsadm.path, system_ipvsadm(self.ipvsadm.path))
+            if not self._system[1]:
+                return None
+        try:
+            tables = read_proc(self.proc_path)
+        except FileNotFoundError as exc:
+            if source == TableSource.AUTO:  # no ip_vs module loaded (yet): ipvsadm -Ln loads it, or says why
+                return None
+            why = exc.strerror or str(exc)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        except IpvsError as exc:
+            why = str(exc)
+        else:
+            if self.proc_fault:
+                self.output.say(f"IPVS table read from {self.proc_path} again")
+                self.proc_fault = ""
+            return tables
+        if self.proc_fault != why:
+            self.output.say(f"IPVS table: {self.proc_path} could not be read ({why}): read through ipvsadm -Ln "
+                            "until it can", "problem")
+        self.proc_fault = why
+        return None
+
+    def _listed(self, vs: VirtualService) -> Table:
+        """The destinations of `vs`: from the pass's read of /proc when there is one and it has the
+        service; else ``ipvsadm -Ln`` for it, whose word on a service missing is final (a firewall
+        mark /proc cannot place, a service created or removed while the file was read).  A service
+        the monitor manages (scheduler) is read through ipvsadm too: its whole service line, which
+        /proc does not always show (persistence in ticks, IPv6 ops), is what it is corrected on."""
+        tables = self.listed
+        if tables is None or vs.ipvs_key not in tables or vs.scheduler:
+            return self.ipvsadm.read_service(vs, self.stop_requested)
+        return tables[vs.ipvs_key]
+
     def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:
         """Say a problem once while it lasts (and again when it changes)."""
         service.problem = str(exc)
@@ -4712,7 +4938,9 @@ class Monitor:
         report = PassReport(started=now)
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
+        self.listed = self._whole_table()  # one read of the whole table, or None: one ipvsadm -Ln per service
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
+        self.listed = None
         try:
             results = None if self.stop_requested() else probe_all(
                 list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
@@ -5249,7 +5477,8 @@ def render_ini(config: Config) -> str:
             ("syslog", config.syslog), ("autoreload", "yes" if config.autoreload else "no"),
             ("callback", shlex.join(config.callback)), ("cleanstop", "yes" if config.cleanstop else "no"),
             ("maintenancedir", config.maintenancedir), ("smtp", config.smtp),
-            ("emailalertfrom", config.emailalertfrom)]
+            ("emailalertfrom", config.emailalertfrom),
+            ("table_source", "" if config.table_source == "auto" else config.table_source)]
     out += [_ini_line(key, value) for key, value in keys if value]
     for vs in config.services:
         out += ["\n", _ini_service(vs)]
@@ -5270,7 +5499,8 @@ def show_config(config: Config) -> None:
           f"syslog={config.syslog or '-'} autoreload={'yes' if config.autoreload else 'no'} "
           f"callback={shlex.join(config.callback) if config.callback else '-'} "
           f"cleanstop={'yes' if config.cleanstop else 'no'} maintenancedir={config.maintenancedir or '-'} "
-          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'}")
+          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'} "
+          f"table_source={config.table_source}")
     forwards = {"-g": "g", "-m": "m", "-i": "i"}
     for vs in config.services:
         print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
