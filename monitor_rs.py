@@ -2206,7 +2206,10 @@ def parse_listing(text: str) -> Dict[Tuple[str, str], ServiceTable]:
                 current[ep] = Destination(ep, fields[2], int(fields[3]), int(fields[4]), int(fields[5]))
             elif fields[0] == "FWM" and len(fields) >= 3:  # ``FWM  1 wrr`` or ``FWM  1 IPv6 wrr``
                 ipv6 = fields[2] == "IPv6"
-                address = fields[1] + (" IPv6" if ipv6 else "")
+                mark = int(fields[1])  # ipvsadm prints it with %d: a mark from 2^31 up comes out negative
+                if not -(1 << 31) <= mark < 1 << 32 or not re.fullmatch(r"-?[0-9]+", fields[1]):
+                    raise ValueError(fields[1])
+                address = str(mark & 0xFFFFFFFF) + (" IPv6" if ipv6 else "")
                 current = services.setdefault((fields[0], address), ServiceTable(parse_head(fields[2 + ipv6:])))
             elif fields[0] in ("TCP", "UDP", "SCTP") and len(fields) >= 3:
                 address = str(parse_address(fields[1]))
