@@ -2908,6 +2908,8 @@ def forget_intent(path: str) -> None:
 # A log that cannot be written is said once on stderr and monitoring goes on;
 # so is a console that cannot be written (a full disk under `> file`, a pipe
 # nobody reads, a terminal gone): the console is given up, the log goes on.
+# With `syslog` (a facility, ldirectord's logfile = local0) every log line goes
+# to the local syslog too (only there when `log` is ""), never waiting for it.
 
 
 def timestamp(when: Optional[float] = None) -> str:
@@ -2937,14 +2939,89 @@ def to_stderr(text: str) -> None:
     _to_devnull(2)
 
 
-class LogFile:
-    """Append-only log that survives rotation, deletion and a full disk."""
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_FACILITIES = {  # syslog(3)'s facility names and codes (those of Sys::Syslog, ldirectord's logfile)
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7, "uucp": 8,
+    "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)}}
+SYSLOG_ERR, SYSLOG_WARNING, SYSLOG_INFO = 3, 4, 6
+SYSLOG_SEVERITY = {"failed": SYSLOG_ERR, "problem": SYSLOG_ERR, "down": SYSLOG_WARNING, "kept": SYSLOG_WARNING}
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-    def __init__(self, path: Optional[str], warn=None):
+
+class Syslog:
+    """Lines to the local syslog as glibc's syslog(3) sends them (``<PRI>Mmm dd hh:mm:ss
+    monitor_rs[PID]: line`` on the datagram socket /dev/log), but never waiting on it: syslog(3)
+    blocks while the daemon reads nothing (a journald stuck or restarting), and that would stop
+    the passes.  A syslog that is not there, or takes no more, is said once (and again when it
+    comes back) and its lines are dropped; the log file, if any, goes on."""
+
+    WAIT = 0.1  # once per jam: how long a line may wait for room before lines are dropped
+
+    def __init__(self, warn):
+        self.warn = warn
+        self.sock: Optional[socket.socket] = None
+        self.problem = ""
+        self.jammed = False
+
+    def send(self, facility: str, kind: str, message: str, when: Optional[float] = None) -> None:
+        t = time.localtime(when)
+        stamp = f"{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        code = SYSLOG_FACILITIES[facility] * 8 + SYSLOG_SEVERITY.get(kind, SYSLOG_INFO)
+        data = f"<{code}>{stamp} monitor_rs[{os.getpid()}]: {message}".encode("utf-8", "replace")
+        problem = ""
+        for attempt in range(2):  # a syslog daemon restarted: the old socket refuses, the name has a new one
+            try:
+                if self.sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                         | socket.SOCK_CLOEXEC)
+                    try:
+                        sock.connect(SYSLOG_SOCKET)
+                    except OSError:
+                        sock.close()
+                        raise
+                    self.sock = sock
+                try:
+                    self.sock.send(data)
+                except BlockingIOError:
+                    if self.jammed or not select.select([], [self.sock], [], self.WAIT)[1]:
+                        raise
+                    self.sock.send(data)
+                problem = ""
+                break
+            except BlockingIOError:
+                self.jammed = True
+                problem = "it takes no more lines (nothing reads them)"
+                break
+            except OSError as exc:
+                self.close()
+                problem = exc.strerror or str(exc)
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOTCONN, errno.ECONNRESET):
+                    break
+        if problem and problem != self.problem:
+            self.warn(f"monitor_rs: cannot send to syslog ({SYSLOG_SOCKET}): {problem}; its lines are dropped, "
+                      "monitoring goes on")
+        elif not problem and self.problem:
+            self.warn(f"monitor_rs: syslog ({SYSLOG_SOCKET}) takes lines again")
+        self.problem = problem
+        self.jammed = self.jammed and bool(problem)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class LogFile:
+    """Append-only log that survives rotation, deletion and a full disk; with `facility`
+    set, its lines go to syslog too (LogFile(None or "") with a facility: syslog only)."""
+
+    def __init__(self, path: Optional[str], warn=None, facility: str = ""):
         self.path = path
         self.warn = warn or to_stderr
         self.fd: Optional[int] = None
         self.problem: Optional[str] = None
+        self.facility = facility  # a SYSLOG_FACILITIES name, "" for none
+        self.syslog = Syslog(lambda text: self.warn(text))
 
     def _open(self) -> int:
         if self.fd is not None:
@@ -2959,7 +3036,10 @@ class LogFile:
         self.fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return self.fd
 
-    def write(self, message: str, when: Optional[float] = None) -> None:
+    def write(self, message: str, when: Optional[float] = None, kind: str = "info") -> None:
+        """One line; `kind` (an event's, as Output.say's) gives its syslog priority."""
+        if self.facility:
+            self.syslog.send(self.facility, kind, message, when)
         if not self.path:
             return
         line = f"{timestamp(when)}, {message}\n".encode("utf-8", "replace")
@@ -3007,7 +3087,7 @@ class Output:
     def say(self, message: str, kind: str = "info", log: bool = True) -> None:
         now = time.time()
         if log and self.to_log:
-            self.log.write(message, now)
+            self.log.write(message, now, kind)
         if not self.echo:
             return
         if self.console is not None:
@@ -3039,7 +3119,8 @@ class Output:
                 except OSError:
                     pass
             self.console.quiet = True
-        where = f" (events go on to {self.log.path})" if self.to_log and self.log.path else ""
+        targets = [self.log.path] * bool(self.log.path) + [f"syslog ({self.log.facility})"] * bool(self.log.facility)
+        where = f" (events go on to {' and '.join(targets)})" if self.to_log and targets else ""
         to_stderr(f"monitor_rs: cannot write to stdout: {exc.strerror or exc}; console output stops here, "
                   f"monitoring goes on{where}")
 
@@ -3177,6 +3258,7 @@ class Monitor:
         self.write_ahead = False  # write the weights a pass sets beside the state file first (the daemon)
         self.intent: Dict[Tuple[str, str, str], int] = {}  # this pass's, as written
         self.stop_requested = lambda: False
+        self.output.log.facility = config.syslog
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
@@ -3198,6 +3280,7 @@ class Monitor:
         self._plan(config)
         self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
         self.output.log.path = config.log
+        self.output.log.facility = config.syslog
         self.output.say(f"config reloaded from {config.path}: {len(config.services)} virtual service(s), "
                         f"{len(keep)} real server(s), every {config.interval:g} s")
 
