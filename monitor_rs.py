@@ -3171,44 +3171,208 @@ class PassReport:
 
 
 class Hooks:
-    """on_change commands, run without a shell and never waited for."""
+    """on_change commands (and fallbackcommand), run without a shell and never waited for."""
 
     TIMEOUT = 30.0
 
     def __init__(self, output: Output):
         self.output = output
         self.running: List[Tuple[subprocess.Popen, float, str]] = []
+        self.what: Dict[subprocess.Popen, str] = {}  # a running command that is not an on_change hook
 
     def start(self, argv: Sequence[str], vs: VirtualService, event: Event) -> None:
         env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
                    MONITOR_RS_SERVER=event.server, MONITOR_RS_STATE=event.state, MONITOR_RS_REASON=event.reason)
-        full = [*argv, vs.address, event.server, event.state, event.reason]
+        self.launch([*argv, vs.address, event.server, event.state, event.reason], env, event.server)
+
+    def launch(self, full: Sequence[str], env: Mapping[str, str], server: str,
+               what: str = "on_change") -> Optional[subprocess.Popen]:
+        """Start one command in its own session; killed (with its group) after TIMEOUT by reap."""
         try:
             proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
         except Exception as exc:  # OSError, or ValueError (a NUL byte): a hook never stops the pass
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            name = argv[0] if argv[0].isprintable() else repr(argv[0])
-            self.output.say(f"{event.server} on_change {name} could not start: {why}", "failed")
-            return
-        self.running.append((proc, time.monotonic() + self.TIMEOUT, event.server))
+            name = full[0] if full[0].isprintable() else repr(full[0])
+            self.output.say(f"{server} {what} {name} could not start: {why}", "failed")
+            return None
+        self.running.append((proc, time.monotonic() + self.TIMEOUT, server))
+        if what != "on_change":
+            self.what[proc] = what
+        return proc
 
     def reap(self) -> None:
         still = []
         for proc, deadline, server in self.running:
             code = proc.poll()
+            what = self.what.get(proc, "on_change")
             if code is None and time.monotonic() > deadline:
                 kill_group(proc)  # its own session: whatever it started goes too
                 try:
                     proc.wait(timeout=KILL_GRACE)
                 except subprocess.TimeoutExpired:
                     pass  # stuck in the kernel: subprocess reaps it later; the loop must not wait
-                self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
+                self.output.say(f"{server} {what} {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
             elif code is None:
                 still.append((proc, deadline, server))
+                continue
             elif code != 0:
-                self.output.say(f"{server} on_change {proc.args[0]} exited {code}", "failed")
+                self.output.say(f"{server} {what} {proc.args[0]} exited {code}", "failed")
+            self.what.pop(proc, None)
         self.running = still
+
+
+class Phase(str, enum.Enum):
+    """The monitor's phases, in ldirectord's words: emailalertstatus names those in which mail goes out."""
+
+    STARTING = "starting"  # the first pass
+    RUNNING = "running"
+    STOPPING = "stopping"
+    RELOADING = "reloading"  # the first pass after a reload
+
+
+def relay_of(text: str) -> Tuple[str, int]:
+    """The mail relay of `smtp` (host, [v6]:port, host:port; "" is localhost:25); ValueError says why not."""
+    text = text.strip() or "localhost"
+    match = (re.fullmatch(r"\[([^\]]+)\](?::([0-9]{1,5}))?", text)
+             or re.fullmatch(r"([^:\s\[\]]+)(?::([0-9]{1,5}))?", text))
+    if not match or CONTROL.search(text):
+        raise ValueError(f"{text!r} is not a host, host:port or [IPv6]:port")
+    port = int(match.group(2) or 25)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port of {text!r} out of range 1-65535")
+    return match.group(1), port
+
+
+import queue  # noqa: E402  (kept beside the code that uses it: the mail worker)
+import threading  # noqa: E402
+
+
+class Mailer:
+    """Alert mail, sent by one background thread so that a slow or dead relay never holds a pass.
+
+    The loop hands a mail over (send) and goes on; the queue is bounded (a full one drops
+    the mail, said once until there is room again); every SMTP step has a timeout.  What
+    the worker has to say (a relay that fails, once while it does; back again) waits in
+    `news` for the loop to say it: the log and the console are the loop's alone."""
+
+    QUEUE = 64
+    TIMEOUT = 10.0  # seconds, each SMTP step (connect, each answer)
+
+    def __init__(self):
+        self.queue: "queue.Queue" = queue.Queue(self.QUEUE)
+        self.news: "collections.deque[Tuple[str, str]]" = collections.deque()
+        self.thread: Optional[threading.Thread] = None
+        self.dropped = 0  # mails dropped since the queue was last found full
+        self.failing = ""  # the worker's: what the relay last did wrong, "" when it works
+
+    def send(self, relay: str, sender: str, recipients: Sequence[str], message) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._work, name="monitor_rs mail", daemon=True)
+            self.thread.start()
+        try:
+            self.queue.put_nowait((relay, sender, tuple(recipients), message))
+        except queue.Full:
+            if not self.dropped:
+                self.news.append((f"emailalert: {self.QUEUE} mails wait for the relay {relay}: this one and "
+                                  "the next are dropped until there is room, monitoring goes on", "failed"))
+            self.dropped += 1
+            return
+        if self.dropped:
+            self.news.append((f"emailalert: the mail queue has room again ({self.dropped} alert(s) dropped)",
+                              "info"))
+            self.dropped = 0
+
+    def _work(self) -> None:
+        while True:
+            relay, sender, recipients, message = self.queue.get()
+            try:
+                self._deliver(relay, sender, recipients, message)
+            except Exception as exc:  # whatever the relay or a mail does, the worker goes on
+                why = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__)
+                why = " ".join(why.split())
+                if why != self.failing:
+                    self.news.append((f"emailalert: cannot send through {relay}: {why}; alerts are dropped "
+                                      "until it takes them, monitoring goes on", "failed"))
+                self.failing = why
+            else:
+                if self.failing:
+                    self.news.append((f"emailalert: the relay {relay} takes mail again", "info"))
+                self.failing = ""
+            finally:
+                self.queue.task_done()
+
+    def _deliver(self, relay: str, sender: str, recipients: Sequence[str], message) -> None:
+        import smtplib
+        host, port = relay_of(relay)
+        # local_hostname: EHLO with this host's name, not getfqdn()'s DNS lookup
+        with smtplib.SMTP(host, port, timeout=self.TIMEOUT, local_hostname=socket.gethostname()) as smtp:
+            refused = smtp.send_message(message, from_addr=sender, to_addrs=list(recipients))
+        if refused:
+            raise smtplib.SMTPRecipientsRefused(refused)
+
+    def flush(self, grace: float) -> int:
+        """At stop: give queued mail up to `grace` seconds to go; how many are left unsent."""
+        if self.thread is None:
+            return 0
+        deadline = time.monotonic() + grace
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks and time.monotonic() < deadline:
+                self.queue.all_tasks_done.wait(max(0.0, deadline - time.monotonic()))
+            return self.queue.unfinished_tasks
+
+
+# ldirectord's subjects (_remove_service, _restore_service, ld_emailalert_resend), by what the pass did
+MAIL_SUBJECTS = {
+    "add": "Added real server: {server} ({vs}) (Weight set to {weight})",
+    "restore": "Restored real server: {server} ({vs}) (Weight set to {weight})",
+    "reweight": "Restored real server: {server} ({vs}) (Weight set to {weight})",
+    "quiesce": "Quiescent real server: {server} ({vs}) (Weight set to 0)",
+    "delete": "Deleted real server: {server} ({vs})",
+    "up": "Accessible real server: {server} ({vs})",  # up, with no change of ours to the table
+    "down": "Inaccessible real server: {server} ({vs})",  # down, with none (and every repeat)
+}
+
+
+def alert_mail(vs: VirtualService, config: Config, subject: str, server: str, state: str, reason: str,
+               phase: Phase, when: float):
+    """One alert: ldirectord's headers and first lines (host, Log-Message, Daemon-Status), then
+    when, which service and server, its state and why."""
+    from email.message import EmailMessage
+    import email.utils
+    host = socket.gethostname()
+    message = EmailMessage()
+    message["From"] = config.emailalertfrom or default_sender()
+    message["To"] = ", ".join(vs.emailalert)
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(when, localtime=True)
+    message.set_content(f"monitor_rs host: {host}\nLog-Message: {subject}\nDaemon-Status: {phase.value}\n"
+                        f"Time: {timestamp(when)}\nVirtual service: {vs.label()}\nReal server: {server}\n"
+                        f"State: {state}\nReason: {reason}\n")
+    return message
+
+
+def default_sender() -> str:
+    """ldirectord's: this user's name @ this host's name."""
+    import pwd
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def ld_virtual(vs: VirtualService) -> str:
+    """How ldirectord names a virtual service in its mail: VIP:PORT, or the firewall mark."""
+    return str(vs.fwmark) if vs.protocol == "fwm" else str(Endpoint(vs.vip, vs.vport))
+
+
+def fallback_words(vs: VirtualService, status: str) -> List[str]:
+    """ldirectord's do_fallback_command: `fallbackcommand start|stop VIP:PORT PROTOCOL`; for a
+    firewall-mark service its (unset) server and port 0 make that `:0 fwm`, kept as it is for
+    its scripts (the mark is in MONITOR_RS_SERVICE)."""
+    where = ":0" if vs.protocol == "fwm" else str(Endpoint(vs.vip, vs.vport))
+    return [*vs.fallbackcommand, status, where, vs.protocol]
 
 
 MESSAGES = {
@@ -3258,6 +3422,11 @@ class Monitor:
         self.write_ahead = False  # write the weights a pass sets beside the state file first (the daemon)
         self.intent: Dict[Tuple[str, str, str], int] = {}  # this pass's, as written
         self.stop_requested = lambda: False
+        self.phase = Phase.STARTING  # the next pass's, for emailalertstatus
+        self.mailer = Mailer()
+        self.alerted: Dict[Tuple[Tuple[str, str], str], float] = {}  # a server down: last mailed (emailalertfreq)
+        # the fallbackcommand's last status (start|stop) per service and command, and its run
+        self.fallback_ran: Dict[Tuple[Tuple[str, str], Tuple[str, ...]], Tuple[str, Optional[subprocess.Popen]]] = {}
         self.output.log.facility = config.syslog
         self._plan(config)
 
@@ -3281,6 +3450,11 @@ class Monitor:
         self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
         self.output.log.path = config.log
         self.output.log.facility = config.syslog
+        self.phase = Phase.RELOADING
+        alerting = {(vs.ipvs_key, str(rs)) for vs in config.services if vs.emailalertfreq > 0 for rs in vs.servers}
+        self.alerted = {k: v for k, v in self.alerted.items() if k in alerting}
+        commands = {(vs.ipvs_key, vs.fallbackcommand) for vs in config.services}
+        self.fallback_ran = {k: v for k, v in self.fallback_ran.items() if k in commands}
         self.output.say(f"config reloaded from {config.path}: {len(config.services)} virtual service(s), "
                         f"{len(keep)} real server(s), every {config.interval:g} s")
 
@@ -3361,6 +3535,7 @@ class Monitor:
     def run_pass(self) -> PassReport:
         now = time.time()
         started = time.monotonic()
+        phase, self.phase = self.phase, Phase.RUNNING
         services = self.config.services
         report = PassReport(started=now)
         self.intent = {}
@@ -3438,10 +3613,94 @@ class Monitor:
                 reports[vs.ipvs_key].rows.append(ServerRow(
                     str(rs), rs.weight, weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
+            if table is not None and not self.dry_run:
+                serving = any(row.health.up and row.ipvs_weight for row in reports[vs.ipvs_key].rows)
+                self._notify(vs, decision.events, health, done, serving, phase, now)
+        if not self.dry_run:
+            self._resend(phase, now)
+        self._say_news()
         self.hooks.reap()
         report.services = list(reports.values())
         report.duration = time.monotonic() - started
         return report
+
+
+    def _notify(self, vs: VirtualService, events: Sequence[Event], health: Mapping[Endpoint, Health],
+                done: Mapping[str, str], serving: bool, phase: Phase, now: float) -> None:
+        """Beyond the log, what one service's pass tells: a mail for each real server that went up or
+        down (emailalert), and the fallbackcommand when its pool empties (start) or fills (stop)."""
+        servers = {str(rs): rs for rs in vs.servers}
+        for event in events:
+            if event.state not in (Seen.UP, Seen.DOWN) or event.server not in servers:
+                continue
+            key = (vs.ipvs_key, event.server)
+            if event.state == Seen.DOWN and vs.emailalertfreq > 0:
+                self.alerted[key] = now  # repeated while it stays down
+            else:
+                self.alerted.pop(key, None)
+            kind = done.get(event.server, "")
+            subject = MAIL_SUBJECTS[kind if kind in MAIL_SUBJECTS else event.state.value].format(
+                server=event.server, vs=ld_virtual(vs), weight=health[servers[event.server].endpoint].weight)
+            self._mail(vs, subject, event.server, event.state.value, event.reason, phase, now)
+        if not vs.fallbackcommand:
+            return
+        # ldirectord's do_fallback_command: once per change of status, and once at start (or for a
+        # new command) with the status found, so a script a restart left wrong is put right
+        status = "stop" if serving else "start"
+        key = (vs.ipvs_key, vs.fallbackcommand)
+        last, proc = self.fallback_ran.get(key, ("", None))
+        if status == last or (proc is not None and proc.poll() is None):
+            return  # nothing new, or the last run still runs: this one waits for it (killed at Hooks.TIMEOUT)
+        words = fallback_words(vs, status)
+        why = "a real server is up" if serving else "no real server is up"
+        self.output.say(f"{vs.label()}: {why}: fallbackcommand {shlex.join(words)}",
+                        "fallback-delete" if serving else "fallback-add")
+        env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
+                   MONITOR_RS_STATE=status)
+        self.fallback_ran[key] = (status, self.hooks.launch(words, env, vs.label(), "fallbackcommand"))
+
+    def _mail(self, vs: VirtualService, subject: str, server: str, state: str, reason: str, phase: Phase,
+              now: float) -> None:
+        """One alert to the service's addresses if its emailalertstatus lets this phase's out
+        (ldirectord's ld_emailalert_send): said in the log, then handed to the mail worker."""
+        words = vs.emailalertstatus
+        if not vs.emailalert or "none" in words or ("all" not in words and phase.value not in words):
+            return
+        import email.utils
+        self.output.say(f"emailalert: {subject}")
+        message = alert_mail(vs, self.config, subject, server, state, reason, phase, now)
+        sender = email.utils.parseaddr(message["From"])[1] or default_sender()
+        self.mailer.send(self.config.smtp, sender, vs.emailalert, message)
+
+    def _resend(self, phase: Phase, now: float) -> None:
+        """emailalertfreq: while a real server stays down, its alert again every so many seconds
+        (ldirectord's ld_emailalert_resend: "Inaccessible real server")."""
+        for vs in self.config.services:
+            for rs in vs.servers:
+                key = (vs.ipvs_key, str(rs))
+                if key not in self.alerted:
+                    continue
+                h = self.health.get((vs.ipvs_key, rs.endpoint))
+                if h is None or h.up is not False or vs.emailalertfreq <= 0:
+                    del self.alerted[key]
+                elif now - self.alerted[key] >= vs.emailalertfreq:
+                    self.alerted[key] = now
+                    subject = MAIL_SUBJECTS["down"].format(server=rs, vs=ld_virtual(vs))
+                    self._mail(vs, subject, str(rs), "down", h.reason, phase, now)
+
+    def _say_news(self) -> None:
+        """What the mail worker has to say, said by the loop."""
+        while self.mailer.news:
+            self.output.say(*self.mailer.news.popleft())
+
+    def close(self, grace: float = 5.0) -> None:
+        """The stop path: the stopping phase; queued alerts get `grace` seconds to go out."""
+        self.phase = Phase.STOPPING
+        left = self.mailer.flush(grace)
+        self._say_news()
+        if left:
+            self.output.say(f"emailalert: {left} alert(s) not sent: the relay did not take them within "
+                            f"{grace:g} s of the stop", "failed")
 
 
 class Signals:
@@ -3997,6 +4256,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     if once:
         if snap is not None:
             output.show(lambda: show_status(snap, console))
+        monitor.close()
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
     if console is not None and snap is not None and output.echo:
         # A terminal: the table, refreshed every pass, under the events.
@@ -4014,6 +4274,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         signals.sleep(config.interval)
         run_forever(monitor, signals, load, after_pass)
     signals.ignore()
+    monitor.close()
     output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
     sys.exit(EXIT_OK)
 
