@@ -110,12 +110,14 @@ MAX_WEIGHT = 2147483647
 
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
                 "prometheus_file"}
+MONITOR_KEYS |= {"syslog", "smtp", "emailalertfrom"}  # ldnotify's minimal readers (issue 13)
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
     "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
     "checkcommand", "dynamic_weight",
 }
+SERVICE_KEYS |= {"emailalert", "emailalertfreq", "emailalertstatus", "fallbackcommand"}  # ldnotify's minimal readers
 
 
 def stored_endpoint(protocol: str, forward: str, vport: int, ep: Endpoint) -> Endpoint:
@@ -606,6 +608,47 @@ CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind
               CheckKind.EXTERNAL: _external_keys, CheckKind.ON: _not_yet("on"), CheckKind.OFF: _not_yet("off")}
 
 
+EMAILALERTSTATUS = ("all", "none", "starting", "running", "stopping", "reloading")
+
+
+def _notify_settings(top: _Section) -> dict:
+    """[monitor] syslog (a facility), smtp (host[:port]), emailalertfrom: ldnotify's minimal reader."""
+    facility = top.text("syslog").lower()
+    if facility and facility not in SYSLOG_FACILITIES:
+        raise top.fail("syslog", "not a syslog facility: " + ", ".join(SYSLOG_FACILITIES))
+    try:
+        relay_of(top.text("smtp"))
+    except ValueError as exc:
+        raise top.fail("smtp", str(exc)) from None
+    if CONTROL.search(top.text("emailalertfrom")):
+        raise top.fail("emailalertfrom", "control character (a line break, ...) in a mail header")
+    return dict(syslog=facility, smtp=top.text("smtp"), emailalertfrom=top.text("emailalertfrom"))
+
+
+def _notify_keys(sec: _Section) -> dict:
+    """emailalert (addresses), emailalertfreq, emailalertstatus, fallbackcommand: ldnotify's minimal reader."""
+    addresses = tuple(a for a in re.split(r"[,\s]+", sec.text("emailalert")) if a)
+    if any(CONTROL.search(a) for a in addresses):
+        raise sec.fail("emailalert", "control character (a line break, ...) in an address")
+    status = tuple(w for w in re.split(r"[,\s]+", sec.text("emailalertstatus", "all").lower()) if w)
+    bad = [w for w in status if w not in EMAILALERTSTATUS]
+    if bad or not status:
+        raise sec.fail("emailalertstatus", "must be words of " + ", ".join(EMAILALERTSTATUS))
+    if "none" in status and len(status) > 1:
+        raise sec.fail("emailalertstatus", "none goes alone")
+    try:
+        command = tuple(shlex.split(sec.text("fallbackcommand")))
+    except ValueError as exc:
+        raise sec.fail("fallbackcommand", f"cannot split into a command: {exc}") from None
+    if any(CONTROL.search(word) for word in command):
+        raise sec.fail("fallbackcommand", "control character (NUL, escape, ...) in the command")
+    why = unsafe_program(command[0]) if command else ""
+    if why:
+        raise sec.fail("fallbackcommand", why)
+    return dict(emailalert=addresses, emailalertfreq=sec.number("emailalertfreq", 0.0, 0.0, 31536000.0),
+                emailalertstatus=status, fallbackcommand=command)
+
+
 def _load_service(path: str, sec: _Section, name: str, own: _Section) -> VirtualService:
     protocol = sec.choice("protocol", "tcp", {p: p for p in PROTOCOL_FLAGS})
     if protocol == "fwm":
@@ -700,6 +743,7 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         fallback=fallback,
         depool_threshold=sec.number("depool_threshold", 0.0, 0.0, 1.0),
         on_change=on_change,
+        **_notify_keys(sec),
     )
 
 
@@ -917,6 +961,7 @@ def load_config(path: str) -> Config:
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        **_notify_settings(top),
     )
 
     services, seen = [], {}
