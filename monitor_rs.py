@@ -3011,10 +3011,11 @@ class Syslog:
     def send(self, facility: str, kind: str, message: str, when: Optional[float] = None) -> None:
         t = time.localtime(when)
         stamp = f"{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-        code = SYSLOG_FACILITIES[facility] * 8 + SYSLOG_SEVERITY.get(kind, SYSLOG_INFO)
+        number = SYSLOG_FACILITIES.get(facility.lower())
+        code = (number or 0) * 8 + SYSLOG_SEVERITY.get(kind, SYSLOG_INFO)
         data = f"<{code}>{stamp} monitor_rs[{os.getpid()}]: {message}".encode("utf-8", "replace")
-        problem = ""
-        for attempt in range(2):  # a syslog daemon restarted: the old socket refuses, the name has a new one
+        problem = "" if number is not None else f"{facility!r} is not a syslog facility"
+        for attempt in range(2 if number is not None else 0):  # a syslog restarted: the old socket refuses
             try:
                 if self.sock is None:
                     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
@@ -3376,6 +3377,8 @@ MAIL_SUBJECTS = {
     "delete": "Deleted real server: {server} ({vs})",
     "up": "Accessible real server: {server} ({vs})",  # up, with no change of ours to the table
     "down": "Inaccessible real server: {server} ({vs})",  # down, with none (and every repeat)
+    "fallback-add": "Added fallback server: {server} ({vs}) (Weight set to 1)",
+    "fallback-delete": "Deleted fallback server: {server} ({vs})",
 }
 
 
@@ -3384,9 +3387,10 @@ def alert_mail(vs: VirtualService, config: Config, subject: str, server: str, st
     """One alert: ldirectord's headers and first lines (host, Log-Message, Daemon-Status), then
     when, which service and server, its state and why."""
     from email.message import EmailMessage
+    import email.policy
     import email.utils
     host = socket.gethostname()
-    message = EmailMessage()
+    message = EmailMessage(email.policy.SMTP.clone(max_line_length=998))  # a subject is one line, as ldirectord's
     message["From"] = config.emailalertfrom or default_sender()
     message["To"] = ", ".join(vs.emailalert)
     message["Subject"] = subject
@@ -3687,6 +3691,12 @@ class Monitor:
             subject = MAIL_SUBJECTS[kind if kind in MAIL_SUBJECTS else event.state.value].format(
                 server=event.server, vs=ld_virtual(vs), weight=health[servers[event.server].endpoint].weight)
             self._mail(vs, subject, event.server, event.state.value, event.reason, phase, now)
+        kind = done.get(str(vs.fallback), "") if vs.fallback is not None else ""
+        if kind in ("fallback-add", "fallback-delete"):
+            why = "no real server is up" if kind == "fallback-add" else "a real server is up"
+            subject = MAIL_SUBJECTS[kind].format(server=vs.fallback, vs=ld_virtual(vs))
+            self._mail(vs, subject, f"{vs.fallback} (fallback)", "added" if kind == "fallback-add" else "removed",
+                       why, phase, now)
         if not vs.fallbackcommand:
             return
         # ldirectord's do_fallback_command: once per change of status, and once at start (or for a
@@ -3713,8 +3723,15 @@ class Monitor:
             return
         import email.utils
         self.output.say(f"emailalert: {subject}")
-        message = alert_mail(vs, self.config, subject, server, state, reason, phase, now)
-        sender = email.utils.parseaddr(message["From"])[1] or default_sender()
+        try:
+            message = alert_mail(vs, self.config, subject, server, state, reason, phase, now)
+            sender = email.utils.parseaddr(message["From"])[1] or default_sender()
+        except Exception as exc:  # a header the email package refuses (a config's): never the pass's end
+            key = ("emailalert", vs.address)
+            if self.failing.get(key) != str(exc):
+                self.output.say(f"emailalert: cannot make the mail of {vs.label()}: {exc}", "failed")
+            self.failing[key] = str(exc)
+            return
         self.mailer.send(self.config.smtp, sender, vs.emailalert, message)
 
     def _resend(self, phase: Phase, now: float) -> None:
