@@ -614,8 +614,8 @@ EMAILALERTSTATUS = ("all", "none", "starting", "running", "stopping", "reloading
 def _notify_settings(top: _Section) -> dict:
     """[monitor] syslog (a facility), smtp (host[:port]), emailalertfrom: ldnotify's minimal reader."""
     facility = top.text("syslog").lower()
-    if facility and facility not in SYSLOG_FACILITIES:
-        raise top.fail("syslog", "not a syslog facility: " + ", ".join(SYSLOG_FACILITIES))
+    if facility and facility not in SYSLOG_CODES:
+        raise top.fail("syslog", "not a syslog facility: " + ", ".join(SYSLOG_CODES))
     try:
         relay_of(top.text("smtp"))
     except ValueError as exc:
@@ -2985,7 +2985,7 @@ def to_stderr(text: str) -> None:
 
 
 SYSLOG_SOCKET = "/dev/log"
-SYSLOG_FACILITIES = {  # syslog(3)'s facility names and codes (those of Sys::Syslog, ldirectord's logfile)
+SYSLOG_CODES = {  # syslog(3)'s facility codes by name (those of Sys::Syslog, ldirectord's logfile)
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7, "uucp": 8,
     "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)}}
 SYSLOG_ERR, SYSLOG_WARNING, SYSLOG_INFO = 3, 4, 6
@@ -3011,7 +3011,7 @@ class Syslog:
     def send(self, facility: str, kind: str, message: str, when: Optional[float] = None) -> None:
         t = time.localtime(when)
         stamp = f"{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
-        number = SYSLOG_FACILITIES.get(facility.lower())
+        number = SYSLOG_CODES.get(facility.lower())
         code = (number or 0) * 8 + SYSLOG_SEVERITY.get(kind, SYSLOG_INFO)
         data = f"<{code}>{stamp} monitor_rs[{os.getpid()}]: {message}".encode("utf-8", "replace")
         problem = "" if number is not None else f"{facility!r} is not a syslog facility"
@@ -3066,7 +3066,7 @@ class LogFile:
         self.warn = warn or to_stderr
         self.fd: Optional[int] = None
         self.problem: Optional[str] = None
-        self.facility = facility  # a SYSLOG_FACILITIES name, "" for none
+        self.facility = facility  # a SYSLOG_CODES name, "" for none
         self.syslog = Syslog(lambda text: self.warn(text))
 
     def _open(self) -> int:
