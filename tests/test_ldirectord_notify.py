@@ -215,9 +215,10 @@ def test_emailalertfreq_repeats_the_alert_while_the_server_stays_down(ipvs, run,
     assert subjects[0] == f"Deleted real server: {b.address} ({VIP})"
     assert subjects[-1] == f"Added real server: {b.address} ({VIP}) (Weight set to 1)"
     assert set(subjects[1:-1]) == {inaccessible} and len(subjects) >= 5, subjects
-    times = [mail["at"] for mail in sink.mails()[:-1]]
+    times = [mail["at"] for mail in sink.mails()[:-1]]  # when the relay took them: the worker's pace too
     gaps = [later - earlier for earlier, later in zip(times, times[1:])]
-    assert all(0.8 <= gap <= 3.0 for gap in gaps), gaps  # every 1 s, to a pass (0.2 s) or so
+    average = (times[-1] - times[0]) / len(gaps)
+    assert all(0.5 <= gap <= 5.0 for gap in gaps) and 0.9 <= average <= 2.0, gaps  # every 1 s, to a pass or so
     assert "State: down" in sink.mails()[1]["message"].get_content()
 
 
@@ -249,7 +250,8 @@ def test_a_relay_that_never_answers_does_not_slow_the_passes(ipvs, run, backends
     wait_until(lambda: watch() or len(passes) >= 15, what="15 passes seen")  # the worker is still stuck
     started = sorted(passes)
     gaps = [later - earlier for earlier, later in zip(started, started[1:])]
-    assert max(passes.values()) < 0.5 and max(gaps) < INTERVAL + 0.5, (passes, gaps)
+    # a pass that waited on the relay would take its 10 s (m.Mailer.TIMEOUT), a mail at a time
+    assert max(passes.values()) < m.Mailer.TIMEOUT / 2 and max(gaps) < m.Mailer.TIMEOUT / 2, (passes, gaps)
     before = time.monotonic()
     code, _, _ = monitor.stop()
     assert code == 0 and time.monotonic() - before < 10
@@ -384,11 +386,11 @@ def test_a_slow_fallbackcommand_holds_neither_the_pass_nor_the_order(ipvs, run, 
     a.stop()
     wait_until(lambda: runs(out)[-1:] == [f"start {VIP} tcp [{VIP}]"], what="start running")
     a.start()
-    wait_state(monitor, a.address, "up")
-    assert runs(out)[-1] == f"start {VIP} tcp [{VIP}]"  # start still sleeps: stop has not run
+    meanwhile = set()
+    wait_until(lambda: meanwhile.add(pass_time(monitor)) or "start done" in runs(out), what="start done")
+    assert len(meanwhile) >= 4, meanwhile  # passes went on while it ran (a waited run: none)
     wait_until(lambda: runs(out)[-3:] == ["start done", f"stop {VIP} tcp [{VIP}]", "stop done"], what="stop after")
-    snap = json.loads(monitor.state.read_text())
-    assert snap["pass_seconds"] < 0.5
+    wait_state(monitor, a.address, "up")
 
 
 def test_fallbackcommand_is_not_run_by_dry_run_nor_status(ipvs, run, backends, tmp_path):
@@ -539,8 +541,7 @@ def test_a_syslog_that_reads_nothing_never_holds_the_loop(ipvs, run, backends, t
         monitor.wait_log(f"{b.address} is out of work", count=round_)
         b.start()
         monitor.wait_log(f"{b.address} has been added", count=round_)
-    snap = json.loads(monitor.state.read_text())
-    assert snap["pass_seconds"] < 0.5
+    wait_passes(monitor, 3)  # and on: syslog(3) would have held the loop from the 11th line
     syslogd.read()  # room again
     wait_passes(monitor, 2)
     code, _, err = monitor.stop()
