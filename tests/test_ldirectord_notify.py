@@ -381,11 +381,11 @@ def test_fallbackcommand_of_a_firewall_mark_service_gets_what_ldirectord_gives(i
 
 
 def test_a_slow_fallbackcommand_holds_neither_the_pass_nor_the_order(ipvs, run, backends, tmp_path):
-    """`start` still runs (2 s) when the pool fills again: `stop` waits for it, never runs beside it;
+    """`start` still runs (3 s) when the pool fills again: `stop` waits for it, never runs beside it;
     the passes go on meanwhile."""
     a = backends(ip="127.0.0.11")
     in_table(ipvs, a)
-    script, out = recorder(tmp_path, sleep=2)
+    script, out = recorder(tmp_path, sleep=3)
     monitor = run(ipvs, conf([a.address], service=f"fallbackcommand = {script}\n")).start()
     wait_until(lambda: runs(out)[-1:] == ["stop done"], what="the status found at start")
     a.stop()
@@ -393,7 +393,7 @@ def test_a_slow_fallbackcommand_holds_neither_the_pass_nor_the_order(ipvs, run, 
     a.start()
     meanwhile = set()
     wait_until(lambda: meanwhile.add(pass_time(monitor)) or "start done" in runs(out), what="start done")
-    assert len(meanwhile) >= 4, meanwhile  # passes went on while it ran (a waited run: none)
+    assert len(meanwhile - {None}) >= 3, meanwhile  # passes went on while it ran (a waited run: one)
     wait_until(lambda: runs(out)[-3:] == ["start done", f"stop {VIP} tcp [{VIP}]", "stop done"], what="stop after")
     wait_state(monitor, a.address, "up")
 
