@@ -4437,6 +4437,8 @@ def forget_intent(path: str) -> None:
 # A log that cannot be written is said once on stderr and monitoring goes on;
 # so is a console that cannot be written (a full disk under `> file`, a pipe
 # nobody reads, a terminal gone): the console is given up, the log goes on.
+# With `syslog` (a facility, ldirectord's logfile = local0) every log line goes
+# to the local syslog too (only there when `log` is ""), never waiting for it.
 
 
 def timestamp(when: Optional[float] = None) -> str:
@@ -4466,14 +4468,90 @@ def to_stderr(text: str) -> None:
     _to_devnull(2)
 
 
-class LogFile:
-    """Append-only log that survives rotation, deletion and a full disk."""
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_CODES = {  # syslog(3)'s facility codes by name (those of Sys::Syslog, ldirectord's logfile)
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7, "uucp": 8,
+    "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)}}
+SYSLOG_ERR, SYSLOG_WARNING, SYSLOG_INFO = 3, 4, 6
+SYSLOG_SEVERITY = {"failed": SYSLOG_ERR, "problem": SYSLOG_ERR, "down": SYSLOG_WARNING, "kept": SYSLOG_WARNING}
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-    def __init__(self, path: Optional[str], warn=None):
+
+class Syslog:
+    """Lines to the local syslog as glibc's syslog(3) sends them (``<PRI>Mmm dd hh:mm:ss
+    monitor_rs[PID]: line`` on the datagram socket /dev/log), but never waiting on it: syslog(3)
+    blocks while the daemon reads nothing (a journald stuck or restarting), and that would stop
+    the passes.  A syslog that is not there, or takes no more, is said once (and again when it
+    comes back) and its lines are dropped; the log file, if any, goes on."""
+
+    WAIT = 0.1  # once per jam: how long a line may wait for room before lines are dropped
+
+    def __init__(self, warn):
+        self.warn = warn
+        self.sock: Optional[socket.socket] = None
+        self.problem = ""
+        self.jammed = False
+
+    def send(self, facility: str, kind: str, message: str, when: Optional[float] = None) -> None:
+        t = time.localtime(when)
+        stamp = f"{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        number = SYSLOG_CODES.get(facility.lower())
+        code = (number or 0) * 8 + SYSLOG_SEVERITY.get(kind, SYSLOG_INFO)
+        data = f"<{code}>{stamp} monitor_rs[{os.getpid()}]: {message}".encode("utf-8", "replace")
+        problem = "" if number is not None else f"{facility!r} is not a syslog facility"
+        for attempt in range(2 if number is not None else 0):  # a syslog restarted: the old socket refuses
+            try:
+                if self.sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                         | socket.SOCK_CLOEXEC)
+                    try:
+                        sock.connect(SYSLOG_SOCKET)
+                    except OSError:
+                        sock.close()
+                        raise
+                    self.sock = sock
+                try:
+                    self.sock.send(data)
+                except BlockingIOError:
+                    if self.jammed or not select.select([], [self.sock], [], self.WAIT)[1]:
+                        raise
+                    self.sock.send(data)
+                problem = ""
+                break
+            except BlockingIOError:
+                self.jammed = True
+                problem = "it takes no more lines (nothing reads them)"
+                break
+            except OSError as exc:
+                self.close()
+                problem = exc.strerror or str(exc)
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOTCONN, errno.ECONNRESET):
+                    break
+        if problem and problem != self.problem:
+            self.warn(f"monitor_rs: cannot send to syslog ({SYSLOG_SOCKET}): {problem}; its lines are dropped, "
+                      "monitoring goes on")
+        elif not problem and self.problem:
+            self.warn(f"monitor_rs: syslog ({SYSLOG_SOCKET}) takes lines again")
+        self.problem = problem
+        self.jammed = self.jammed and bool(problem)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class LogFile:
+    """Append-only log that survives rotation, deletion and a full disk; with `facility`
+    set, its lines go to syslog too (LogFile(None or "") with a facility: syslog only)."""
+
+    def __init__(self, path: Optional[str], warn=None, facility: str = ""):
         self.path = path
         self.warn = warn or to_stderr
         self.fd: Optional[int] = None
         self.problem: Optional[str] = None
+        self.facility = facility  # a SYSLOG_CODES name, "" for none
+        self.syslog = Syslog(lambda text: self.warn(text))
 
     def _open(self) -> int:
         if self.fd is not None:
@@ -4488,7 +4566,10 @@ class LogFile:
         self.fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return self.fd
 
-    def write(self, message: str, when: Optional[float] = None) -> None:
+    def write(self, message: str, when: Optional[float] = None, kind: str = "info") -> None:
+        """One line; `kind` (an event's, as Output.say's) gives its syslog priority."""
+        if self.facility:
+            self.syslog.send(self.facility, kind, message, when)
         if not self.path:
             return
         line = f"{timestamp(when)}, {message}\n".encode("utf-8", "replace")
@@ -4536,7 +4617,7 @@ class Output:
     def say(self, message: str, kind: str = "info", log: bool = True) -> None:
         now = time.time()
         if log and self.to_log:
-            self.log.write(message, now)
+            self.log.write(message, now, kind)
         if not self.echo:
             return
         if self.console is not None:
@@ -4568,7 +4649,8 @@ class Output:
                 except OSError:
                     pass
             self.console.quiet = True
-        where = f" (events go on to {self.log.path})" if self.to_log and self.log.path else ""
+        targets = [self.log.path] * bool(self.log.path) + [f"syslog ({self.log.facility})"] * bool(self.log.facility)
+        where = f" (events go on to {' and '.join(targets)})" if self.to_log and targets else ""
         to_stderr(f"monitor_rs: cannot write to stdout: {exc.strerror or exc}; console output stops here, "
                   f"monitoring goes on{where}")
 
@@ -4619,44 +4701,211 @@ class PassReport:
 
 
 class Hooks:
-    """on_change commands, run without a shell and never waited for."""
+    """on_change commands (and fallbackcommand), run without a shell and never waited for."""
 
     TIMEOUT = 30.0
 
     def __init__(self, output: Output):
         self.output = output
         self.running: List[Tuple[subprocess.Popen, float, str]] = []
+        self.what: Dict[subprocess.Popen, str] = {}  # a running command that is not an on_change hook
 
     def start(self, argv: Sequence[str], vs: VirtualService, event: Event) -> None:
         env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
                    MONITOR_RS_SERVER=event.server, MONITOR_RS_STATE=event.state, MONITOR_RS_REASON=event.reason)
-        full = [*argv, vs.address, event.server, event.state, event.reason]
+        self.launch([*argv, vs.address, event.server, event.state, event.reason], env, event.server)
+
+    def launch(self, full: Sequence[str], env: Mapping[str, str], server: str,
+               what: str = "on_change") -> Optional[subprocess.Popen]:
+        """Start one command in its own session; killed (with its group) after TIMEOUT by reap."""
         try:
             proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
         except Exception as exc:  # OSError, or ValueError (a NUL byte): a hook never stops the pass
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            name = argv[0] if argv[0].isprintable() else repr(argv[0])
-            self.output.say(f"{event.server} on_change {name} could not start: {why}", "failed")
-            return
-        self.running.append((proc, time.monotonic() + self.TIMEOUT, event.server))
+            name = full[0] if full[0].isprintable() else repr(full[0])
+            self.output.say(f"{server} {what} {name} could not start: {why}", "failed")
+            return None
+        self.running.append((proc, time.monotonic() + self.TIMEOUT, server))
+        if what != "on_change":
+            self.what[proc] = what
+        return proc
 
     def reap(self) -> None:
         still = []
         for proc, deadline, server in self.running:
             code = proc.poll()
+            what = self.what.get(proc, "on_change")
             if code is None and time.monotonic() > deadline:
                 kill_group(proc)  # its own session: whatever it started goes too
                 try:
                     proc.wait(timeout=KILL_GRACE)
                 except subprocess.TimeoutExpired:
                     pass  # stuck in the kernel: subprocess reaps it later; the loop must not wait
-                self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
+                self.output.say(f"{server} {what} {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
             elif code is None:
                 still.append((proc, deadline, server))
+                continue
             elif code != 0:
-                self.output.say(f"{server} on_change {proc.args[0]} exited {code}", "failed")
+                self.output.say(f"{server} {what} {proc.args[0]} exited {code}", "failed")
+            self.what.pop(proc, None)
         self.running = still
+
+
+class Phase(str, enum.Enum):
+    """The monitor's phases, in ldirectord's words: emailalertstatus names those in which mail goes out."""
+
+    STARTING = "starting"  # the first pass
+    RUNNING = "running"
+    STOPPING = "stopping"
+    RELOADING = "reloading"  # the first pass after a reload
+
+
+def relay_of(text: str) -> Tuple[str, int]:
+    """The mail relay of `smtp` (host, [v6]:port, host:port; "" is localhost:25); ValueError says why not."""
+    text = text.strip() or "localhost"
+    match = (re.fullmatch(r"\[([^\]]+)\](?::([0-9]{1,5}))?", text)
+             or re.fullmatch(r"([^:\s\[\]]+)(?::([0-9]{1,5}))?", text))
+    if not match or CONTROL.search(text):
+        raise ValueError(f"{text!r} is not a host, host:port or [IPv6]:port")
+    port = int(match.group(2) or 25)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port of {text!r} out of range 1-65535")
+    return match.group(1), port
+
+
+import queue  # noqa: E402  (kept beside the code that uses it: the mail worker)
+import threading  # noqa: E402
+
+
+class Mailer:
+    """Alert mail, sent by one background thread so that a slow or dead relay never holds a pass.
+
+    The loop hands a mail over (send) and goes on; the queue is bounded (a full one drops
+    the mail, said once until there is room again); every SMTP step has a timeout.  What
+    the worker has to say (a relay that fails, once while it does; back again) waits in
+    `news` for the loop to say it: the log and the console are the loop's alone."""
+
+    QUEUE = 64
+    TIMEOUT = 10.0  # seconds, each SMTP step (connect, each answer)
+
+    def __init__(self):
+        self.queue: "queue.Queue" = queue.Queue(self.QUEUE)
+        self.news: "collections.deque[Tuple[str, str]]" = collections.deque()
+        self.thread: Optional[threading.Thread] = None
+        self.dropped = 0  # mails dropped since the queue was last found full
+        self.failing = ""  # the worker's: what the relay last did wrong, "" when it works
+
+    def send(self, relay: str, sender: str, recipients: Sequence[str], message) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._work, name="monitor_rs mail", daemon=True)
+            self.thread.start()
+        try:
+            self.queue.put_nowait((relay, sender, tuple(recipients), message))
+        except queue.Full:
+            if not self.dropped:
+                self.news.append((f"emailalert: {self.QUEUE} mails wait for the relay {relay}: this one and "
+                                  "the next are dropped until there is room, monitoring goes on", "failed"))
+            self.dropped += 1
+            return
+        if self.dropped:
+            self.news.append((f"emailalert: the mail queue has room again ({self.dropped} alert(s) dropped)",
+                              "info"))
+            self.dropped = 0
+
+    def _work(self) -> None:
+        while True:
+            relay, sender, recipients, message = self.queue.get()
+            try:
+                self._deliver(relay, sender, recipients, message)
+            except Exception as exc:  # whatever the relay or a mail does, the worker goes on
+                why = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__)
+                why = " ".join(why.split())
+                if why != self.failing:
+                    self.news.append((f"emailalert: cannot send through {relay}: {why}; alerts are dropped "
+                                      "until it takes them, monitoring goes on", "failed"))
+                self.failing = why
+            else:
+                if self.failing:
+                    self.news.append((f"emailalert: the relay {relay} takes mail again", "info"))
+                self.failing = ""
+            finally:
+                self.queue.task_done()
+
+    def _deliver(self, relay: str, sender: str, recipients: Sequence[str], message) -> None:
+        import smtplib
+        host, port = relay_of(relay)
+        # local_hostname: EHLO with this host's name, not getfqdn()'s DNS lookup
+        with smtplib.SMTP(host, port, timeout=self.TIMEOUT, local_hostname=socket.gethostname()) as smtp:
+            refused = smtp.send_message(message, from_addr=sender, to_addrs=list(recipients))
+        if refused:
+            raise smtplib.SMTPRecipientsRefused(refused)
+
+    def flush(self, grace: float) -> int:
+        """At stop: give queued mail up to `grace` seconds to go; how many are left unsent."""
+        if self.thread is None:
+            return 0
+        deadline = time.monotonic() + grace
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks and time.monotonic() < deadline:
+                self.queue.all_tasks_done.wait(max(0.0, deadline - time.monotonic()))
+            return self.queue.unfinished_tasks
+
+
+# ldirectord's subjects (_remove_service, _restore_service, ld_emailalert_resend), by what the pass did
+MAIL_SUBJECTS = {
+    "add": "Added real server: {server} ({vs}) (Weight set to {weight})",
+    "restore": "Restored real server: {server} ({vs}) (Weight set to {weight})",
+    "reweight": "Restored real server: {server} ({vs}) (Weight set to {weight})",
+    "quiesce": "Quiescent real server: {server} ({vs}) (Weight set to 0)",
+    "delete": "Deleted real server: {server} ({vs})",
+    "up": "Accessible real server: {server} ({vs})",  # up, with no change of ours to the table
+    "down": "Inaccessible real server: {server} ({vs})",  # down, with none (and every repeat)
+    "fallback-add": "Added fallback server: {server} ({vs}) (Weight set to 1)",
+    "fallback-delete": "Deleted fallback server: {server} ({vs})",
+}
+
+
+def alert_mail(vs: VirtualService, config: Config, subject: str, server: str, state: str, reason: str,
+               phase: Phase, when: float):
+    """One alert: ldirectord's headers and first lines (host, Log-Message, Daemon-Status), then
+    when, which service and server, its state and why."""
+    from email.message import EmailMessage
+    import email.policy
+    import email.utils
+    host = socket.gethostname()
+    message = EmailMessage(email.policy.SMTP.clone(max_line_length=998))  # a subject is one line, as ldirectord's
+    message["From"] = config.emailalertfrom or default_sender()
+    message["To"] = ", ".join(vs.emailalert)
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(when, localtime=True)
+    message.set_content(f"monitor_rs host: {host}\nLog-Message: {subject}\nDaemon-Status: {phase.value}\n"
+                        f"Time: {timestamp(when)}\nVirtual service: {vs.label()}\nReal server: {server}\n"
+                        f"State: {state}\nReason: {reason}\n")
+    return message
+
+
+def default_sender() -> str:
+    """ldirectord's: this user's name @ this host's name."""
+    import pwd
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def ld_virtual(vs: VirtualService) -> str:
+    """How ldirectord names a virtual service in its mail: VIP:PORT, or the firewall mark."""
+    return str(vs.fwmark) if vs.protocol == "fwm" else str(Endpoint(vs.vip, vs.vport))
+
+
+def fallback_words(vs: VirtualService, status: str) -> List[str]:
+    """ldirectord's do_fallback_command: `fallbackcommand start|stop VIP:PORT PROTOCOL`; for a
+    firewall-mark service its (unset) server and port 0 make that `:0 fwm`, kept as it is for
+    its scripts (the mark is in MONITOR_RS_SERVICE)."""
+    where = ":0" if vs.protocol == "fwm" else str(Endpoint(vs.vip, vs.vport))
+    return [*vs.fallbackcommand, status, where, vs.protocol]
 
 
 MESSAGES = {
@@ -4710,6 +4959,12 @@ class Monitor:
         self.proc_path = PROC_IP_VS
         self.proc_fault = ""  # why /proc/net/ip_vs could not be read, said once while it lasts
         self._system: Tuple[str, bool] = ("", False)  # (ipvsadm path, whether it is the system's own)
+        self.phase = Phase.STARTING  # the next pass's, for emailalertstatus
+        self.mailer = Mailer()
+        self.alerted: Dict[Tuple[Tuple[str, str], str], float] = {}  # a server down: last mailed (emailalertfreq)
+        # the fallbackcommand's last status (start|stop) per service and command, and its run
+        self.fallback_ran: Dict[Tuple[Tuple[str, str], Tuple[str, ...]], Tuple[str, Optional[subprocess.Popen]]] = {}
+        self.output.log.facility = config.syslog
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
@@ -4731,6 +4986,12 @@ class Monitor:
         self._plan(config)
         self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
         self.output.log.path = config.log
+        self.output.log.facility = config.syslog
+        self.phase = Phase.RELOADING
+        alerting = {(vs.ipvs_key, str(rs)) for vs in config.services if vs.emailalertfreq > 0 for rs in vs.servers}
+        self.alerted = {k: v for k, v in self.alerted.items() if k in alerting}
+        commands = {(vs.ipvs_key, vs.fallbackcommand) for vs in config.services}
+        self.fallback_ran = {k: v for k, v in self.fallback_ran.items() if k in commands}
         self.output.say(f"config reloaded from {config.path}: {len(config.services)} virtual service(s), "
                         f"{len(keep)} real server(s), every {config.interval:g} s")
 
@@ -4937,6 +5198,7 @@ class Monitor:
     def run_pass(self) -> PassReport:
         now = time.time()
         started = time.monotonic()
+        phase, self.phase = self.phase, Phase.RUNNING
         services = self.config.services
         report = PassReport(started=now)
         self.intent = {}
@@ -5016,10 +5278,107 @@ class Monitor:
                 reports[vs.ipvs_key].rows.append(ServerRow(
                     str(rs), rs.weight, weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
+            if table is not None and not self.dry_run:
+                serving = any(row.health.up and row.ipvs_weight for row in reports[vs.ipvs_key].rows)
+                self._notify(vs, decision.events, health, done, serving, phase, now)
+        if not self.dry_run:
+            self._resend(phase, now)
+        self._say_news()
         self.hooks.reap()
         report.services = list(reports.values())
         report.duration = time.monotonic() - started
         return report
+
+
+    def _notify(self, vs: VirtualService, events: Sequence[Event], health: Mapping[Endpoint, Health],
+                done: Mapping[str, str], serving: bool, phase: Phase, now: float) -> None:
+        """Beyond the log, what one service's pass tells: a mail for each real server that went up or
+        down (emailalert), and the fallbackcommand when its pool empties (start) or fills (stop)."""
+        servers = {str(rs): rs for rs in vs.servers}
+        for event in events:
+            if event.state not in (Seen.UP, Seen.DOWN) or event.server not in servers:
+                continue
+            key = (vs.ipvs_key, event.server)
+            if event.state == Seen.DOWN and vs.emailalertfreq > 0:
+                self.alerted[key] = now  # repeated while it stays down
+            else:
+                self.alerted.pop(key, None)
+            kind = done.get(event.server, "")
+            subject = MAIL_SUBJECTS[kind if kind in MAIL_SUBJECTS else event.state.value].format(
+                server=event.server, vs=ld_virtual(vs), weight=health[servers[event.server].endpoint].weight)
+            self._mail(vs, subject, event.server, event.state.value, event.reason, phase, now)
+        kind = done.get(str(vs.fallback), "") if vs.fallback is not None else ""
+        if kind in ("fallback-add", "fallback-delete"):
+            why = "no real server is up" if kind == "fallback-add" else "a real server is up"
+            subject = MAIL_SUBJECTS[kind].format(server=vs.fallback, vs=ld_virtual(vs))
+            self._mail(vs, subject, f"{vs.fallback} (fallback)", "added" if kind == "fallback-add" else "removed",
+                       why, phase, now)
+        if not vs.fallbackcommand:
+            return
+        # ldirectord's do_fallback_command: once per change of status, and once at start (or for a
+        # new command) with the status found, so a script a restart left wrong is put right
+        status = "stop" if serving else "start"
+        key = (vs.ipvs_key, vs.fallbackcommand)
+        last, proc = self.fallback_ran.get(key, ("", None))
+        if status == last or (proc is not None and proc.poll() is None):
+            return  # nothing new, or the last run still runs: this one waits for it (killed at Hooks.TIMEOUT)
+        words = fallback_words(vs, status)
+        why = "a real server is up" if serving else "no real server is up"
+        self.output.say(f"{vs.label()}: {why}: fallbackcommand {shlex.join(words)}",
+                        "fallback-delete" if serving else "fallback-add")
+        env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
+                   MONITOR_RS_STATE=status)
+        self.fallback_ran[key] = (status, self.hooks.launch(words, env, vs.label(), "fallbackcommand"))
+
+    def _mail(self, vs: VirtualService, subject: str, server: str, state: str, reason: str, phase: Phase,
+              now: float) -> None:
+        """One alert to the service's addresses if its emailalertstatus lets this phase's out
+        (ldirectord's ld_emailalert_send): said in the log, then handed to the mail worker."""
+        words = vs.emailalertstatus
+        if not vs.emailalert or "none" in words or ("all" not in words and phase.value not in words):
+            return
+        import email.utils
+        self.output.say(f"emailalert: {subject}")
+        try:
+            message = alert_mail(vs, self.config, subject, server, state, reason, phase, now)
+            sender = email.utils.parseaddr(message["From"])[1] or default_sender()
+        except Exception as exc:  # a header the email package refuses (a config's): never the pass's end
+            key = ("emailalert", vs.address)
+            if self.failing.get(key) != str(exc):
+                self.output.say(f"emailalert: cannot make the mail of {vs.label()}: {exc}", "failed")
+            self.failing[key] = str(exc)
+            return
+        self.mailer.send(self.config.smtp, sender, vs.emailalert, message)
+
+    def _resend(self, phase: Phase, now: float) -> None:
+        """emailalertfreq: while a real server stays down, its alert again every so many seconds
+        (ldirectord's ld_emailalert_resend: "Inaccessible real server")."""
+        for vs in self.config.services:
+            for rs in vs.servers:
+                key = (vs.ipvs_key, str(rs))
+                if key not in self.alerted:
+                    continue
+                h = self.health.get((vs.ipvs_key, rs.endpoint))
+                if h is None or h.up is not False or vs.emailalertfreq <= 0:
+                    del self.alerted[key]
+                elif now - self.alerted[key] >= vs.emailalertfreq:
+                    self.alerted[key] = now
+                    subject = MAIL_SUBJECTS["down"].format(server=rs, vs=ld_virtual(vs))
+                    self._mail(vs, subject, str(rs), "down", h.reason, phase, now)
+
+    def _say_news(self) -> None:
+        """What the mail worker has to say, said by the loop."""
+        while self.mailer.news:
+            self.output.say(*self.mailer.news.popleft())
+
+    def close(self, grace: float = 5.0) -> None:
+        """The stop path: the stopping phase; queued alerts get `grace` seconds to go out."""
+        self.phase = Phase.STOPPING
+        left = self.mailer.flush(grace)
+        self._say_news()
+        if left:
+            self.output.say(f"emailalert: {left} alert(s) not sent: the relay did not take them within "
+                            f"{grace:g} s of the stop", "failed")
 
 
 class Signals:
@@ -5672,6 +6031,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     if once:
         if snap is not None:
             output.show(lambda: show_status(snap, console))
+        monitor.close()
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
     if console is not None and snap is not None and output.echo:
         # A terminal: the table, refreshed every pass, under the events.
@@ -5689,12 +6049,13 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         signals.sleep(config.interval)
         run_forever(monitor, signals, load, after_pass)
     signals.ignore()
+    stopped = "the IPVS table is left as it is"
     if monitor.config.cleanstop and not dry_run:
         removed = monitor.clean_stop()
-        output.say(f"monitor_rs stopped (PID {os.getpid()}); cleanstop: " + (
-            f"removed from IPVS: {', '.join(removed)}" if removed else "no virtual service removed from IPVS"))
-    else:
-        output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
+        stopped = "cleanstop: " + (f"removed from IPVS: {', '.join(removed)}" if removed
+                                   else "no virtual service removed from IPVS")
+    monitor.close()  # the stopping phase: queued mail gets its few seconds
+    output.say(f"monitor_rs stopped (PID {os.getpid()}); {stopped}")
     sys.exit(EXIT_OK)
 
 
