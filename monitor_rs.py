@@ -109,12 +109,12 @@ UDP_CHECKS = (CheckKind.DNS, CheckKind.PING, CheckKind.EXTERNAL)  # what can che
 MAX_WEIGHT = 2147483647
 
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
-                "prometheus_file"}
+                "prometheus_file", "autoreload", "callback", "maintenancedir"}
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
     "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
-    "checkcommand", "dynamic_weight",
+    "checkcommand", "dynamic_weight", "interval",
 }
 
 
@@ -700,6 +700,8 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         fallback=fallback,
         depool_threshold=sec.number("depool_threshold", 0.0, 0.0, 1.0),
         on_change=on_change,
+        # its own only: [monitor]'s interval is the loop's (and --interval's), the default of all
+        interval=own.number("interval", 0.0, 0.1, 86400.0) if own.has("interval") else None,
     )
 
 
@@ -867,6 +869,20 @@ def _unknown_key(sec: _Section, key: str, known) -> ConfigError:
     return sec.fail(key, "unknown key")
 
 
+def _callback(top: _Section) -> Tuple[str, ...]:
+    """[monitor] callback: a program and its words, run without a shell (minimal reader, issue 13)."""
+    try:
+        argv = tuple(shlex.split(top.text("callback")))
+    except ValueError as exc:
+        raise top.fail("callback", f"cannot split into a command: {exc}") from None
+    if any(CONTROL.search(word) for word in argv):
+        raise top.fail("callback", "control character (NUL, escape, ...) in the command")
+    why = unsafe_program(argv[0]) if argv else ""
+    if why:
+        raise top.fail("callback", why)
+    return argv
+
+
 def load_config(path: str) -> Config:
     """Read and check a whole config; raise ConfigError with one line on any fault."""
     parser = configparser.ConfigParser(
@@ -917,6 +933,9 @@ def load_config(path: str) -> Config:
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        autoreload=top.boolean("autoreload", False),
+        callback=_callback(top),
+        maintenancedir=top.text("maintenancedir"),
     )
 
     services, seen = [], {}
