@@ -2563,6 +2563,19 @@ class Seen(str, enum.Enum):
     DOWN = "down"
     KEPT = "kept"  # down, but kept in by the depool threshold
     HAND = "hand"  # an operator set its weight by hand
+    HELD = "held"  # held out by an operator (maintenancedir; issue 15's drain)
+    RELEASED = "released"  # no longer held: back through its checks (rise)
+
+
+class Hold(NamedTuple):
+    """Why an operator holds a real server out of its pool (a decision input, like a probe result):
+    never added or restored, taken out whatever the depool threshold, until the hold goes."""
+
+    state: str  # what --status shows: "maintenance" (maintenancedir); issue 15's drain: "drained"
+    reason: str  # for the log and the status's reason, e.g. "file 10.0.0.1:80 in /etc/ha.d/maint"
+
+
+MAINTENANCE = "maintenance"  # the state of a server held out by a file in maintenancedir
 
 
 @dataclass(frozen=True)
@@ -2580,6 +2593,7 @@ class Health:
     asked: Optional[int] = None  # the weight its last good check asked for (external, dynamic_weight)
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
+    held: str = ""  # the state of the operator's hold on it (Hold.state), "" when not held
 
 
 def configured_weight(rs: "RealServer", h: Health) -> int:
@@ -2657,22 +2671,49 @@ def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiesce
 
 
 def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
-           health: Mapping[Endpoint, Health], now: float = 0.0) -> Decision:
+           health: Mapping[Endpoint, Health], now: float = 0.0,
+           held: Optional[Mapping[Endpoint, Hold]] = None) -> Decision:
     """What to change in one virtual service, from this pass's probes and table.
 
-    `results` and `health` are keyed by each real server's configured endpoint;
-    a server without a result this pass keeps its health and is not touched.
+    `results`, `health` and `held` are keyed by each real server's configured endpoint;
+    a server without a result this pass keeps its health and is not touched, but for a
+    held one (an operator's act: `held`), which goes out (weight 0 in a quiescent service,
+    else deleted) whatever its result and the depool threshold, and is down with no
+    streak once the hold goes, so that it comes back through `rise` good checks.
     """
     new: Dict[Endpoint, Health] = {}
     events: List[Event] = []
     gains: List[Action] = []
     removals: List[Tuple[RealServer, Action, Health, bool]] = []  # (..., shrinks the pool)
     serving: Dict[Endpoint, int] = {}  # weight of each server up after this pass
+    forced: set = set()  # removals of held servers: not the depool threshold's to keep
+    held = held or {}
     for rs in vs.servers:
         ep = rs.endpoint
         old = health.get(ep, Health())
         result = results.get(ep)
         stored = table.get(vs.stored_endpoint(ep))
+        hold = held.get(ep)
+        if hold is not None:
+            seen = _observe(rs, old, stored, vs.quiescent)
+            if old.held != hold.state:
+                events.append(Event(str(rs), Seen.HELD, hold.reason))
+            h = dataclasses.replace(seen, up=False, good=0, bad=0, kept=False, reason=hold.reason,
+                                    held=hold.state, since=old.since if old.up is False else now)
+            new[ep] = h
+            if stored is not None and vs.quiescent and stored.weight > 0:
+                forced.add(ep)
+                removals.append((rs, Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), hold.reason,
+                                            0, ep, dataclasses.replace(h, tried=(0,))),
+                                 dataclasses.replace(h, quiesced=True), True))
+            elif stored is not None and not vs.quiescent:
+                forced.add(ep)
+                removals.append((rs, Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), hold.reason,
+                                            None, ep, h), h, stored.weight > 0))
+            continue
+        if old.held:  # the hold is gone: down, and back only through its checks
+            events.append(Event(str(rs), Seen.RELEASED, f"{old.held} ended"))
+            old = dataclasses.replace(old, held="", up=False, good=0, bad=0)
         if result is None:
             new[ep] = old
             if old.up and stored is not None:
@@ -2729,7 +2770,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     # weight above 0) below threshold x configured servers by our own decision.
     # Who goes out first is fixed by the longest failing streak, then config
     # order: never by the order in which failures arrived.
-    removals.sort(key=lambda item: (not item[3], -item[2].bad, item[0].index))
+    removals.sort(key=lambda item: (item[0].endpoint not in forced, not item[3], -item[2].bad, item[0].index))
     spare = len(removals)
     if vs.depool_threshold > 0:
         pool = sum(1 for rs in vs.servers if table.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0)
@@ -2737,7 +2778,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         spare = max(0, math.floor(pool - vs.depool_threshold * len(vs.servers) + 1e-9))
     losses: List[Tuple[Action, bool]] = []
     for rs, action, h, shrinks in removals:
-        if not shrinks or spare > 0:
+        if not shrinks or spare > 0 or rs.endpoint in forced:
             spare -= shrinks
             losses.append((dataclasses.replace(action, unchanged=dataclasses.replace(action.unchanged, kept=False)),
                            shrinks))
@@ -3163,12 +3204,15 @@ CHANGES = {  # the short form, for the "last change" of the status table
     "reweight": "weight set to {weight}", "hand": "{reason}: set by hand",
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
+    "held": "held out: {reason}", "released": "{reason}",
 }
 EVENT_MESSAGES = {
     "up": "{server} is up in {vs}: {reason}",
     "down": "{server} is down in {vs}: {reason}",
     "kept": "{server} is down in {vs} but kept (depool threshold {threshold:g}): {reason}",
     "hand": "{server} in {vs}: {reason}: taken as set by hand, and kept",
+    "held": "{server} is held out of {vs}: {reason}",
+    "released": "{server} in {vs}: {reason}; back when its checks pass",
 }
 HELD = {  # a change not made because the one it needed failed
     "delete": "{server} left in {vs} although down: the fallback could not be added (the pool would be empty)",
@@ -3482,6 +3526,8 @@ def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda repo
 
 
 def server_state(h: Health) -> str:
+    if h.held:
+        return h.held  # an operator's hold, whatever its health
     if h.up is None:
         return "unknown"
     if h.kept:
@@ -3502,6 +3548,7 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
                 "intended_weight": (r.health.operator if r.health.operator is not None
                                     else r.weight if r.health.asked is None else r.health.asked),
                 "good_streak": r.health.good, "bad_streak": r.health.bad, "quiesced": r.health.quiesced,
+                "held": r.health.held or None,
                 "memory": memory_of(r.health),
                 "action": r.action or None,
                 "last_change": ({"time": round(r.last_change[0], 3), "what": r.last_change[1]}
@@ -3512,9 +3559,11 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
 
 
 def in_place(snap: dict) -> bool:
-    """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on."""
-    return all(not s["problem"] and all(r["state"] == "up" and r["ipvs_weight"] is not None
-                                        and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"])
+    """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on.
+    A server an operator holds out (maintenance) is in place when it is out (absent, or at weight 0)."""
+    return all(not s["problem"] and all((r["state"] == "up" and r["ipvs_weight"] is not None
+                                         and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"]))
+                                        or (r.get("held") and not r["ipvs_weight"])
                                         for r in s["servers"])
                for s in snap["services"])
 
@@ -3576,6 +3625,8 @@ def _label(value: str) -> str:
 METRICS = (  # (name, help, value of a server's entry in the snapshot)
     ("monitor_rs_server_up", "1 when the monitor holds the real server healthy.",
      lambda r: int(r["state"] == "up")),
+    ("monitor_rs_server_held", "1 when an operator holds the real server out (maintenancedir).",
+     lambda r: int(bool(r.get("held")))),
     ("monitor_rs_server_weight", "Weight of the real server in IPVS (-1 when absent).",
      lambda r: -1 if r["ipvs_weight"] is None else r["ipvs_weight"]),
     ("monitor_rs_probe_latency_seconds", "Duration of the last probe.",
@@ -3636,7 +3687,7 @@ class Publisher:
         self.problem = ""
 
 
-STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow"}
+STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow", MAINTENANCE: "blue"}
 
 
 def _ipvs(weight: Optional[int], readable: bool = True) -> str:
