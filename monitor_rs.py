@@ -45,6 +45,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -3161,20 +3162,24 @@ class Hooks:
     def start(self, argv: Sequence[str], vs: VirtualService, event: Event) -> None:
         env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
                    MONITOR_RS_SERVER=event.server, MONITOR_RS_STATE=event.state, MONITOR_RS_REASON=event.reason)
-        full = [*argv, vs.address, event.server, event.state, event.reason]
+        self.launch([*argv, vs.address, event.server, event.state, event.reason], f"{event.server} on_change", env)
+
+    def launch(self, full: Sequence[str], who: str, env: Optional[Mapping[str, str]] = None) -> bool:
+        """Start one command (its own session, no shell); `who` names it in what is said of it."""
         try:
             proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
         except Exception as exc:  # OSError, or ValueError (a NUL byte): a hook never stops the pass
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            name = argv[0] if argv[0].isprintable() else repr(argv[0])
-            self.output.say(f"{event.server} on_change {name} could not start: {why}", "failed")
-            return
-        self.running.append((proc, time.monotonic() + self.TIMEOUT, event.server))
+            name = full[0] if full[0].isprintable() else repr(full[0])
+            self.output.say(f"{who} {name} could not start: {why}", "failed")
+            return False
+        self.running.append((proc, time.monotonic() + self.TIMEOUT, who))
+        return True
 
     def reap(self) -> None:
         still = []
-        for proc, deadline, server in self.running:
+        for proc, deadline, who in self.running:
             code = proc.poll()
             if code is None and time.monotonic() > deadline:
                 kill_group(proc)  # its own session: whatever it started goes too
@@ -3182,12 +3187,155 @@ class Hooks:
                     proc.wait(timeout=KILL_GRACE)
                 except subprocess.TimeoutExpired:
                     pass  # stuck in the kernel: subprocess reaps it later; the loop must not wait
-                self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
+                self.output.say(f"{who} {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
             elif code is None:
-                still.append((proc, deadline, server))
+                still.append((proc, deadline, who))
             elif code != 0:
-                self.output.say(f"{server} on_change {proc.args[0]} exited {code}", "failed")
+                self.output.say(f"{who} {proc.args[0]} exited {code}", "failed")
         self.running = still
+
+
+def _maintenance_keys(name: str) -> List[Tuple[str, Optional[int]]]:
+    """What a file name in maintenancedir names, as (address or host name, port or None):
+    ldirectord's ``IP``, ``IP:PORT``, ``HOST``, ``HOST:PORT`` (FQDN or short), and ``[v6]``,
+    ``[v6]:PORT``; an address in any of its spellings, a host name in any case."""
+    text, port = name.strip(), None
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or not _is_ip(inside):
+            return []  # brackets are an address's
+        if rest.startswith(":") and rest[1:].isdigit():
+            text, port = inside, int(rest[1:])
+        elif not rest:
+            text = inside
+        else:
+            return []
+    elif not _is_ip(text):
+        host, colon, digits = text.rpartition(":")
+        if colon and digits.isdigit() and ":" not in host:
+            text, port = host, int(digits)
+    if _is_ip(text):
+        return [(str(ipaddress.ip_address(text)), port)]
+    if text and "[" not in text and ":" not in text and "/" not in text:
+        return [(text.lower().rstrip("."), port)]
+    return []
+
+
+class MaintenanceDir:
+    """maintenancedir: a file named after a real server holds it out (ldirectord's
+    check_for_maintenance).  Only the folder's names are read, each pass: never a file's
+    content, never through a symlink in it.  A host name is matched as ldirectord does,
+    against the reverse DNS name of the server's address (FQDN and first label), looked up
+    in a thread (never on the loop) and only while a name in the folder is not an address."""
+
+    RESOLVE_EVERY = 300.0  # seconds a reverse name is kept before it is looked up again
+
+    def __init__(self, output: Output, resolve=None):
+        self.output = output
+        self.resolve = resolve or (lambda ip: socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0])
+        self.problem = ""  # said once while it lasts
+        self.names: Dict[Tuple[str, Optional[int]], str] = {}  # what the folder names -> the file's name
+        self.reverse: Dict[str, Tuple[float, str]] = {}  # address -> (when looked up, its name or "")
+        self.pending: set = set()
+        self.lock = threading.Lock()
+
+    def _say_once(self, problem: str) -> None:
+        if problem != self.problem:
+            self.output.say(problem, "problem")
+        self.problem = problem
+
+    def scan(self, folder: str) -> None:
+        """Read the folder's names.  Absent: nothing held (said once).  Unreadable, or (as root) one
+        others may write: the names last read stand, said once."""
+        why = unsafe_path(folder) if os.geteuid() == 0 else ""
+        if why:
+            self._say_once(f"maintenancedir {folder}: not read as root, others can change it: {why}")
+            return
+        try:
+            listed = os.listdir(folder)  # names only: nothing in it is opened, stat'ed or followed
+        except FileNotFoundError:
+            self._say_once(f"maintenancedir {folder} does not exist: no real server held out by it")
+            self.names = {}
+            return
+        except OSError as exc:
+            self._say_once(f"maintenancedir {folder}: cannot list it: {exc.strerror or exc}; "
+                           "the real servers it held stay held")
+            return
+        if self.problem:
+            self.output.say(f"maintenancedir {folder} is read again")
+            self.problem = ""
+        self.names = {key: name for name in sorted(listed) for key in _maintenance_keys(name)}
+
+    def _host_names(self, ip: str) -> List[str]:
+        """The reverse name of `ip` and its first label, as far as known now; a lookup is started
+        in the background when none is known or it is old."""
+        with self.lock:
+            when, name = self.reverse.get(ip, (None, ""))
+            if (when is None or time.monotonic() - when > self.RESOLVE_EVERY) and ip not in self.pending:
+                self.pending.add(ip)
+                threading.Thread(target=self._look_up, args=(ip,), daemon=True).start()
+        if not name:
+            return []
+        short = re.match(r"([a-z][a-z0-9-]+)\.", name)
+        return [name] + ([short.group(1)] if short else [])
+
+    def _look_up(self, ip: str) -> None:
+        try:
+            name = self.resolve(ip).lower().rstrip(".")
+        except Exception:  # no name, no resolver: not a host name match
+            name = ""
+        with self.lock:
+            self.reverse[ip] = (time.monotonic(), name)
+            self.pending.discard(ip)
+
+    def hold(self, folder: str, rs: RealServer) -> Optional[Hold]:
+        """Whether the folder, as last scanned, holds this real server out, and by which name."""
+        if not self.names:
+            return None
+        ip = str(rs.ip)
+        texts = [ip]
+        if any(not _is_ip(text) for text, _ in self.names):
+            texts += self._host_names(ip)
+        for text in texts:
+            for port in (rs.port, None):
+                name = self.names.get((text, port))
+                if name is not None:
+                    return Hold(MAINTENANCE, f"maintenance: file {name} in {folder}")
+        return None
+
+
+class ConfigWatch:
+    """autoreload and callback: the config's content, a hash of its bytes, looked at every pass
+    (not its mtime: a rewrite within the same second counts, a touch does not)."""
+
+    LIMIT = 64 << 20  # bytes read at most: no config is this big
+
+    def __init__(self, path: str):
+        self.path = path
+        self.digest = self.look()  # the content the running config was read from
+        self.refused = ""  # a new content that did not load: said once, not every pass
+
+    def look(self) -> str:
+        """The hash of the file's content now; "" when it cannot be read (being replaced, say)."""
+        try:  # non-blocking: a FIFO put in its place must not stall the loop
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            digest, left = hashlib.sha256(), self.LIMIT
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            return digest.hexdigest()
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
 
 
 MESSAGES = {
@@ -3221,6 +3369,18 @@ HELD = {  # a change not made because the one it needed failed
 }
 
 
+SCHEDULE_SLACK = 0.005  # seconds early a service may be probed, rather than wake again for it
+
+
+def next_due(at: float, started: float, interval: float) -> float:
+    """When something due at `at` (monotonic) and taken at `started` is due next: an interval after
+    its turn (a steady pace), or after `started` when it was taken early (a hold changed) or late by
+    an interval or more (a pass overran): no burst of catch-up passes."""
+    return (at if started - interval < at <= started + SCHEDULE_SLACK else started) + interval
+
+OPERATORS_ACTS = (Seen.HAND, Seen.HELD, Seen.RELEASED)  # logged, not given to on_change (not health)
+
+
 class Monitor:
     """One pass: read tables, probe, decide, apply, say what happened."""
 
@@ -3240,11 +3400,17 @@ class Monitor:
         self.write_ahead = False  # write the weights a pass sets beside the state file first (the daemon)
         self.intent: Dict[Tuple[str, str, str], int] = {}  # this pass's, as written
         self.stop_requested = lambda: False
+        self.maintenance = MaintenanceDir(output)
+        self.due: Dict[Tuple[str, str], float] = {}  # when each service is next probed (monotonic); absent: now
+        self.next_tick = 0.0  # the next pass at the latest (the config's interval): status, autoreload, holds
+        self.last: Dict[Tuple[str, str], ServiceReport] = {}  # each service's rows of its last probing
+        self.held_seen: Dict[Tuple[str, str], frozenset] = {}  # the holds each service was last decided with
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
         """What to probe, worked out once per config rather than every pass."""
         self.config = config
+        self.due, self.next_tick = {}, 0.0  # a new config: every service is probed at once
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
@@ -3338,17 +3504,57 @@ class Monitor:
         self.failing[key] = "held"
         return kind + " held"
 
+    def interval(self, vs: VirtualService) -> float:
+        return self.config.interval if vs.interval is None else vs.interval
+
+    def until_due(self) -> float:
+        """Seconds until the next pass: the first service due, or the config's interval at the latest."""
+        due = [self.due.get(vs.ipvs_key, 0.0) for vs in self.config.services]
+        return min(due + [self.next_tick]) - time.monotonic()
+
+    def _holds(self) -> Dict[Tuple[Tuple[str, str], Endpoint], Hold]:
+        """The real servers an operator holds out this pass (maintenancedir), by service."""
+        folder = self.config.maintenancedir
+        if not folder:
+            return {}
+        self.maintenance.scan(folder)
+        holds = {}
+        for vs in self.config.services:
+            for rs in vs.servers:
+                hold = self.maintenance.hold(folder, rs)
+                if hold is not None:
+                    holds[(vs.ipvs_key, rs.endpoint)] = hold
+        return holds
+
+    def _schedule(self, started: float, holds: Mapping) -> List[VirtualService]:
+        """The services due this pass (ldirectord's per-virtual checkinterval): each on its own
+        schedule, and at once when its holds changed.  Their next turn is set now, so a pass
+        that fails does not make them due again at once."""
+        due = []
+        self.next_tick = next_due(self.next_tick, started, self.config.interval)
+        for vs in self.config.services:
+            key = vs.ipvs_key
+            at = self.due.get(key, 0.0)
+            held = frozenset((ep, h) for (k, ep), h in holds.items() if k == key)
+            if at <= started + SCHEDULE_SLACK or held != self.held_seen.get(key, frozenset()):
+                due.append(vs)
+                self.due[key] = next_due(at, started, self.interval(vs))
+        return due
+
     def run_pass(self) -> PassReport:
         now = time.time()
         started = time.monotonic()
-        services = self.config.services
+        holds = self._holds()
+        services = self._schedule(started, holds)
         report = PassReport(started=now)
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
         try:
+            targets = [self.targets[(vs.ipvs_key, rs.endpoint)] for vs in services for rs in vs.servers
+                       if (vs.ipvs_key, rs.endpoint) not in holds]  # a held server is not checked (ldirectord)
             results = None if self.stop_requested() else probe_all(
-                list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
+                targets, self.config.timeout, self.fanout, self.stop_requested)
             fault = ""
         except MonitorFault as exc:  # the monitor could not probe: nothing is decided on that
             results, fault = {}, f"probes could not run: {exc}"
@@ -3363,23 +3569,26 @@ class Monitor:
             return report  # asked to stop: leave the table exactly as it is
         not_probed = ProbeResult(False, "not probed: the monitor's fault", 0.0)
         for vs in services:
+            held = {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key}
             table = tables[vs.ipvs_key] if not fault else None
             if fault:
                 reports[vs.ipvs_key].problem = fault
             health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
             by_server = {rs.endpoint: results.get(self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
+                         if rs.endpoint not in held else ProbeResult(False, held[rs.endpoint].reason, 0.0)
                          for rs in vs.servers}
             done: Dict[str, str] = {}
             after: Dict[Endpoint, Optional[int]] = {}  # weights this pass changed
             if table is not None:
-                decision = decide(vs, by_server, table, health, now)
+                decision = decide(vs, by_server, table, health, now, held)
+                self.held_seen[vs.ipvs_key] = frozenset(held.items())
                 for event in decision.events:
                     state = event.state.value
                     message = EVENT_MESSAGES[state].format(
                         server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
                     self.output.say(message, state)
                     self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[state].format(reason=event.reason))
-                    if vs.on_change and not self.dry_run and event.state != Seen.HAND:
+                    if vs.on_change and not self.dry_run and event.state not in OPERATORS_ACTS:
                         self.hooks.start(vs.on_change, vs, event)
 
                 def make(action: Action) -> bool:
@@ -3418,8 +3627,12 @@ class Monitor:
                 reports[vs.ipvs_key].rows.append(ServerRow(
                     str(rs), rs.weight, weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
+            self.last[vs.ipvs_key] = reports[vs.ipvs_key]
         self.hooks.reap()
-        report.services = list(reports.values())
+        # Every service in every pass: one not due shows its rows of its last probing (no action now).
+        report.services = [reports[vs.ipvs_key] if vs.ipvs_key in reports else dataclasses.replace(
+            self.last[vs.ipvs_key], rows=[dataclasses.replace(r, action="") for r in self.last[vs.ipvs_key].rows])
+            for vs in self.config.services if vs.ipvs_key in reports or vs.ipvs_key in self.last]
         report.duration = time.monotonic() - started
         return report
 
@@ -3488,31 +3701,66 @@ def take_lock(path: str) -> int:
     return fd
 
 
-def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda report: None) -> None:
-    """Pass after pass on a monotonic schedule, until SIGTERM/SIGINT.
+def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda report: None,
+                watch: Optional[ConfigWatch] = None) -> None:
+    """Pass after pass on a monotonic schedule (each service's own interval), until SIGTERM/SIGINT.
 
-    `load` re-reads the config (with the command line's overrides) on SIGHUP;
-    `after_pass` publishes each pass (state file, metrics, live view).
+    `load` re-reads the config (with the command line's overrides) on SIGHUP, and with
+    autoreload when `watch` sees its content change; `after_pass` publishes each pass
+    (state file, metrics, live view).
     """
     monitor.stop_requested = lambda: signals.stop
-    next_start = time.monotonic()
     while not signals.stop:
         if signals.reload:
             signals.reload = False
+            digest = watch.look() if watch else ""
             try:
                 monitor.reload(load())
+                if watch and digest:
+                    watch.digest, watch.refused = digest, ""  # what SIGHUP loaded is no change for autoreload
             except ConfigError as exc:
                 monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
+                if watch and digest and digest != watch.digest:
+                    watch.refused = digest  # said once: not again by autoreload
+        if watch is not None:
+            autoreload(monitor, watch, load)
+        wait = None
         try:
             after_pass(monitor.run_pass())
         except Exception as exc:  # one bad pass must not end monitoring
-            monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in "
-                               f"{monitor.config.interval:g} s", "problem")
-        next_start += monitor.config.interval
-        now = time.monotonic()
-        if next_start < now:  # a pass overran the interval: start again from now
-            next_start = now
-        signals.sleep(next_start - now)
+            wait = monitor.until_due()
+            if wait <= 0:  # it failed before its services' next turns were set: not again at once
+                wait = monitor.config.interval
+            monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in {wait:g} s", "problem")
+        signals.sleep(monitor.until_due() if wait is None else wait)
+
+
+def autoreload(monitor: Monitor, watch: ConfigWatch, load) -> None:
+    """autoreload and callback (ldirectord's check_cfgfile), at every pass: when the config's
+    content changed, re-read it (autoreload = yes; a broken one is refused as on SIGHUP, said
+    once per content), then start `callback` with the config's path, never waited for."""
+    config = monitor.config
+    if not (config.autoreload or config.callback):
+        return
+    digest = watch.look()
+    if not digest or digest == watch.digest or digest == watch.refused:
+        return
+    if config.autoreload:
+        monitor.output.say(f"config {config.path} changed on disk: reloading it (autoreload)")
+        try:
+            monitor.reload(load())
+        except ConfigError as exc:
+            monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
+            watch.refused = digest
+        else:
+            watch.digest, watch.refused = digest, ""
+    else:
+        monitor.output.say(f"config {config.path} changed on disk: not reloaded (autoreload = no)")
+        watch.digest = digest
+    callback = monitor.config.callback
+    if callback and not monitor.dry_run:
+        if monitor.hooks.launch([*callback, config.path], "callback"):
+            monitor.output.say(f"callback started: {shlex.join([*callback, config.path])}")
 
 
 ###############################################################################
@@ -3803,6 +4051,20 @@ def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
             raise ConfigError(f"{where}: is a directory, not a file")
 
 
+def check_maintenancedir(config: Config) -> None:
+    """maintenancedir takes servers out: as root, a folder others may write (or could create) is a
+    config error, as the config itself is; one that is not there yet is said at the first pass."""
+    folder = config.maintenancedir
+    if not folder:
+        return
+    where = f"{config.path}: maintenancedir {folder}"
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"{where}: not a folder")
+    why = unsafe_path(folder) if os.geteuid() == 0 else ""
+    if why:
+        raise ConfigError(f"{where}: not read as root, others can change it: {why}")
+
+
 def _check_settings(vs: VirtualService) -> str:
     """The settings of the service's own kind of check, as --check-config shows them (none of another kind's)."""
     kind = CheckKind(vs.check)
@@ -3910,8 +4172,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         why = unsafe_program(config.ipvsadm)  # run every pass as root: the config's, or --ipvsadm
         if why:
             raise ConfigError(f"ipvsadm {why}")
+        check_maintenancedir(config)
         return config
 
+    watch = ConfigWatch(config_path)  # before the first read: a change meanwhile is seen at the first pass
     try:
         config = load()
     except ConfigError as exc:
@@ -3985,6 +4249,8 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         if snap is not None:
             output.show(lambda: show_status(snap, console))
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    # As ever, a whole interval (the shortest service's) after the first pass, however long it took.
+    first_wait = max(monitor.until_due(), min(monitor.interval(vs) for vs in config.services))
     if console is not None and snap is not None and output.echo:
         # A terminal: the table, refreshed every pass, under the events.
         from rich.console import Group
@@ -3992,14 +4258,14 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         live = output.live = Live(Group(*status_tables(snap)), console=console, auto_refresh=False)
         output.show(lambda: live.start(refresh=True))
         try:
-            signals.sleep(config.interval)
-            run_forever(monitor, signals, load, after_pass)
+            signals.sleep(first_wait)
+            run_forever(monitor, signals, load, after_pass, watch)
         finally:
             output.show(live.stop)
             output.live = None
     else:
-        signals.sleep(config.interval)
-        run_forever(monitor, signals, load, after_pass)
+        signals.sleep(first_wait)
+        run_forever(monitor, signals, load, after_pass, watch)
     signals.ignore()
     output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
     sys.exit(EXIT_OK)

@@ -1,11 +1,22 @@
-"""ldirectord's loop (issue 13): the decision's `held` input (maintenancedir today, issue 15's
-drain tomorrow), a pure function.  Each test failed on main: decide() knew no hold."""
+"""ldirectord's loop (issue 13): autoreload (+ callback), maintenancedir, per-service interval.
+
+The decision's `held` input (maintenancedir today, issue 15's drain tomorrow) is tested as
+a pure function; the rest end to end: the monitor as a subprocess, the fake ipvsadm,
+real servers on loopback.  Each test failed on main (no such behaviour there): main read
+the config once per SIGHUP only, knew no maintenancedir, and probed every service every
+pass at [monitor]'s interval.
+"""
 
 import ipaddress
+import json
+import os
 
 import pytest
 
 import monitor_rs as m
+from harness import config, wait_until
+
+VIP = "127.0.0.1:80"
 OK = m.ProbeResult(True, "HTTP 200", 0.01)
 BAD = m.ProbeResult(False, "refused", 0.0)
 HOLD = m.Hold(m.MAINTENANCE, "maintenance: file 192.168.1.10 in /maint")
@@ -109,3 +120,202 @@ def test_a_held_server_is_in_place_for_status_when_it_is_out():
     assert 'monitor_rs_server_held{service="a",name="b",server="c"} 1' in m.metrics_text(
         {"time": 0, "pass_seconds": 0, "services": [{"address": "a", "name": "b", "servers": [
             dict(row, server="c", latency_ms=0.0)]}]})
+
+
+# The names maintenancedir accepts ###################################################
+
+@pytest.mark.parametrize("name, keys", [
+    ("10.0.0.1", [("10.0.0.1", None)]),
+    ("10.0.0.1:8080", [("10.0.0.1", 8080)]),
+    ("[2001:db8::1]:80", [("2001:db8::1", 80)]),
+    ("[2001:db8:0::1]", [("2001:db8::1", None)]),
+    ("2001:db8::1", [("2001:db8::1", None)]),
+    ("RealServer2.Example.com:4444", [("realserver2.example.com", 4444)]),
+    ("realserver2", [("realserver2", None)]),
+    ("[oops", []),
+    ("a:b:c", []),
+])
+def test_maintenance_names(name, keys):
+    assert m._maintenance_keys(name) == keys
+
+
+def test_maintenance_by_host_name_uses_the_reverse_name_without_blocking(tmp_path):
+    """ldirectord's FQDN and short names, from the reverse name of the server's address; looked up
+    in a thread (the fake resolver here: no DNS traffic)."""
+    folder = tmp_path / "maint"
+    folder.mkdir()
+    (folder / "realserver2:8080").touch()
+    quiet = m.Output(m.LogFile(None), None, to_log=False, echo=False)
+    maint = m.MaintenanceDir(quiet, resolve=lambda ip: {"192.168.1.11": "RealServer2.example.com."}[ip])
+    vs = service(n=2)
+    maint.scan(str(folder))
+    wait_until(lambda: [maint.hold(str(folder), rs) for rs in vs.servers][1] is not None, 10, "the reverse name")
+    assert maint.hold(str(folder), vs.servers[0]) is None  # 192.168.1.10 has no name
+    assert maint.hold(str(folder), vs.servers[1]) == m.Hold(
+        "maintenance", f"maintenance: file realserver2:8080 in {folder}")
+
+
+# End to end ##########################################################################
+
+def script(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def passes(monitor):
+    """The time of the last pass in the state file (it changes every pass)."""
+    try:
+        return json.loads(monitor.state.read_text())["time"]
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def wait_passes(monitor, n=3):
+    """Let `n` more passes of the running monitor go by (seen in its state file)."""
+    seen = set()
+    wait_until(lambda: seen.add(passes(monitor)) or len(seen - {None}) > n, 20, f"{n} passes")
+
+
+def test_autoreload_reads_a_changed_config_and_runs_the_callback(ipvs, run, backends, tmp_path):
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    out = tmp_path / "callback.out"
+    cb = script(tmp_path, "cb", f'echo "$@" >> {out}\n')
+    top = f"autoreload = yes\ncallback = {cb} --from-monitor\n"
+    monitor = run(ipvs, config(VIP, [a.address], [3]).replace("[virtual", top + "\n[virtual", 1)).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a added")
+    monitor.config.write_text(config(VIP, [a.address, b.address], [3, 5]).replace("[virtual", top + "\n[virtual", 1))
+    wait_until(lambda: ipvs.dests(VIP).get(b.address) == ("Masq", 5), what="b added after the autoreload")
+    monitor.wait_log(f"config {monitor.config} changed on disk: reloading it (autoreload)")
+    wait_until(lambda: out.exists() and out.read_text() == f"--from-monitor {monitor.config}\n", 10,
+               "the callback run with the config's path last")
+    monitor.wait_log(f"callback started: {cb} --from-monitor {monitor.config}")
+    wait_passes(monitor)
+    assert monitor.count("changed on disk") == 1 and out.read_text().count("\n") == 1  # once per change
+    assert monitor.stop()[0] == 0
+
+
+def test_autoreload_sees_a_rewrite_with_the_same_mtime_and_not_a_touch(ipvs, run, backends):
+    a = backends(ip="127.0.0.11")
+    top = "autoreload = yes\n"
+    monitor = run(ipvs, config(VIP, [a.address], [3]).replace("[virtual", top + "\n[virtual", 1)).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a added")
+    os.utime(monitor.config)  # a touch: new mtime, same content
+    wait_passes(monitor)
+    assert monitor.count("changed on disk") == 0
+    st = os.stat(monitor.config)
+    monitor.config.write_text(config(VIP, [a.address], [7]).replace("[virtual", top + "\n[virtual", 1))
+    os.utime(monitor.config, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime (and size) as before
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 7)}, what="the new weight after the autoreload")
+    assert monitor.count("changed on disk") == 1
+    assert monitor.stop()[0] == 0
+
+
+def test_autoreload_refuses_a_broken_version_once_and_keeps_the_running_config(ipvs, run, backends):
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    top = "autoreload = yes\n"
+    monitor = run(ipvs, config(VIP, [a.address, b.address]).replace("[virtual", top + "\n[virtual", 1)).start()
+    wait_until(lambda: set(ipvs.dests(VIP)) == {a.address, b.address}, what="a and b added")
+    monitor.config.write_text("[monitor]\nautoreload = yes\ninterval = never\n")
+    monitor.wait_log("reload refused, keeping the running config")
+    b.stop()
+    wait_until(lambda: b.address not in ipvs.dests(VIP), what="still monitoring with the old config")
+    wait_passes(monitor)
+    assert monitor.count("interval = 'never': not a number") == 1  # once per broken content
+    monitor.config.write_text(config(VIP, [a.address], [9]).replace("[virtual", top + "\n[virtual", 1))
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 9)}, what="the fixed config loaded")
+    assert monitor.stop()[0] == 0
+
+
+def test_without_autoreload_a_change_runs_the_callback_but_is_not_loaded(ipvs, run, backends, tmp_path):
+    """ldirectord's check_cfgfile: the callback runs on a change whether or not autoreload is on."""
+    a = backends(ip="127.0.0.11")
+    out = tmp_path / "callback.out"
+    cb = script(tmp_path, "cb", f'echo "$@" >> {out}\n')
+    top = f"callback = {cb}\n"
+    monitor = run(ipvs, config(VIP, [a.address], [3]).replace("[virtual", top + "\n[virtual", 1)).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a added")
+    monitor.config.write_text(config(VIP, [a.address], [8]).replace("[virtual", top + "\n[virtual", 1))
+    monitor.wait_log("changed on disk: not reloaded (autoreload = no)")
+    wait_until(lambda: out.exists() and out.read_text() == f"{monitor.config}\n", 10, "the callback")
+    wait_passes(monitor)
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 3)}
+    assert monitor.stop()[0] == 0
+
+
+@pytest.mark.parametrize("quiescent, by_port", [(False, False), (True, True)])
+def test_maintenancedir_holds_a_server_out_until_its_file_goes(ipvs, run, backends, tmp_path, quiescent, by_port):
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    maint = tmp_path / "maint"
+    maint.mkdir()
+    extra = f"quiescent = {'yes' if quiescent else 'no'}\n"
+    text = config(VIP, [a.address, b.address], [3, 4], extra=extra).replace(
+        "[virtual", f"maintenancedir = {maint}\n\n[virtual", 1)
+    monitor = run(ipvs, text).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 4)}, what="both in")
+    name = a.address if by_port else a.ip
+    (maint / name).touch()
+    out = {a.address: ("Masq", 0), b.address: ("Masq", 4)} if quiescent else {b.address: ("Masq", 4)}
+    wait_until(lambda: ipvs.dests(VIP) == out, what="a held out")
+    wait_until(lambda: (monitor.server_state(a.address) or {}).get("state") == "maintenance", what="shown")
+    code, snap = monitor.status()
+    assert code == 0  # a held server is no fault
+    row = next(r for s in snap["services"] for r in s["servers"] if r["server"] == a.address)
+    assert (row["state"], row["held"]) == ("maintenance", "maintenance")
+    assert f"maintenance: file {name} in {maint}" in row["reason"]
+    before = a.hits
+    wait_passes(monitor)
+    assert a.hits == before  # a held server is not checked, as in ldirectord
+    assert monitor.count(f"{a.address} is held out of 127.0.0.1:80 (web): maintenance: file {name}") == 1
+    (maint / name).unlink()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 4)}, what="a back")
+    assert monitor.count(f"{a.address} in 127.0.0.1:80 (web): maintenance ended; back when its checks pass") == 1
+    assert monitor.stop()[0] == 0
+
+
+def test_a_maintenancedir_that_does_not_exist_is_said_once(ipvs, run, backends, tmp_path):
+    a = backends(ip="127.0.0.11")
+    maint = tmp_path / "later"
+    text = config(VIP, [a.address]).replace("[virtual", f"maintenancedir = {maint}\n\n[virtual", 1)
+    monitor = run(ipvs, text).start()
+    wait_until(lambda: a.address in ipvs.dests(VIP), what="a in")
+    wait_passes(monitor)
+    assert monitor.count(f"maintenancedir {maint} does not exist") == 1
+    maint.mkdir()
+    (maint / a.ip).touch()
+    wait_until(lambda: a.address not in ipvs.dests(VIP), what="a held out once the folder is there")
+    assert monitor.stop()[0] == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the refusal is root's")
+def test_as_root_a_maintenancedir_others_may_write_is_refused_at_start(ipvs, run, tmp_path):
+    maint = tmp_path / "maint"
+    maint.mkdir()
+    maint.chmod(0o777)
+    text = config(VIP, ["127.0.0.11"]).replace("[virtual", f"maintenancedir = {maint}\n\n[virtual", 1)
+    proc = run(ipvs, text).once()
+    assert proc.returncode == 2
+    assert proc.stderr == (f"monitor_rs: {tmp_path}/monitorRS.conf: maintenancedir {maint}: not read as root, "
+                           f"others can change it: {maint} is writable by its group and others (mode 0777)\n")
+
+
+def test_each_service_is_probed_on_its_own_interval(ipvs, run, backends):
+    """ldirectord's per-virtual checkinterval: a 0.3 s service and a 2 s one, counted by their servers."""
+    fast, slow = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    ipvs.service("127.0.0.1:81")
+    text = config(VIP, [fast.address], interval=1, extra="interval = 0.3\n", name="fast") + (
+        f"[virtual slow]\nvip = 127.0.0.1\nvport = 81\nrs = {slow.address}\ntype = m\ninterval = 2\n")
+    monitor = run(ipvs, text).start()
+    wait_until(lambda: slow.hits >= 1 and fast.hits >= 1, what="both probed once")
+    f0, s0 = fast.hits, slow.hits
+    wait_until(lambda: slow.hits >= s0 + 3, 30, "three more probes of the slow service")
+    fast_probes, slow_probes = fast.hits - f0, slow.hits - s0
+    # 3 slow intervals (6 s) hold about 20 fast ones; at a single pace they would be equal.
+    assert fast_probes >= 12, (fast_probes, slow_probes)
+    # Every pass's state still covers both services.
+    snap = json.loads(monitor.state.read_text())
+    assert [s["name"] for s in snap["services"]] == ["fast", "slow"]
+    assert all(s["servers"] for s in snap["services"])
+    # And a stop is still prompt while the loop waits for the next due service.
+    assert monitor.stop(timeout=5)[0] == 0
