@@ -323,3 +323,35 @@ def test_each_service_is_probed_on_its_own_interval(ipvs, run, backends):
     assert all(s["servers"] for s in snap["services"])
     # And a stop is still prompt while the loop waits for the next due service.
     assert monitor.stop(timeout=5)[0] == 0
+
+
+def test_the_callback_is_never_waited_for(ipvs, run, backends, tmp_path):
+    a = backends(ip="127.0.0.11")
+    pid_file = tmp_path / "callback.pid"
+    cb = script(tmp_path, "cb", f"echo $$ > {pid_file}\nexec sleep 60\n")
+    top = f"autoreload = yes\ncallback = {cb}\n"
+    monitor = run(ipvs, config(VIP, [a.address], [3]).replace("[virtual", top + "\n[virtual", 1)).start()
+    wait_until(lambda: a.address in ipvs.dests(VIP), what="a added")
+    monitor.config.write_text(config(VIP, [a.address], [4]).replace("[virtual", top + "\n[virtual", 1))
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the callback running")
+    try:
+        wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 4)}, what="the reload applied")
+        wait_passes(monitor)  # passes go on while the callback sleeps
+        assert monitor.stop()[0] == 0
+    finally:
+        try:
+            os.kill(int(pid_file.read_text()), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def test_a_fifo_in_place_of_the_config_does_not_stall_the_watch(tmp_path):
+    path = tmp_path / "monitorRS.conf"
+    path.write_text("[monitor]\n")
+    watch = m.ConfigWatch(str(path))
+    assert watch.digest
+    path.unlink()
+    os.mkfifo(path)
+    began = time.monotonic()
+    assert watch.look() == ""  # nothing read: no change seen, and no wait for a writer
+    assert time.monotonic() - began < 1
