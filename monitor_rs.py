@@ -3373,10 +3373,16 @@ SCHEDULE_SLACK = 0.005  # seconds early a service may be probed, rather than wak
 
 
 def next_due(at: float, started: float, interval: float) -> float:
-    """When something due at `at` (monotonic) and taken at `started` is due next: an interval after
-    its turn (a steady pace), or after `started` when it was taken early (a hold changed) or late by
-    an interval or more (a pass overran): no burst of catch-up passes."""
-    return (at if started - interval < at <= started + SCHEDULE_SLACK else started) + interval
+    """When something due at `at` (monotonic; 0: never taken) and taken at `started` is due next:
+    an interval after its turn (a steady pace), or after `started` when it was taken early (its
+    holds changed).  A pass that ends later than that is followed at once, and the pace starts
+    again from its end (caught_up): no burst of catch-up passes."""
+    return (at if 0 < at <= started + SCHEDULE_SLACK else started) + interval
+
+
+def caught_up(due: float, ended: float) -> float:
+    """A turn that passed while the pass ran is now, not a debt of passes to catch up."""
+    return max(due, ended)
 
 OPERATORS_ACTS = (Seen.HAND, Seen.HELD, Seen.RELEASED)  # logged, not given to on_change (not health)
 
@@ -3629,6 +3635,10 @@ class Monitor:
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
             self.last[vs.ipvs_key] = reports[vs.ipvs_key]
         self.hooks.reap()
+        ended = time.monotonic()
+        self.next_tick = caught_up(self.next_tick, ended)
+        for vs in services:
+            self.due[vs.ipvs_key] = caught_up(self.due[vs.ipvs_key], ended)
         # Every service in every pass: one not due shows its rows of its last probing (no action now).
         report.services = [reports[vs.ipvs_key] if vs.ipvs_key in reports else dataclasses.replace(
             self.last[vs.ipvs_key], rows=[dataclasses.replace(r, action="") for r in self.last[vs.ipvs_key].rows])
