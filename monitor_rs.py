@@ -45,6 +45,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -4073,6 +4074,19 @@ class Seen(str, enum.Enum):
     DOWN = "down"
     KEPT = "kept"  # down, but kept in by the depool threshold
     HAND = "hand"  # an operator set its weight by hand
+    HELD = "held"  # held out by an operator (maintenancedir; issue 15's drain)
+    RELEASED = "released"  # no longer held: back through its checks (rise)
+
+
+class Hold(NamedTuple):
+    """Why an operator holds a real server out of its pool (a decision input, like a probe result):
+    never added or restored, taken out whatever the depool threshold, until the hold goes."""
+
+    state: str  # what --status shows: "maintenance" (maintenancedir); issue 15's drain: "drained"
+    reason: str  # for the log and the status's reason, e.g. "file 10.0.0.1:80 in /etc/ha.d/maint"
+
+
+MAINTENANCE = "maintenance"  # the state of a server held out by a file in maintenancedir
 
 
 @dataclass(frozen=True)
@@ -4090,6 +4104,7 @@ class Health:
     asked: Optional[int] = None  # the weight its last good check asked for (external, dynamic_weight)
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
+    held: str = ""  # the state of the operator's hold on it (Hold.state), "" when not held
 
 
 def configured_weight(rs: "RealServer", h: Health) -> int:
@@ -4167,22 +4182,49 @@ def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiesce
 
 
 def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
-           health: Mapping[Endpoint, Health], now: float = 0.0) -> Decision:
+           health: Mapping[Endpoint, Health], now: float = 0.0,
+           held: Optional[Mapping[Endpoint, Hold]] = None) -> Decision:
     """What to change in one virtual service, from this pass's probes and table.
 
-    `results` and `health` are keyed by each real server's configured endpoint;
-    a server without a result this pass keeps its health and is not touched.
+    `results`, `health` and `held` are keyed by each real server's configured endpoint;
+    a server without a result this pass keeps its health and is not touched, but for a
+    held one (an operator's act: `held`), which goes out (weight 0 in a quiescent service,
+    else deleted) whatever its result and the depool threshold, and is down with no
+    streak once the hold goes, so that it comes back through `rise` good checks.
     """
     new: Dict[Endpoint, Health] = {}
     events: List[Event] = []
     gains: List[Action] = []
     removals: List[Tuple[RealServer, Action, Health, bool]] = []  # (..., shrinks the pool)
     serving: Dict[Endpoint, int] = {}  # weight of each server up after this pass
+    forced: set = set()  # removals of held servers: not the depool threshold's to keep
+    held = held or {}
     for rs in vs.servers:
         ep = rs.endpoint
         old = health.get(ep, Health())
         result = results.get(ep)
         stored = table.get(vs.stored_endpoint(ep))
+        hold = held.get(ep)
+        if hold is not None:
+            seen = _observe(rs, old, stored, vs.quiescent)
+            if old.held != hold.state:
+                events.append(Event(str(rs), Seen.HELD, hold.reason))
+            h = dataclasses.replace(seen, up=False, good=0, bad=0, kept=False, reason=hold.reason,
+                                    held=hold.state, since=old.since if old.up is False else now)
+            new[ep] = h
+            if stored is not None and vs.quiescent and stored.weight > 0:
+                forced.add(ep)
+                removals.append((rs, Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), hold.reason,
+                                            0, ep, dataclasses.replace(h, tried=(0,))),
+                                 dataclasses.replace(h, quiesced=True), True))
+            elif stored is not None and not vs.quiescent:
+                forced.add(ep)
+                removals.append((rs, Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), hold.reason,
+                                            None, ep, h), h, stored.weight > 0))
+            continue
+        if old.held:  # the hold is gone: down, and back only through its checks
+            events.append(Event(str(rs), Seen.RELEASED, f"{old.held} ended"))
+            old = dataclasses.replace(old, held="", up=False, good=0, bad=0)
         if result is None:
             new[ep] = old
             if old.up and stored is not None:
@@ -4239,7 +4281,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     # weight above 0) below threshold x configured servers by our own decision.
     # Who goes out first is fixed by the longest failing streak, then config
     # order: never by the order in which failures arrived.
-    removals.sort(key=lambda item: (not item[3], -item[2].bad, item[0].index))
+    removals.sort(key=lambda item: (item[0].endpoint not in forced, not item[3], -item[2].bad, item[0].index))
     spare = len(removals)
     if vs.depool_threshold > 0:
         pool = sum(1 for rs in vs.servers if table.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0)
@@ -4247,7 +4289,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         spare = max(0, math.floor(pool - vs.depool_threshold * len(vs.servers) + 1e-9))
     losses: List[Tuple[Action, bool]] = []
     for rs, action, h, shrinks in removals:
-        if not shrinks or spare > 0:
+        if not shrinks or spare > 0 or rs.endpoint in forced:
             spare -= shrinks
             losses.append((dataclasses.replace(action, unchanged=dataclasses.replace(action.unchanged, kept=False)),
                            shrinks))
@@ -4775,7 +4817,6 @@ def relay_of(text: str) -> Tuple[str, int]:
 
 
 import queue  # noqa: E402  (kept beside the code that uses it: the mail worker)
-import threading  # noqa: E402
 
 
 class Mailer:
@@ -4908,6 +4949,149 @@ def fallback_words(vs: VirtualService, status: str) -> List[str]:
     return [*vs.fallbackcommand, status, where, vs.protocol]
 
 
+def _maintenance_keys(name: str) -> List[Tuple[str, Optional[int]]]:
+    """What a file name in maintenancedir names, as (address or host name, port or None):
+    ldirectord's ``IP``, ``IP:PORT``, ``HOST``, ``HOST:PORT`` (FQDN or short), and ``[v6]``,
+    ``[v6]:PORT``; an address in any of its spellings, a host name in any case."""
+    text, port = name.strip(), None
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or not _is_ip(inside):
+            return []  # brackets are an address's
+        if rest.startswith(":") and rest[1:].isdigit():
+            text, port = inside, int(rest[1:])
+        elif not rest:
+            text = inside
+        else:
+            return []
+    elif not _is_ip(text):
+        host, colon, digits = text.rpartition(":")
+        if colon and digits.isdigit() and ":" not in host:
+            text, port = host, int(digits)
+    if _is_ip(text):
+        return [(str(ipaddress.ip_address(text)), port)]
+    if text and "[" not in text and ":" not in text and "/" not in text:
+        return [(text.lower().rstrip("."), port)]
+    return []
+
+
+class MaintenanceDir:
+    """maintenancedir: a file named after a real server holds it out (ldirectord's
+    check_for_maintenance).  Only the folder's names are read, each pass: never a file's
+    content, never through a symlink in it.  A host name is matched as ldirectord does,
+    against the reverse DNS name of the server's address (FQDN and first label), looked up
+    in a thread (never on the loop) and only while a name in the folder is not an address."""
+
+    RESOLVE_EVERY = 300.0  # seconds a reverse name is kept before it is looked up again
+
+    def __init__(self, output: Output, resolve=None):
+        self.output = output
+        self.resolve = resolve or (lambda ip: socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0])
+        self.problem = ""  # said once while it lasts
+        self.names: Dict[Tuple[str, Optional[int]], str] = {}  # what the folder names -> the file's name
+        self.reverse: Dict[str, Tuple[float, str]] = {}  # address -> (when looked up, its name or "")
+        self.pending: set = set()
+        self.lock = threading.Lock()
+
+    def _say_once(self, problem: str) -> None:
+        if problem != self.problem:
+            self.output.say(problem, "problem")
+        self.problem = problem
+
+    def scan(self, folder: str) -> None:
+        """Read the folder's names.  Absent: nothing held (said once).  Unreadable, or (as root) one
+        others may write: the names last read stand, said once."""
+        why = unsafe_path(folder) if os.geteuid() == 0 else ""
+        if why:
+            self._say_once(f"maintenancedir {folder}: not read as root, others can change it: {why}")
+            return
+        try:
+            listed = os.listdir(folder)  # names only: nothing in it is opened, stat'ed or followed
+        except FileNotFoundError:
+            self._say_once(f"maintenancedir {folder} does not exist: no real server held out by it")
+            self.names = {}
+            return
+        except OSError as exc:
+            self._say_once(f"maintenancedir {folder}: cannot list it: {exc.strerror or exc}; "
+                           "the real servers it held stay held")
+            return
+        if self.problem:
+            self.output.say(f"maintenancedir {folder} is read again")
+            self.problem = ""
+        self.names = {key: name for name in sorted(listed) for key in _maintenance_keys(name)}
+
+    def _host_names(self, ip: str) -> List[str]:
+        """The reverse name of `ip` and its first label, as far as known now; a lookup is started
+        in the background when none is known or it is old."""
+        with self.lock:
+            when, name = self.reverse.get(ip, (None, ""))
+            if (when is None or time.monotonic() - when > self.RESOLVE_EVERY) and ip not in self.pending:
+                self.pending.add(ip)
+                threading.Thread(target=self._look_up, args=(ip,), daemon=True).start()
+        if not name:
+            return []
+        short = re.match(r"([a-z][a-z0-9-]+)\.", name)
+        return [name] + ([short.group(1)] if short else [])
+
+    def _look_up(self, ip: str) -> None:
+        try:
+            name = self.resolve(ip).lower().rstrip(".")
+        except Exception:  # no name, no resolver: not a host name match
+            name = ""
+        with self.lock:
+            self.reverse[ip] = (time.monotonic(), name)
+            self.pending.discard(ip)
+
+    def hold(self, folder: str, rs: RealServer) -> Optional[Hold]:
+        """Whether the folder, as last scanned, holds this real server out, and by which name."""
+        if not self.names:
+            return None
+        ip = str(rs.ip)
+        texts = [ip]
+        if any(not _is_ip(text) for text, _ in self.names):
+            texts += self._host_names(ip)
+        for text in texts:
+            for port in (rs.port, None):
+                name = self.names.get((text, port))
+                if name is not None:
+                    return Hold(MAINTENANCE, f"maintenance: file {name} in {folder}")
+        return None
+
+
+class ConfigWatch:
+    """autoreload and callback: the config's content, a hash of its bytes, looked at every pass
+    (not its mtime: a rewrite within the same second counts, a touch does not)."""
+
+    LIMIT = 64 << 20  # bytes read at most: no config is this big
+
+    def __init__(self, path: str):
+        self.path = path
+        self.digest = self.look()  # the content the running config was read from
+        self.refused = ""  # a new content that did not load: said once, not every pass
+
+    def look(self) -> str:
+        """The hash of the file's content now; "" when it cannot be read (being replaced, say)."""
+        try:  # non-blocking: a FIFO put in its place must not stall the loop
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            digest, left = hashlib.sha256(), self.LIMIT
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            return digest.hexdigest()
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+
+
 MESSAGES = {
     "add": "{server} has been added to work in {vs} (weight {weight})",
     "restore": "{server} weight restored to {weight} in {vs}",
@@ -4922,18 +5106,39 @@ CHANGES = {  # the short form, for the "last change" of the status table
     "reweight": "weight set to {weight}", "hand": "{reason}: set by hand",
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
+    "held": "held out: {reason}", "released": "{reason}",
 }
 EVENT_MESSAGES = {
     "up": "{server} is up in {vs}: {reason}",
     "down": "{server} is down in {vs}: {reason}",
     "kept": "{server} is down in {vs} but kept (depool threshold {threshold:g}): {reason}",
     "hand": "{server} in {vs}: {reason}: taken as set by hand, and kept",
+    "held": "{server} is held out of {vs}: {reason}",
+    "released": "{server} in {vs}: {reason}; back when its checks pass",
 }
 HELD = {  # a change not made because the one it needed failed
     "delete": "{server} left in {vs} although down: the fallback could not be added (the pool would be empty)",
     "quiesce": "{server} left at its weight in {vs} although down: the fallback could not be added",
     "fallback-delete": "{server} fallback left in {vs}: no real server could be put back",
 }
+
+
+SCHEDULE_SLACK = 0.005  # seconds early a service may be probed, rather than wake again for it
+
+
+def next_due(at: float, started: float, interval: float) -> float:
+    """When something due at `at` (monotonic; 0: never taken) and taken at `started` is due next:
+    an interval after its turn (a steady pace), or after `started` when it was taken early (its
+    holds changed).  A pass that ends later than that is followed at once, and the pace starts
+    again from its end (caught_up): no burst of catch-up passes."""
+    return (at if 0 < at <= started + SCHEDULE_SLACK else started) + interval
+
+
+def caught_up(due: float, ended: float) -> float:
+    """A turn that passed while the pass ran is now, not a debt of passes to catch up."""
+    return max(due, ended)
+
+OPERATORS_ACTS = (Seen.HAND, Seen.HELD, Seen.RELEASED)  # logged, not given to on_change (not health)
 
 
 class Monitor:
@@ -4965,11 +5170,17 @@ class Monitor:
         # the fallbackcommand's last status (start|stop) per service and command, and its run
         self.fallback_ran: Dict[Tuple[Tuple[str, str], Tuple[str, ...]], Tuple[str, Optional[subprocess.Popen]]] = {}
         self.output.log.facility = config.syslog
+        self.maintenance = MaintenanceDir(output)
+        self.due: Dict[Tuple[str, str], float] = {}  # when each service is next probed (monotonic); absent: now
+        self.next_tick = 0.0  # the next pass at the latest (the config's interval): status, autoreload, holds
+        self.last: Dict[Tuple[str, str], ServiceReport] = {}  # each service's rows of its last probing
+        self.held_seen: Dict[Tuple[str, str], frozenset] = {}  # the holds each service was last decided with
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
         """What to probe, worked out once per config rather than every pass."""
         self.config = config
+        self.due, self.next_tick = {}, 0.0  # a new config: every service is probed at once
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
@@ -5195,11 +5406,49 @@ class Monitor:
         self.failing[key] = "held"
         return kind + " held"
 
+    def interval(self, vs: VirtualService) -> float:
+        return self.config.interval if vs.interval is None else vs.interval
+
+    def until_due(self) -> float:
+        """Seconds until the next pass: the first service due, or the config's interval at the latest."""
+        due = [self.due.get(vs.ipvs_key, 0.0) for vs in self.config.services]
+        return min(due + [self.next_tick]) - time.monotonic()
+
+    def _holds(self) -> Dict[Tuple[Tuple[str, str], Endpoint], Hold]:
+        """The real servers an operator holds out this pass (maintenancedir), by service."""
+        folder = self.config.maintenancedir
+        if not folder:
+            return {}
+        self.maintenance.scan(folder)
+        holds = {}
+        for vs in self.config.services:
+            for rs in vs.servers:
+                hold = self.maintenance.hold(folder, rs)
+                if hold is not None:
+                    holds[(vs.ipvs_key, rs.endpoint)] = hold
+        return holds
+
+    def _schedule(self, started: float, holds: Mapping) -> List[VirtualService]:
+        """The services due this pass (ldirectord's per-virtual checkinterval): each on its own
+        schedule, and at once when its holds changed.  Their next turn is set now, so a pass
+        that fails does not make them due again at once."""
+        due = []
+        self.next_tick = next_due(self.next_tick, started, self.config.interval)
+        for vs in self.config.services:
+            key = vs.ipvs_key
+            at = self.due.get(key, 0.0)
+            held = frozenset((ep, h) for (k, ep), h in holds.items() if k == key)
+            if at <= started + SCHEDULE_SLACK or held != self.held_seen.get(key, frozenset()):
+                due.append(vs)
+                self.due[key] = next_due(at, started, self.interval(vs))
+        return due
+
     def run_pass(self) -> PassReport:
         now = time.time()
         started = time.monotonic()
         phase, self.phase = self.phase, Phase.RUNNING
-        services = self.config.services
+        holds = self._holds()
+        services = self._schedule(started, holds)
         report = PassReport(started=now)
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
@@ -5207,8 +5456,10 @@ class Monitor:
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
         self.listed = None
         try:
+            targets = [self.targets[(vs.ipvs_key, rs.endpoint)] for vs in services for rs in vs.servers
+                       if (vs.ipvs_key, rs.endpoint) not in holds]  # a held server is not checked (ldirectord)
             results = None if self.stop_requested() else probe_all(
-                list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
+                targets, self.config.timeout, self.fanout, self.stop_requested)
             fault = ""
         except MonitorFault as exc:  # the monitor could not probe: nothing is decided on that
             results, fault = {}, f"probes could not run: {exc}"
@@ -5223,23 +5474,26 @@ class Monitor:
             return report  # asked to stop: leave the table exactly as it is
         not_probed = ProbeResult(False, "not probed: the monitor's fault", 0.0)
         for vs in services:
+            held = {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key}
             table = tables[vs.ipvs_key] if not fault else None
             if fault:
                 reports[vs.ipvs_key].problem = fault
             health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
             by_server = {rs.endpoint: results.get(self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
+                         if rs.endpoint not in held else ProbeResult(False, held[rs.endpoint].reason, 0.0)
                          for rs in vs.servers}
             done: Dict[str, str] = {}
             after: Dict[Endpoint, Optional[int]] = {}  # weights this pass changed
             if table is not None:
-                decision = decide(vs, by_server, table, health, now)
+                decision = decide(vs, by_server, table, health, now, held)
+                self.held_seen[vs.ipvs_key] = frozenset(held.items())
                 for event in decision.events:
                     state = event.state.value
                     message = EVENT_MESSAGES[state].format(
                         server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
                     self.output.say(message, state)
                     self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[state].format(reason=event.reason))
-                    if vs.on_change and not self.dry_run and event.state != Seen.HAND:
+                    if vs.on_change and not self.dry_run and event.state not in OPERATORS_ACTS:
                         self.hooks.start(vs.on_change, vs, event)
 
                 def make(action: Action) -> bool:
@@ -5281,11 +5535,19 @@ class Monitor:
             if table is not None and not self.dry_run:
                 serving = any(row.health.up and row.ipvs_weight for row in reports[vs.ipvs_key].rows)
                 self._notify(vs, decision.events, health, done, serving, phase, now)
+            self.last[vs.ipvs_key] = reports[vs.ipvs_key]
         if not self.dry_run:
             self._resend(phase, now)
         self._say_news()
         self.hooks.reap()
-        report.services = list(reports.values())
+        ended = time.monotonic()
+        self.next_tick = caught_up(self.next_tick, ended)
+        for vs in services:
+            self.due[vs.ipvs_key] = caught_up(self.due[vs.ipvs_key], ended)
+        # Every service in every pass: one not due shows its rows of its last probing (no action now).
+        report.services = [reports[vs.ipvs_key] if vs.ipvs_key in reports else dataclasses.replace(
+            self.last[vs.ipvs_key], rows=[dataclasses.replace(r, action="") for r in self.last[vs.ipvs_key].rows])
+            for vs in self.config.services if vs.ipvs_key in reports or vs.ipvs_key in self.last]
         report.duration = time.monotonic() - started
         return report
 
@@ -5445,31 +5707,66 @@ def take_lock(path: str) -> int:
     return fd
 
 
-def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda report: None) -> None:
-    """Pass after pass on a monotonic schedule, until SIGTERM/SIGINT.
+def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda report: None,
+                watch: Optional[ConfigWatch] = None) -> None:
+    """Pass after pass on a monotonic schedule (each service's own interval), until SIGTERM/SIGINT.
 
-    `load` re-reads the config (with the command line's overrides) on SIGHUP;
-    `after_pass` publishes each pass (state file, metrics, live view).
+    `load` re-reads the config (with the command line's overrides) on SIGHUP, and with
+    autoreload when `watch` sees its content change; `after_pass` publishes each pass
+    (state file, metrics, live view).
     """
     monitor.stop_requested = lambda: signals.stop
-    next_start = time.monotonic()
     while not signals.stop:
         if signals.reload:
             signals.reload = False
+            digest = watch.look() if watch else ""
             try:
                 monitor.reload(load())
+                if watch and digest:
+                    watch.digest, watch.refused = digest, ""  # what SIGHUP loaded is no change for autoreload
             except ConfigError as exc:
                 monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
+                if watch and digest and digest != watch.digest:
+                    watch.refused = digest  # said once: not again by autoreload
+        if watch is not None:
+            autoreload(monitor, watch, load)
+        wait = None
         try:
             after_pass(monitor.run_pass())
         except Exception as exc:  # one bad pass must not end monitoring
-            monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in "
-                               f"{monitor.config.interval:g} s", "problem")
-        next_start += monitor.config.interval
-        now = time.monotonic()
-        if next_start < now:  # a pass overran the interval: start again from now
-            next_start = now
-        signals.sleep(next_start - now)
+            wait = monitor.until_due()
+            if wait <= 0:  # it failed before its services' next turns were set: not again at once
+                wait = monitor.config.interval
+            monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in {wait:g} s", "problem")
+        signals.sleep(monitor.until_due() if wait is None else wait)
+
+
+def autoreload(monitor: Monitor, watch: ConfigWatch, load) -> None:
+    """autoreload and callback (ldirectord's check_cfgfile), at every pass: when the config's
+    content changed, re-read it (autoreload = yes; a broken one is refused as on SIGHUP, said
+    once per content), then start `callback` with the config's path, never waited for."""
+    config = monitor.config
+    if not (config.autoreload or config.callback):
+        return
+    digest = watch.look()
+    if not digest or digest == watch.digest or digest == watch.refused:
+        return
+    if config.autoreload:
+        monitor.output.say(f"config {config.path} changed on disk: reloading it (autoreload)")
+        try:
+            monitor.reload(load())
+        except ConfigError as exc:
+            monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
+            watch.refused = digest
+        else:
+            watch.digest, watch.refused = digest, ""
+    else:
+        monitor.output.say(f"config {config.path} changed on disk: not reloaded (autoreload = no)")
+        watch.digest = digest
+    callback = monitor.config.callback
+    if callback and not monitor.dry_run:
+        if monitor.hooks.launch([*callback, config.path], dict(os.environ), config.path, "callback") is not None:
+            monitor.output.say(f"callback started: {shlex.join([*callback, config.path])}")
 
 
 ###############################################################################
@@ -5483,6 +5780,8 @@ def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda repo
 
 
 def server_state(h: Health) -> str:
+    if h.held:
+        return h.held  # an operator's hold, whatever its health
     if h.up is None:
         return "unknown"
     if h.kept:
@@ -5503,6 +5802,7 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
                 "intended_weight": (r.health.operator if r.health.operator is not None
                                     else r.weight if r.health.asked is None else r.health.asked),
                 "good_streak": r.health.good, "bad_streak": r.health.bad, "quiesced": r.health.quiesced,
+                "held": r.health.held or None,
                 "memory": memory_of(r.health),
                 "action": r.action or None,
                 "last_change": ({"time": round(r.last_change[0], 3), "what": r.last_change[1]}
@@ -5513,9 +5813,11 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
 
 
 def in_place(snap: dict) -> bool:
-    """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on."""
-    return all(not s["problem"] and all(r["state"] == "up" and r["ipvs_weight"] is not None
-                                        and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"])
+    """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on.
+    A server an operator holds out (maintenance) is in place when it is out (absent, or at weight 0)."""
+    return all(not s["problem"] and all((r["state"] == "up" and r["ipvs_weight"] is not None
+                                         and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"]))
+                                        or (r.get("held") and not r["ipvs_weight"])
                                         for r in s["servers"])
                for s in snap["services"])
 
@@ -5577,6 +5879,8 @@ def _label(value: str) -> str:
 METRICS = (  # (name, help, value of a server's entry in the snapshot)
     ("monitor_rs_server_up", "1 when the monitor holds the real server healthy.",
      lambda r: int(r["state"] == "up")),
+    ("monitor_rs_server_held", "1 when an operator holds the real server out (maintenancedir).",
+     lambda r: int(bool(r.get("held")))),
     ("monitor_rs_server_weight", "Weight of the real server in IPVS (-1 when absent).",
      lambda r: -1 if r["ipvs_weight"] is None else r["ipvs_weight"]),
     ("monitor_rs_probe_latency_seconds", "Duration of the last probe.",
@@ -5637,7 +5941,7 @@ class Publisher:
         self.problem = ""
 
 
-STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow"}
+STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow", MAINTENANCE: "blue"}
 
 
 def _ipvs(weight: Optional[int], readable: bool = True) -> str:
@@ -5751,6 +6055,20 @@ def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
         if value and os.path.isdir(value):
             where = f"{option} {value}" if key in from_cli else f"{config.path}: [monitor] {key} = {value!r}"
             raise ConfigError(f"{where}: is a directory, not a file")
+
+
+def check_maintenancedir(config: Config) -> None:
+    """maintenancedir takes servers out: as root, a folder others may write (or could create) is a
+    config error, as the config itself is; one that is not there yet is said at the first pass."""
+    folder = config.maintenancedir
+    if not folder:
+        return
+    where = f"{config.path}: maintenancedir {folder}"
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"{where}: not a folder")
+    why = unsafe_path(folder) if os.geteuid() == 0 else ""
+    if why:
+        raise ConfigError(f"{where}: not read as root, others can change it: {why}")
 
 
 def _check_settings(vs: VirtualService) -> str:
@@ -5957,8 +6275,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         why = unsafe_program(config.ipvsadm)  # run every pass as root: the config's, or --ipvsadm
         if why:
             raise ConfigError(f"ipvsadm {why}")
+        check_maintenancedir(config)
         return config
 
+    watch = ConfigWatch(config_path)  # before the first read: a change meanwhile is seen at the first pass
     try:
         config = load()
     except ConfigError as exc:
@@ -6033,6 +6353,8 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             output.show(lambda: show_status(snap, console))
         monitor.close()
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    # As ever, a whole interval (the shortest service's) after the first pass, however long it took.
+    first_wait = max(monitor.until_due(), min(monitor.interval(vs) for vs in config.services))
     if console is not None and snap is not None and output.echo:
         # A terminal: the table, refreshed every pass, under the events.
         from rich.console import Group
@@ -6040,14 +6362,14 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         live = output.live = Live(Group(*status_tables(snap)), console=console, auto_refresh=False)
         output.show(lambda: live.start(refresh=True))
         try:
-            signals.sleep(config.interval)
-            run_forever(monitor, signals, load, after_pass)
+            signals.sleep(first_wait)
+            run_forever(monitor, signals, load, after_pass, watch)
         finally:
             output.show(live.stop)
             output.live = None
     else:
-        signals.sleep(config.interval)
-        run_forever(monitor, signals, load, after_pass)
+        signals.sleep(first_wait)
+        run_forever(monitor, signals, load, after_pass, watch)
     signals.ignore()
     stopped = "the IPVS table is left as it is"
     if monitor.config.cleanstop and not dry_run:
