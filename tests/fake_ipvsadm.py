@@ -26,7 +26,17 @@ edit "activeconns"/"inactconns" directly; everything else is set by commands.
 
 Not modelled: host and service names in output (listings are always
 numeric), thresholds, one-packet scheduling, persistence engines, daemons,
-connection listings, -Z, -R, -h, -v; such options are refused with exit 2.
+connection listings, -Z, -h, -v; such options are refused with exit 2.
+
+-R (--restore) reads commands on stdin as ipvsadm 1.31's restore_table() and
+config_stream_read() do: words split on space, tab, CR (a line ends at LF;
+no quoting, and ``#`` is an ordinary word); every word ``ipvsadm`` dropped;
+lines with no word skipped; a line whose tokens are followed by two or more
+blanks and then the end of input (no LF) is not run.  A kernel error or a
+popt error after the first option is printed and the next line runs; any
+other failure (validation: fail(2, ...), a first word that is no command:
+exit 255, ``-L`` of a missing service: exit 1) ends the run at once.  The
+exit status is the last line's (0, or 255 for a printed error).
 """
 
 import contextlib
@@ -54,6 +64,7 @@ INIT_ERRORS = {
     "noipvs": "Can't initialize ipvs: Protocol not available" + NOT_IPVS,
     "noroot": "Can't initialize ipvs: Permission denied (you must be root)" + NOT_IPVS,
 }
+RESTORE_WORD = 4096  # config_stream_read()'s MAX_LINE_LENGTH: a longer word is split
 FAULTS = {"", "noipvs", "noroot", "exit1", "hang", "hang-list", "garbage", "truncated", "fail-add", "fail-edit"}
 EINVAL = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
 
@@ -67,22 +78,23 @@ ALL_ONES = 0xFFFFFFFF  # default IPv4 persistence mask
 # Option keys are the short letter, or the long name for long-only options.
 COMMANDS = {"A": "add-service", "E": "edit-service", "D": "delete-service", "C": "flush",
             "L": "list", "l": "list", "a": "add-server", "e": "edit-server",
-            "d": "delete-server", "S": "save"}
+            "d": "delete-server", "S": "save", "R": "restore"}
 LONG_OPTIONS = {
     "add-service": "A", "edit-service": "E", "delete-service": "D", "clear": "C",
     "list": "L", "add-server": "a", "edit-server": "e", "delete-server": "d", "save": "S",
+    "restore": "R",
     "tcp-service": "t", "udp-service": "u", "sctp-service": "sctp-service",
     "fwmark-service": "f", "scheduler": "s", "persistent": "p", "netmask": "M",
     "real-server": "r", "gatewaying": "g", "ipip": "i", "masquerading": "m",
     "weight": "w", "numeric": "n", "ipv6": "6", "sched-flags": "b",
 }
-SHORT_OPTIONS = set("AEDCLlaedStufspMrgimwn6b")
+SHORT_OPTIONS = set("AEDCLlaedSRtufspMrgimwn6b")
 REQUIRED, OPTIONAL = "required", "optional"
 ARITY = {"t": REQUIRED, "u": REQUIRED, "sctp-service": REQUIRED, "f": REQUIRED,
          "s": REQUIRED, "M": REQUIRED, "r": REQUIRED, "w": REQUIRED, "b": REQUIRED,
          "p": OPTIONAL}
-UNSUPPORTED = set("ZRhvcxyoX") | {
-    "zero", "restore", "help", "version", "set", "start-daemon", "stop-daemon",
+UNSUPPORTED = set("ZhvcxyoX") | {
+    "zero", "help", "version", "set", "start-daemon", "stop-daemon",
     "connection", "u-threshold", "l-threshold", "ops", "pe", "exact", "stats", "rate",
     "thresholds", "persistent-conn", "nosort", "sort", "timeout", "daemon",
     "mcast-interface", "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "syncid",
@@ -109,6 +121,7 @@ LEGAL = {  #        -n svc -s -p -M -r fwd -w -b
     "delete-server":  "x+xxx+xxx",
     "edit-server":    "x+xxx+  x",
     "save":           " xxxxxxxx",
+    "restore":        "xxxxxxxxx",
 }
 
 # (prefix, flag bit, scheduler it belongs to) as in parse_sched_flags().
@@ -129,8 +142,16 @@ class Fail(Exception):
         self.message = message
 
 
+class KernelError(Fail):
+    """The kernel refused a change: printed, exit 255; under -R the next line still runs."""
+
+    def __init__(self, message):
+        super().__init__(255, message)
+
+
 class PoptError(Fail):
-    """A popt parse error: "<option>: <reason>", exit 255."""
+    """A popt parse error: "<option>: <reason>", exit 255 (under -R, after the first
+    option, printed and the next line runs: parse_options() returns -1)."""
 
     def __init__(self, token, reason):
         super().__init__(255, f"{token}: {reason}")
@@ -486,9 +507,9 @@ def is_unicast(addr):
 def add_service(state, req):
     """-A"""
     if find_service(state, req):
-        raise Fail(255, "Service already exists")
+        raise KernelError("Service already exists")
     if req.scheduler not in SCHEDULERS:
-        raise Fail(255, "Scheduler or persistence engine not found")
+        raise KernelError("Scheduler or persistence engine not found")
     state["services"].append({
         "fwmark": req.fwmark, "af": req.af, "protocol": req.protocol,
         "addr": None if req.fwmark else str(req.addr), "port": req.port,
@@ -499,9 +520,9 @@ def edit_service(state, req):
     """-E"""
     svc = find_service(state, req)
     if svc is None:
-        raise Fail(255, "No such service")
+        raise KernelError("No such service")
     if req.scheduler not in SCHEDULERS:
-        raise Fail(255, "Scheduler or persistence engine not found")
+        raise KernelError("Scheduler or persistence engine not found")
     svc.update(service_settings(req))
 
 
@@ -509,7 +530,7 @@ def delete_service(state, req):
     """-D"""
     svc = find_service(state, req)
     if svc is None:
-        raise Fail(255, "No such service")
+        raise KernelError("No such service")
     state["services"].remove(svc)
 
 
@@ -522,7 +543,7 @@ def server_service(state, req):
     """The service for -a/-e/-d."""
     svc = find_service(state, req)
     if svc is None:
-        raise Fail(255, "Service not defined")
+        raise KernelError("Service not defined")
     return svc
 
 
@@ -530,9 +551,9 @@ def add_server(state, req):
     """-a"""
     svc = server_service(state, req)
     if find_dest(svc, req):
-        raise Fail(255, "Destination already exists")
+        raise KernelError("Destination already exists")
     if not is_unicast(req.dest_addr):
-        raise Fail(255, EINVAL)
+        raise KernelError(EINVAL)
     svc["dests"].append({
         "af": req.dest_addr.version, "addr": str(req.dest_addr), "port": req.dest_port,
         "forward": req.forward, "weight": req.weight, "activeconns": 0, "inactconns": 0})
@@ -542,7 +563,7 @@ def edit_server(state, req):
     """-e: every field not given returns to its default."""
     dest = find_dest(server_service(state, req), req)
     if dest is None:
-        raise Fail(255, "No such destination")
+        raise KernelError("No such destination")
     dest.update(forward=req.forward, weight=req.weight)
 
 
@@ -551,7 +572,7 @@ def delete_server(state, req):
     svc = server_service(state, req)
     dest = find_dest(svc, req)
     if dest is None:
-        raise Fail(255, "No such destination")
+        raise KernelError("No such destination")
     svc["dests"].remove(dest)
 
 
@@ -699,6 +720,73 @@ def log_call(argv):
         os.close(fd)
 
 
+class Exit(Exception):
+    """End with exit status `code`, everything already written (-R)."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+def restore_lines(text):
+    """The argv of each line, as config_stream_read() splits standard input.
+
+    fscanf("%4096[^ \\t\\n\\r]%1[ \\t\\n\\r]") takes a word and the one blank after it;
+    blanks before a word are skipped one by one, and the end of input met
+    there drops the line being read (words included); an LF ends a line.
+    """
+    pos, end = 0, len(text)
+    while True:
+        words, line_ended = [], False
+        while not line_ended:
+            if pos >= end:  # fscanf() == EOF: a line with words is still run
+                if words:
+                    yield words
+                return
+            if text[pos] in " \t\n\r":  # fscanf() == 0: skip blanks up to a word or LF
+                while pos < end and text[pos] in " \t\r":
+                    pos += 1
+                if pos >= end:
+                    return
+                if text[pos] == "\n":
+                    pos += 1
+                    line_ended = True
+                continue
+            stop = pos
+            while stop < end and stop - pos < RESTORE_WORD and text[stop] not in " \t\n\r":
+                stop += 1
+            word, pos = text[pos:stop].partition("\0")[0], stop  # C strings end at a NUL
+            if word != "ipvsadm":
+                words.append(word)
+            if pos < end and text[pos] in " \t\n\r":
+                line_ended = text[pos] == "\n"
+                pos += 1
+        yield words
+
+
+def restore(fault):
+    """-R: each line of stdin a command; see the module docstring for what stops the run."""
+    program = sys.argv[0]
+    result = 0
+    for words in restore_lines(sys.stdin.buffer.read().decode("latin-1")):
+        if not words:  # only "ipvsadm", or nothing: not run, the status stays
+            continue
+        try:
+            req = parse(words)
+            if req.command == "restore":  # restore_table(): "avoid infinite loop"
+                raise Fail(255, f"Try `{program} -h' or '{program} --help' for more information.")
+            sys.stdout.write(perform(req, fault))
+            result = 0
+        except (KernelError, PoptError) as err:
+            sys.stderr.write(err.message + "\n")
+            result = 255
+        except Fail as err:
+            sys.stdout.flush()
+            sys.stderr.write(err.message + "\n")
+            raise Exit(err.code) from None
+    raise Exit(result)
+
+
 def run(argv, fault):
     """Everything but logging; return stdout text or raise Fail."""
     if fault not in FAULTS:
@@ -710,15 +798,22 @@ def run(argv, fault):
     if fault == "hang":
         hang()
     req = parse(argv) if argv else Request("list")
+    if req.command == "restore":
+        restore(fault)
+    return perform(req, fault)
+
+
+def perform(req, fault):
+    """One parsed command against the table; return stdout text or raise Fail."""
     is_listing = req.command in ("list", "save")
     if is_listing and fault == "hang-list":
         hang()
     if is_listing and fault == "garbage":
         return garbage()
     if req.command == "add-server" and fault == "fail-add":
-        raise Fail(255, "Service not defined")
+        raise KernelError("Service not defined")
     if req.command == "edit-server" and fault == "fail-edit":
-        raise Fail(255, "No such destination")
+        raise KernelError("No such destination")
     out = execute(req)
     return truncate(out) if is_listing and fault == "truncated" else out
 
@@ -728,6 +823,8 @@ def main(argv):
     log_call(argv)
     try:
         sys.stdout.write(run(argv, os.environ.get(FAULT_ENV, "")))
+    except Exit as done:
+        return done.code
     except Fail as err:
         sys.stderr.write(err.message + "\n")
         return err.code
