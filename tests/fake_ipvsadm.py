@@ -17,7 +17,8 @@ Environment:
                       line is appended per invocation, before anything else.
   FAKE_IPVSADM_FAULT  optional fault: noipvs, noroot, exit1, hang (every
                       command), hang-list, garbage, truncated (listings: -L/-l
-                      and -S), fail-add (-a only), fail-edit (-e only).
+                      and -S), fail-add (-a only), fail-edit (-e only), hang-restore
+                      (-R runs its lines, then never ends).
 
 State format: {"services": [{"fwmark", "af", "protocol", "addr", "port",
 "scheduler", "sched_flags", "timeout", "netmask", "dests": [{"af", "addr",
@@ -65,7 +66,8 @@ INIT_ERRORS = {
     "noroot": "Can't initialize ipvs: Permission denied (you must be root)" + NOT_IPVS,
 }
 RESTORE_WORD = 4096  # config_stream_read()'s MAX_LINE_LENGTH: a longer word is split
-FAULTS = {"", "noipvs", "noroot", "exit1", "hang", "hang-list", "garbage", "truncated", "fail-add", "fail-edit"}
+FAULTS = {"", "noipvs", "noroot", "exit1", "hang", "hang-list", "garbage", "truncated", "fail-add", "fail-edit",
+          "hang-restore"}
 EINVAL = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
 
 DEFAULT_SCHEDULER = "wlc"
@@ -784,6 +786,9 @@ def restore(fault):
             sys.stdout.flush()
             sys.stderr.write(err.message + "\n")
             raise Exit(err.code) from None
+    if fault == "hang-restore":
+        sys.stdout.flush()
+        hang()
     raise Exit(result)
 
 
