@@ -4586,17 +4586,21 @@ class Monitor:
         what stderr says between two marks is that change's own, word for word.  A change
         whose mark is missing ended the run (a line that fails validation: -R's status is
         its own), or came after it (never run); when -R was killed at its timeout (what it
-        said is lost), the table alone says.  Asked to stop while reading back, the marks alone say (what a lone
-        ipvsadm's exit status said)."""
+        said is lost), the table alone says.  When the service cannot be read back (or the
+        monitor is asked to stop), a change whose mark came with no word of ipvsadm held,
+        as a lone ipvsadm's exit status 0 said; the others, unknown, are taken as failed
+        (the next pass reads the table, and its memory of the weights tried, again)."""
         if result.returncode == -1:  # it never ran: nothing was changed
             return [result.why()] * len(actions)
         table: Optional[Table] = None
-        try:
-            table = self.ipvsadm.read_service(vs, self.stop_requested)
-        except IpvsStopped:
-            pass
-        except IpvsError as exc:  # unknown: taken as failed, the next pass reads and decides again
-            return [f"{result.why()}; its outcome could not be read back: {exc}"] * len(actions)
+        unread = result.why()
+        if not self.stop_requested():  # no new process once asked to stop
+            try:
+                table = self.ipvsadm.read_service(vs, self.stop_requested)
+            except IpvsStopped:
+                pass
+            except IpvsError as exc:
+                unread = f"{result.why()}; its outcome could not be read back: {exc}"
         said = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         whys: List[Optional[str]] = []
         ended = ""  # why the changes after the one that ended the run were not made
@@ -4612,7 +4616,7 @@ class Monitor:
                     why = None if table is None or _in_effect(vs, action, table) else (
                         "not in effect when read back after ipvsadm -R")
             elif result.returncode < 0:  # -R killed (its stderr is lost): the table says
-                why = None if table is not None and _in_effect(vs, action, table) else result.why()
+                why = None if table is not None and _in_effect(vs, action, table) else unread
             else:  # this line ended the run: its words and -R's status are its own
                 why = CommandResult(argv, result.returncode, stderr="\n".join(said)).why()
                 ended = f"not run: ipvsadm -R ended at an earlier line ({why})"

@@ -14,7 +14,8 @@ Environment:
                       the table); a missing or empty file is an empty table.
                       ``<state>.lock`` is the flock(2) lock file.
   FAKE_IPVSADM_CALLS  optional path; one ``{"argv": [...], "t": <time>}`` JSON
-                      line is appended per invocation, before anything else.
+                      line is appended per invocation, before anything else
+                      (for -R, also "stdin": the words of each line read).
   FAKE_IPVSADM_FAULT  optional fault: noipvs, noroot, exit1, hang (every
                       command), hang-list, garbage, truncated (listings: -L/-l
                       and -S), fail-add (-a only), fail-edit (-e only), hang-restore
@@ -709,12 +710,15 @@ def truncate(out):
     return out[:end + len(TITLE_LINE)] if end >= 0 else ""
 
 
-def log_call(argv):
+def log_call(argv, stdin=None):
     """Append this invocation to FAKE_IPVSADM_CALLS, if set."""
     path = os.environ.get(CALLS_ENV)
     if not path:
         return
-    line = json.dumps({"argv": argv, "t": time.time()}) + "\n"
+    call = {"argv": argv, "t": time.time()}
+    if stdin is not None:
+        call["stdin"] = [words for words in restore_lines(stdin) if words]
+    line = json.dumps(call) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -766,11 +770,18 @@ def restore_lines(text):
         yield words
 
 
-def restore(fault):
-    """-R: each line of stdin a command; see the module docstring for what stops the run."""
+def read_stdin(argv):
+    """What -R reads (all of it, before anything runs), or None for other commands."""
+    if argv[:1] not in (["-R"], ["--restore"]):
+        return None
+    return sys.stdin.buffer.read().decode("latin-1")
+
+
+def restore(fault, text):
+    """-R: each line of `text` a command; see the module docstring for what stops the run."""
     program = sys.argv[0]
     result = 0
-    for words in restore_lines(sys.stdin.buffer.read().decode("latin-1")):
+    for words in restore_lines(text or ""):
         if not words:  # only "ipvsadm", or nothing: not run, the status stays
             continue
         try:
@@ -792,7 +803,7 @@ def restore(fault):
     raise Exit(result)
 
 
-def run(argv, fault):
+def run(argv, fault, stdin=None):
     """Everything but logging; return stdout text or raise Fail."""
     if fault not in FAULTS:
         raise Fail(2, f"fake_ipvsadm: unknown {FAULT_ENV} value {fault!r}")
@@ -804,7 +815,7 @@ def run(argv, fault):
         hang()
     req = parse(argv) if argv else Request("list")
     if req.command == "restore":
-        restore(fault)
+        restore(fault, stdin)
     return perform(req, fault)
 
 
@@ -825,9 +836,10 @@ def perform(req, fault):
 
 def main(argv):
     """Entry point: log, run, report."""
-    log_call(argv)
+    stdin = read_stdin(argv)
+    log_call(argv, stdin)
     try:
-        sys.stdout.write(run(argv, os.environ.get(FAULT_ENV, "")))
+        sys.stdout.write(run(argv, os.environ.get(FAULT_ENV, ""), stdin))
     except Exit as done:
         return done.code
     except Fail as err:

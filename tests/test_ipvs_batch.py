@@ -408,3 +408,14 @@ def test_a_batch_that_times_out_is_read_back(tmp_path):
     assert said.lines[0][1].startswith(f"{rs(11)} add FAILED in 127.0.0.1:80 (web): ")
     assert "ipvsadm -R: no answer within 3 s" in said.lines[0][1]  # what it said died with it
     assert said.lines[1] == ("add", f"{rs(12)} has been added to work in 127.0.0.1:80 (web) (weight 1)")
+
+
+def test_dry_run_still_says_one_would_run_line_per_change(ipvs, run, backends):
+    servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(3)]
+    monitor = run(ipvs, config("127.0.0.1:80", [b.address for b in servers], [1, 2, 3]))
+    proc = monitor.once("--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "would run:" in line]
+    assert len(said) == 3 and all(f"-a -t 127.0.0.1:80 -r {b.address} -m -w {w}" in line
+                                  for b, w, line in zip(servers, (1, 2, 3), said)), proc.stdout
+    assert changes(ipvs) == [] and ipvs.dests("127.0.0.1:80") == {}
