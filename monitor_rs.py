@@ -2247,6 +2247,7 @@ class CommandResult:
 NO_IPVS = ("Can't initialize ipvs", "Protocol not available", "IP Virtual Server is built")
 STOPPED = -2  # the returncode of a listing cut short by a stop request
 TIMED_OUT = -3  # ... of a call killed at its timeout: a passing fault, not a missing ipvsadm
+KERNEL_REFUSED = 255  # ipvsadm's exit status for a change the kernel refused (a lone run of that -R line)
 KILL_GRACE = 1.0  # seconds a killed ipvsadm's pipes may take to close before they are given up
 
 
@@ -2276,16 +2277,18 @@ class Ipvsadm:
     def __init__(self, path: str = "ipvsadm", timeout: float = 5.0):
         self.path, self.timeout = find_program(path), timeout  # once, at start and at each reload
 
-    def run(self, args: Sequence[str], stop=None) -> CommandResult:
+    def run(self, args: Sequence[str], stop=None, stdin: Optional[str] = None) -> CommandResult:
         """Run ipvsadm under its timeout; with `stop`, a stop request cuts it short
-        (for listings only: a change, once started, is let finish).
+        (for listings only: a change, once started, is let finish); `stdin`, the
+        text it reads (for -R), else it reads nothing.
 
         It runs in a session of its own, so that a timeout or a stop kills all it
         started (a wrapper script that does not exec, a modprobe), and no wait
         after that is without a bound."""
         argv = (self.path, *args)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, errors="replace", start_new_session=True)
         except FileNotFoundError:
             return CommandResult(argv, -1, stderr=f"{self.path}: not found (install ipvsadm, or give --ipvsadm PATH)")
@@ -2294,13 +2297,15 @@ class Ipvsadm:
         except OSError as exc:
             return CommandResult(argv, -1, stderr=f"{self.path}: cannot run: {exc.strerror or exc}")
         deadline = time.monotonic() + self.timeout
+        pending = stdin  # given to the first communicate() only: it refuses input once started
         try:
             while True:
                 try:
                     wait = deadline - time.monotonic()
-                    out, err = proc.communicate(timeout=max(0.0, min(wait, 0.1) if stop else wait))
+                    out, err = proc.communicate(pending, timeout=max(0.0, min(wait, 0.1) if stop else wait))
                     return CommandResult(argv, proc.returncode, out, err)
                 except subprocess.TimeoutExpired:
+                    pending = None
                     late = time.monotonic() >= deadline
                     if late or (stop is not None and stop()):
                         why = self._kill(proc, " ".join(argv))
@@ -2308,8 +2313,16 @@ class Ipvsadm:
                             return CommandResult(argv, STOPPED, stderr="stopped")
                         return CommandResult(argv, TIMED_OUT, stderr=why)
         finally:
-            for pipe in (proc.stdout, proc.stderr):
-                pipe.close()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+
+    def restore(self, commands: Sequence[Sequence[str]]) -> CommandResult:
+        """Many changes in one process: ``ipvsadm -R``, a command a line on its stdin.
+
+        Its exit status is only the last line's, and a line that fails validation ends
+        the run: what each change did must be read back (Monitor._apply_batch)."""
+        return self.run(("-R",), stdin="".join(" ".join(args) + "\n" for args in commands))
 
     def _kill(self, proc: subprocess.Popen, command: str) -> str:
         """Kill the whole process group of a call (the leader is not reaped yet, so its
@@ -4330,25 +4343,66 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     return Decision(new, tuple(first + gains + [a for a, _ in losses] + trailing), tuple(events))
 
 
+def stages(actions: Sequence[Action]) -> List[List[int]]:
+    """The actions cut into runs in which none needs another of its own run: each run
+    can be made at once (one ``ipvsadm -R``), once what the earlier runs did is known."""
+    runs: List[List[int]] = []
+    for i, action in enumerate(actions):
+        if not runs or any(j >= runs[-1][0] for j in action.needs):
+            runs.append([])
+        runs[-1].append(i)
+    return runs
+
+
 def carry_out(decision: Decision, make: Callable[[Action], bool],
-              hold: Callable[[Action], None] = lambda action: None) -> Dict[Endpoint, Health]:
+              hold: Callable[[Action], None] = lambda action: None,
+              batch: Optional[Callable[[Sequence[Action]], Sequence[Callable[[], bool]]]] = None
+              ) -> Dict[Endpoint, Health]:
     """Make a decision's changes in order (`make` says whether one holds) and
     return the health that results: a change that failed, or that was held
     because the change it needed failed, leaves its server's health as if it
-    had not been decided, so the next pass decides it again."""
+    had not been decided, so the next pass decides it again.
+
+    With `batch`, each of the `stages` is made at once: `batch` makes the changes
+    given and returns, for each, what says (in order, with the holds between)
+    whether it held; an action that needs another is still made only if that one held."""
+    run = batch or (lambda actions: [functools.partial(make, a) for a in actions])
     health = dict(decision.health)
     holds: List[bool] = []
-    for action in decision.actions:
-        made = not action.needs or any(holds[i] for i in action.needs)
-        if made:
-            ok = make(action)
-        else:
-            hold(action)
-            ok = False
-        holds.append(ok)
-        if not ok and action.endpoint is not None:
-            health[action.endpoint] = action.unchanged if made else dataclasses.replace(action.unchanged, tried=())
+    for stage in stages(decision.actions):
+        wanted = [not decision.actions[i].needs or any(holds[j] for j in decision.actions[i].needs)
+                  for i in stage]
+        chosen = [decision.actions[i] for i, made in zip(stage, wanted) if made]
+        outcomes = iter(run(chosen) if chosen else ())
+        for i, made in zip(stage, wanted):
+            action = decision.actions[i]
+            if made:
+                ok = next(outcomes)()
+            else:
+                hold(action)
+                ok = False
+            holds.append(ok)
+            if not ok and action.endpoint is not None:
+                health[action.endpoint] = action.unchanged if made else dataclasses.replace(action.unchanged, tried=())
     return health
+
+
+def _restorable(args: Sequence[str]) -> bool:
+    """Whether -R reads these words back as they are: it splits on blanks and drops "ipvsadm"."""
+    return all(a and a != "ipvsadm" and not re.search(r"[\s\x00]", a) for a in args)
+
+
+def _mark(i: int) -> str:
+    """The option that follows the i-th change of a -R (Monitor._read_back): unknown to ipvsadm."""
+    return f"--monitor-rs-after-{i}"
+
+
+def _in_effect(vs: VirtualService, action: Action, table: Table) -> bool:
+    """Whether the table read back shows `action` done: added or set at its weight, or deleted."""
+    stored = table.get(vs.stored_endpoint(action.endpoint if action.endpoint is not None else vs.fallback))
+    if action.kind in (Change.DELETE, Change.FALLBACK_DELETE):
+        return stored is None
+    return stored is not None and stored.weight == action.weight
 
 
 ###############################################################################
@@ -5376,14 +5430,83 @@ class Monitor:
 
     def _apply(self, vs: VirtualService, action: Action, report: PassReport) -> Tuple[bool, str]:
         """Make one change; (whether it holds, what to show for it).  A failure is said once while it lasts."""
+        if self.dry_run:
+            command = " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *action.args))
+            self.output.say(f"would run: {command}", action.kind.value, log=False)
+            return True, "would " + action.kind.value
+        result = self.ipvsadm.run(action.args)
+        return self._outcome(vs, action, None if result.ok else result.why(), report)
+
+    def _apply_batch(self, vs: VirtualService, actions: Sequence[Action],
+                     report: PassReport) -> Optional[List[Callable[[], Tuple[bool, str]]]]:
+        """Make several changes of one service in one ``ipvsadm -R``, then read the service
+        back to know which held (never from -R's exit status: it is only the last line's).
+
+        Returns, per action, what logs its outcome as _apply would (called in order by
+        carry_out); None when they are better made one process each (_apply): one change
+        alone (its own exit status says it all, no read-back), --dry-run, words -R would split."""
+        if self.dry_run or len(actions) < 2 or not all(_restorable(a.args) for a in actions):
+            return None
+        lines: List[Sequence[str]] = []
+        for i, a in enumerate(actions):  # each change followed by its mark (see _read_back)
+            lines += [a.args, ("-L", _mark(i))]
+        result = self.ipvsadm.restore(lines)
+        whys = self._read_back(vs, actions, result)
+        return [functools.partial(self._outcome, vs, a, why, report) for a, why in zip(actions, whys)]
+
+    def _read_back(self, vs: VirtualService, actions: Sequence[Action], result: CommandResult) -> List[Optional[str]]:
+        """Per action, None if it held, else why not: from what ipvsadm said of its line, and
+        from the service read back after the -R (never from -R's exit status: the last line's).
+
+        After each change comes a line ``-L --monitor-rs-after-N`` that ipvsadm refuses with
+        ``--monitor-rs-after-N: unknown option`` and goes on (a popt error after the command):
+        what stderr says between two marks is that change's own, word for word.  A change
+        whose mark is missing ended the run (a line that fails validation: -R's status is
+        its own), or came after it (never run); when -R was killed at its timeout (what it
+        said is lost), the table alone says.  When the service cannot be read back (or the
+        monitor is asked to stop), a change whose mark came with no word of ipvsadm held,
+        as a lone ipvsadm's exit status 0 said; the others, unknown, are taken as failed
+        (the next pass reads the table, and its memory of the weights tried, again)."""
+        if result.returncode == -1:  # it never ran: nothing was changed
+            return [result.why()] * len(actions)
+        table: Optional[Table] = None
+        unread = result.why()
+        if not self.stop_requested():  # no new process once asked to stop
+            try:
+                table = self.ipvsadm.read_service(vs, self.stop_requested)
+            except IpvsStopped:
+                pass
+            except IpvsError as exc:
+                unread = f"{result.why()}; its outcome could not be read back: {exc}"
+        said = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        whys: List[Optional[str]] = []
+        ended = ""  # why the changes after the one that ended the run were not made
+        for i, action in enumerate(actions):
+            argv, mark = (self.ipvsadm.path, *action.args), f"{_mark(i)}: unknown option"
+            if ended:
+                why: Optional[str] = ended
+            elif mark in said:
+                own, said = said[:said.index(mark)], said[said.index(mark) + 1:]
+                if own:  # refused, and the next line ran: as a lone ipvsadm said it
+                    why = CommandResult(argv, KERNEL_REFUSED, stderr="\n".join(own)).why()
+                else:
+                    why = None if table is None or _in_effect(vs, action, table) else (
+                        "not in effect when read back after ipvsadm -R")
+            elif result.returncode < 0:  # -R killed (its stderr is lost): the table says
+                why = None if table is not None and _in_effect(vs, action, table) else unread
+            else:  # this line ended the run: its words and -R's status are its own
+                why = CommandResult(argv, result.returncode, stderr="\n".join(said)).why()
+                ended = f"not run: ipvsadm -R ended at an earlier line ({why})"
+            whys.append(why)
+        return whys
+
+    def _outcome(self, vs: VirtualService, action: Action, why: Optional[str],
+                 report: PassReport) -> Tuple[bool, str]:
+        """Say how a change went (`why` it failed, None if it holds); (whether it holds, what to show)."""
         command = " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *action.args))
         kind = action.kind.value
-        if self.dry_run:
-            self.output.say(f"would run: {command}", kind, log=False)
-            return True, "would " + kind
-        result = self.ipvsadm.run(action.args)
         key = (vs.address, action.server, kind)
-        if result.ok:
+        if why is None:
             self.failing.pop(key, None)
             message = MESSAGES[kind].format(server=action.server, vs=vs.label(), weight=action.weight,
                                             reason=action.reason)
@@ -5391,7 +5514,6 @@ class Monitor:
             self.changes[(vs.ipvs_key, action.server)] = (time.time(), CHANGES[kind].format(weight=action.weight))
             return True, kind
         report.failed += 1
-        why = result.why()
         if self.failing.get(key) != why:
             self.output.say(f"{action.server} {kind} FAILED in {vs.label()}: {why} ({command})", "failed")
         self.failing[key] = why
@@ -5499,7 +5621,10 @@ class Monitor:
                 def make(action: Action) -> bool:
                     if self.stop_requested():
                         return False  # asked to stop: no new change is started
-                    ok, done[action.server] = self._apply(vs, action, report)
+                    return tell(action, functools.partial(self._apply, vs, action, report))
+
+                def tell(action: Action, outcome: Callable[[], Tuple[bool, str]]) -> bool:
+                    ok, done[action.server] = outcome()
                     if ok and action.endpoint is not None and not self.dry_run:
                         after[action.endpoint] = None if action.kind == Change.DELETE else action.weight
                     return ok
@@ -5507,6 +5632,12 @@ class Monitor:
                 def hold(action: Action) -> None:
                     if not self.stop_requested():
                         done[action.server] = self._hold(vs, action)
+
+                def batch(actions: Sequence[Action]) -> List[Callable[[], bool]]:
+                    outcomes = None if self.stop_requested() else self._apply_batch(vs, actions, report)
+                    if outcomes is None:  # one process per change (or none: asked to stop)
+                        return [functools.partial(make, a) for a in actions]
+                    return [functools.partial(tell, a, outcome) for a, outcome in zip(actions, outcomes)]
 
                 tried = {(vs.protocol, vs.address, a.server): a.weight for a in decision.actions
                          if a.endpoint is not None and a.weight is not None}
@@ -5516,7 +5647,7 @@ class Monitor:
                         write_intent(self.config.state_file, self.intent)
                     except OSError:
                         pass  # the state file's own trouble is said when it is written
-                health = carry_out(decision, make, hold)
+                health = carry_out(decision, make, hold, batch)
                 for rs in vs.servers:
                     self.health[(vs.ipvs_key, rs.endpoint)] = health[rs.endpoint]
             for rs in vs.servers:

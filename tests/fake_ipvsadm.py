@@ -14,10 +14,12 @@ Environment:
                       the table); a missing or empty file is an empty table.
                       ``<state>.lock`` is the flock(2) lock file.
   FAKE_IPVSADM_CALLS  optional path; one ``{"argv": [...], "t": <time>}`` JSON
-                      line is appended per invocation, before anything else.
+                      line is appended per invocation, before anything else
+                      (for -R, also "stdin": the words of each line read).
   FAKE_IPVSADM_FAULT  optional fault: noipvs, noroot, exit1, hang (every
                       command), hang-list, garbage, truncated (listings: -L/-l
-                      and -S), fail-add (-a only), fail-edit (-e only).
+                      and -S), fail-add (-a only), fail-edit (-e only), hang-restore
+                      (-R runs its lines, then never ends).
 
 State format: {"services": [{"fwmark", "af", "protocol", "addr", "port",
 "scheduler", "sched_flags", "timeout", "netmask", "ops", "dests": [{"af", "addr",
@@ -26,7 +28,17 @@ edit "activeconns"/"inactconns" directly; everything else is set by commands.
 
 Not modelled: host and service names in output (listings are always
 numeric), thresholds, persistence engines, daemons,
-connection listings, -Z, -R, -h, -v; such options are refused with exit 2.
+connection listings, -Z, -h, -v; such options are refused with exit 2.
+
+-R (--restore) reads commands on stdin as ipvsadm 1.31's restore_table() and
+config_stream_read() do: words split on space, tab, CR (a line ends at LF;
+no quoting, and ``#`` is an ordinary word); every word ``ipvsadm`` dropped;
+lines with no word skipped; a line whose tokens are followed by two or more
+blanks and then the end of input (no LF) is not run.  A kernel error or a
+popt error after the first option is printed and the next line runs; any
+other failure (validation: fail(2, ...), a first word that is no command:
+exit 255, ``-L`` of a missing service: exit 1) ends the run at once.  The
+exit status is the last line's (0, or 255 for a printed error).
 """
 
 import contextlib
@@ -54,7 +66,9 @@ INIT_ERRORS = {
     "noipvs": "Can't initialize ipvs: Protocol not available" + NOT_IPVS,
     "noroot": "Can't initialize ipvs: Permission denied (you must be root)" + NOT_IPVS,
 }
-FAULTS = {"", "noipvs", "noroot", "exit1", "hang", "hang-list", "garbage", "truncated", "fail-add", "fail-edit"}
+RESTORE_WORD = 4096  # config_stream_read()'s MAX_LINE_LENGTH: a longer word is split
+FAULTS = {"", "noipvs", "noroot", "exit1", "hang", "hang-list", "garbage", "truncated", "fail-add", "fail-edit",
+          "hang-restore"}
 EINVAL = "Invalid operation.  Possibly wrong module version, address not unicast, ..."
 
 DEFAULT_SCHEDULER = "wlc"
@@ -67,22 +81,23 @@ ALL_ONES = 0xFFFFFFFF  # default IPv4 persistence mask
 # Option keys are the short letter, or the long name for long-only options.
 COMMANDS = {"A": "add-service", "E": "edit-service", "D": "delete-service", "C": "flush",
             "L": "list", "l": "list", "a": "add-server", "e": "edit-server",
-            "d": "delete-server", "S": "save"}
+            "d": "delete-server", "S": "save", "R": "restore"}
 LONG_OPTIONS = {
     "add-service": "A", "edit-service": "E", "delete-service": "D", "clear": "C",
     "list": "L", "add-server": "a", "edit-server": "e", "delete-server": "d", "save": "S",
+    "restore": "R",
     "tcp-service": "t", "udp-service": "u", "sctp-service": "sctp-service",
     "fwmark-service": "f", "scheduler": "s", "persistent": "p", "netmask": "M",
     "real-server": "r", "gatewaying": "g", "ipip": "i", "masquerading": "m",
     "weight": "w", "numeric": "n", "ipv6": "6", "sched-flags": "b", "ops": "o",
 }
-SHORT_OPTIONS = set("AEDCLlaedStufspMrgimwn6bo")
+SHORT_OPTIONS = set("AEDCLlaedSRtufspMrgimwn6bo")
 REQUIRED, OPTIONAL = "required", "optional"
 ARITY = {"t": REQUIRED, "u": REQUIRED, "sctp-service": REQUIRED, "f": REQUIRED,
          "s": REQUIRED, "M": REQUIRED, "r": REQUIRED, "w": REQUIRED, "b": REQUIRED,
          "p": OPTIONAL}
-UNSUPPORTED = set("ZRhvcxyX") | {
-    "zero", "restore", "help", "version", "set", "start-daemon", "stop-daemon",
+UNSUPPORTED = set("ZhvcxyX") | {
+    "zero", "help", "version", "set", "start-daemon", "stop-daemon",
     "connection", "u-threshold", "l-threshold", "pe", "exact", "stats", "rate",
     "thresholds", "persistent-conn", "nosort", "sort", "timeout", "daemon",
     "mcast-interface", "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "syncid",
@@ -109,6 +124,7 @@ LEGAL = {  #        -n svc -s -p -M -r fwd -w -b -o
     "delete-server":  "x+xxx+xxxx",
     "edit-server":    "x+xxx+  xx",
     "save":           " xxxxxxxxx",
+    "restore":        "xxxxxxxxxx",
 }
 
 # (prefix, flag bit, scheduler it belongs to) as in parse_sched_flags().
@@ -129,8 +145,16 @@ class Fail(Exception):
         self.message = message
 
 
+class KernelError(Fail):
+    """The kernel refused a change: printed, exit 255; under -R the next line still runs."""
+
+    def __init__(self, message):
+        super().__init__(255, message)
+
+
 class PoptError(Fail):
-    """A popt parse error: "<option>: <reason>", exit 255."""
+    """A popt parse error: "<option>: <reason>", exit 255 (under -R, after the first
+    option, printed and the next line runs: parse_options() returns -1)."""
 
     def __init__(self, token, reason):
         super().__init__(255, f"{token}: {reason}")
@@ -492,9 +516,9 @@ def is_unicast(addr):
 def add_service(state, req):
     """-A"""
     if find_service(state, req):
-        raise Fail(255, "Service already exists")
+        raise KernelError("Service already exists")
     if req.scheduler not in SCHEDULERS:
-        raise Fail(255, "Scheduler or persistence engine not found")
+        raise KernelError("Scheduler or persistence engine not found")
     state["services"].append({
         "fwmark": req.fwmark, "af": req.af, "protocol": req.protocol,
         "addr": None if req.fwmark else str(req.addr), "port": req.port,
@@ -505,9 +529,9 @@ def edit_service(state, req):
     """-E"""
     svc = find_service(state, req)
     if svc is None:
-        raise Fail(255, "No such service")
+        raise KernelError("No such service")
     if req.scheduler not in SCHEDULERS:
-        raise Fail(255, "Scheduler or persistence engine not found")
+        raise KernelError("Scheduler or persistence engine not found")
     svc.update(service_settings(req))
 
 
@@ -515,7 +539,7 @@ def delete_service(state, req):
     """-D"""
     svc = find_service(state, req)
     if svc is None:
-        raise Fail(255, "No such service")
+        raise KernelError("No such service")
     state["services"].remove(svc)
 
 
@@ -528,7 +552,7 @@ def server_service(state, req):
     """The service for -a/-e/-d."""
     svc = find_service(state, req)
     if svc is None:
-        raise Fail(255, "Service not defined")
+        raise KernelError("Service not defined")
     return svc
 
 
@@ -536,9 +560,9 @@ def add_server(state, req):
     """-a"""
     svc = server_service(state, req)
     if find_dest(svc, req):
-        raise Fail(255, "Destination already exists")
+        raise KernelError("Destination already exists")
     if not is_unicast(req.dest_addr):
-        raise Fail(255, EINVAL)
+        raise KernelError(EINVAL)
     svc["dests"].append({
         "af": req.dest_addr.version, "addr": str(req.dest_addr), "port": req.dest_port,
         "forward": req.forward, "weight": req.weight, "activeconns": 0, "inactconns": 0})
@@ -548,7 +572,7 @@ def edit_server(state, req):
     """-e: every field not given returns to its default."""
     dest = find_dest(server_service(state, req), req)
     if dest is None:
-        raise Fail(255, "No such destination")
+        raise KernelError("No such destination")
     dest.update(forward=req.forward, weight=req.weight)
 
 
@@ -557,7 +581,7 @@ def delete_server(state, req):
     svc = server_service(state, req)
     dest = find_dest(svc, req)
     if dest is None:
-        raise Fail(255, "No such destination")
+        raise KernelError("No such destination")
     svc["dests"].remove(dest)
 
 
@@ -696,12 +720,15 @@ def truncate(out):
     return out[:end + len(TITLE_LINE)] if end >= 0 else ""
 
 
-def log_call(argv):
+def log_call(argv, stdin=None):
     """Append this invocation to FAKE_IPVSADM_CALLS, if set."""
     path = os.environ.get(CALLS_ENV)
     if not path:
         return
-    line = json.dumps({"argv": argv, "t": time.time()}) + "\n"
+    call = {"argv": argv, "t": time.time()}
+    if stdin is not None:
+        call["stdin"] = [words for words in restore_lines(stdin) if words]
+    line = json.dumps(call) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -709,7 +736,84 @@ def log_call(argv):
         os.close(fd)
 
 
-def run(argv, fault):
+class Exit(Exception):
+    """End with exit status `code`, everything already written (-R)."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+def restore_lines(text):
+    """The argv of each line, as config_stream_read() splits standard input.
+
+    fscanf("%4096[^ \\t\\n\\r]%1[ \\t\\n\\r]") takes a word and the one blank after it;
+    blanks before a word are skipped one by one, and the end of input met
+    there drops the line being read (words included); an LF ends a line.
+    """
+    pos, end = 0, len(text)
+    while True:
+        words, line_ended = [], False
+        while not line_ended:
+            if pos >= end:  # fscanf() == EOF: a line with words is still run
+                if words:
+                    yield words
+                return
+            if text[pos] in " \t\n\r":  # fscanf() == 0: skip blanks up to a word or LF
+                while pos < end and text[pos] in " \t\r":
+                    pos += 1
+                if pos >= end:
+                    return
+                if text[pos] == "\n":
+                    pos += 1
+                    line_ended = True
+                continue
+            stop = pos
+            while stop < end and stop - pos < RESTORE_WORD and text[stop] not in " \t\n\r":
+                stop += 1
+            word, pos = text[pos:stop].partition("\0")[0], stop  # C strings end at a NUL
+            if word != "ipvsadm":
+                words.append(word)
+            if pos < end and text[pos] in " \t\n\r":
+                line_ended = text[pos] == "\n"
+                pos += 1
+        yield words
+
+
+def read_stdin(argv):
+    """What -R reads (all of it, before anything runs), or None for other commands."""
+    if argv[:1] not in (["-R"], ["--restore"]):
+        return None
+    return sys.stdin.buffer.read().decode("latin-1")
+
+
+def restore(fault, text):
+    """-R: each line of `text` a command; see the module docstring for what stops the run."""
+    program = sys.argv[0]
+    result = 0
+    for words in restore_lines(text or ""):
+        if not words:  # only "ipvsadm", or nothing: not run, the status stays
+            continue
+        try:
+            req = parse(words)
+            if req.command == "restore":  # restore_table(): "avoid infinite loop"
+                raise Fail(255, f"Try `{program} -h' or '{program} --help' for more information.")
+            sys.stdout.write(perform(req, fault))
+            result = 0
+        except (KernelError, PoptError) as err:
+            sys.stderr.write(err.message + "\n")
+            result = 255
+        except Fail as err:
+            sys.stdout.flush()
+            sys.stderr.write(err.message + "\n")
+            raise Exit(err.code) from None
+    if fault == "hang-restore":
+        sys.stdout.flush()
+        hang()
+    raise Exit(result)
+
+
+def run(argv, fault, stdin=None):
     """Everything but logging; return stdout text or raise Fail."""
     if fault not in FAULTS:
         raise Fail(2, f"fake_ipvsadm: unknown {FAULT_ENV} value {fault!r}")
@@ -720,24 +824,34 @@ def run(argv, fault):
     if fault == "hang":
         hang()
     req = parse(argv) if argv else Request("list")
+    if req.command == "restore":
+        restore(fault, stdin)
+    return perform(req, fault)
+
+
+def perform(req, fault):
+    """One parsed command against the table; return stdout text or raise Fail."""
     is_listing = req.command in ("list", "save")
     if is_listing and fault == "hang-list":
         hang()
     if is_listing and fault == "garbage":
         return garbage()
     if req.command == "add-server" and fault == "fail-add":
-        raise Fail(255, "Service not defined")
+        raise KernelError("Service not defined")
     if req.command == "edit-server" and fault == "fail-edit":
-        raise Fail(255, "No such destination")
+        raise KernelError("No such destination")
     out = execute(req)
     return truncate(out) if is_listing and fault == "truncated" else out
 
 
 def main(argv):
     """Entry point: log, run, report."""
-    log_call(argv)
+    stdin = read_stdin(argv)
+    log_call(argv, stdin)
     try:
-        sys.stdout.write(run(argv, os.environ.get(FAULT_ENV, "")))
+        sys.stdout.write(run(argv, os.environ.get(FAULT_ENV, ""), stdin))
+    except Exit as done:
+        return done.code
     except Fail as err:
         sys.stderr.write(err.message + "\n")
         return err.code

@@ -84,8 +84,10 @@ def calls(ipvs):
 
 
 def changes(ipvs, start=0):
-    """The argv of the ipvsadm runs that change the table, from call number `start` on."""
-    return [c["argv"] for c in calls(ipvs)[start:] if c["argv"][:1] in (["-a"], ["-d"], ["-e"])]
+    """The argv of the ipvsadm runs that change the table, from call number `start` on
+    (the lines of an `ipvsadm -R` in their place: several changes of a pass are one -R)."""
+    lines = [w for c in calls(ipvs)[start:] for w in (c.get("stdin", []) if c["argv"] == ["-R"] else [c["argv"]])]
+    return [argv for argv in lines if argv[:1] in (["-a"], ["-d"], ["-e"])]
 
 
 def proc_status(pid):
@@ -404,12 +406,14 @@ def test_sigterm_between_changes_starts_no_new_change(ipvs, run, backends, tmp_p
     servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(4)]
     monitor = run(ipvs, config(VIP, [s.address for s in servers], interval=0.1, timeout=0.5), "--ipvsadm", slow)
     monitor.start()
-    wait_until(lambda: any(line.startswith("-a") for line in started_calls(started)), what="the first add under way")
+    # The four adds are one change: one `ipvsadm -R` (before: four `ipvsadm -a`, 1 s each).
+    wait_until(lambda: any(line.startswith("-R") for line in started_calls(started)), what="the adds under way")
     done = len(started_calls(started))
     sigterm(monitor)
-    assert monitor.proc.wait(timeout=2.5 * SLOW) == 0  # TimeoutExpired: the 3 other adds run, 1 s each
-    assert len(table(ipvs)) == 1, "the add under way completes; no other starts"  # the table stays consistent
-    assert started_calls(started)[done:] == []
+    assert monitor.proc.wait(timeout=2.5 * SLOW) == 0  # TimeoutExpired: more runs, 1 s each
+    assert len(table(ipvs)) == 4, "the -R under way completes; no other run starts"  # the table stays consistent
+    assert started_calls(started)[done:] == []  # not even the listing that reads the -R back
+    assert monitor.count("has been added to work") == 4  # what the -R said of each line
 
 
 def test_sighup_storm_leaves_the_monitor_running_and_monitoring(ipvs, run, backends):

@@ -1,0 +1,423 @@
+"""All of a pass's changes of a virtual service in one `ipvsadm -R`.
+
+- The fake's -R (ipvsadm 1.31's restore_table): natively against what the
+  source says, and in the VM tier against the real ipvsadm on the kernel's
+  table (same input, same stdout, stderr, exit status and table).
+- The monitor end to end: one -R per pass for many changes, the same log
+  lines as one process per change, a failing change in the middle of a batch
+  logged FAILED and retried while the others held, and the fallback ordering.
+"""
+
+import json
+import os
+import re
+import subprocess
+import types
+
+import pytest
+
+from conftest import KERNEL
+from harness import Ipvs, config, wait_until
+
+SVC = "127.0.0.100:80"
+T = f"-t {SVC}"
+
+
+def rs(n):
+    return f"127.0.0.{n}:80"
+
+
+TRY = "Try `ipvsadm -h' or 'ipvsadm --help' for more information.\n"
+
+# (name, stdin, expected stderr, exit status, the table's destinations afterwards as -Sn lines)
+# The table starts with the service alone (-s wrr).  The expectations are what ipvsadm.c says
+# (restore_table, config_stream_read, parse_options); the VM test checks them on the real one.
+SCENARIOS = [
+    ("all good", f"-a {T} -r {rs(11)} -m -w 2\n-a {T} -r {rs(12)} -m -w 3\n-e {T} -r {rs(11)} -m -w 5\n",
+     "", 0, [(11, 5), (12, 3)]),
+    ("kernel errors in the middle",
+     f"-a {T} -r {rs(11)} -m -w 2\n-a {T} -r {rs(11)} -m -w 4\n-d {T} -r {rs(99)}\n-a {T} -r {rs(12)} -m -w 3\n",
+     "Destination already exists\nNo such destination\n", 0, [(11, 2), (12, 3)]),
+    ("a validation error in the middle ends the run",
+     f"-a {T} -r {rs(11)} -m -w 2\n-a {T} -r {rs(12)} -m -w x\n-a {T} -r {rs(13)} -m -w 1\n",
+     "illegal weight specified\n", 2, [(11, 2)]),
+    ("an error on the last line is the exit status",
+     f"-a {T} -r {rs(11)} -m -w 2\n-d {T} -r {rs(99)}\n", "No such destination\n", 255, [(11, 2)]),
+    ("an earlier error is hidden by a good last line",
+     f"-d {T} -r {rs(99)}\n-a {T} -r {rs(11)} -m -w 2\n", "No such destination\n", 0, [(11, 2)]),
+    ("empty input", "", "", 0, []),
+    ("blank lines, a leading ipvsadm, tabs and CRLF",
+     f"\n \t\nipvsadm -a {T}\t-r {rs(11)} -m -w 2\r\n\n  -a {T} -r {rs(12)} -m  -w 3 \n", "", 0, [(11, 2), (12, 3)]),
+    ("a line of ipvsadm alone is skipped", f"-d {T} -r {rs(99)}\nipvsadm\n", "No such destination\n", 255, []),
+    ("a # line is no comment: no command, the run ends",
+     f"# a comment\n-a {T} -r {rs(11)} -m -w 2\n", TRY, 255, []),
+    ("a # after a command is an unexpected argument",
+     f"-a {T} -r {rs(11)} -m -w 2 # note\n-a {T} -r {rs(12)} -m -w 3\n", "unexpected argument #\n", 2, []),
+    ("quotes are part of the word",
+     f"-a -t '{SVC}' -r {rs(11)} -m\n-a {T} -r {rs(12)} -m -w 3\n",
+     "illegal virtual server address[:port] specified\n", 2, []),
+    ("a popt error after the command is printed and the next line runs",
+     f"-a {T} -r {rs(11)} -m --bogus\n-a {T} -r {rs(12)} -m -w 3\n", "--bogus: unknown option\n", 0, [(12, 3)]),
+    ("the monitor's marks: -L and an unknown option, printed, the next line runs",
+     f"-a {T} -r {rs(11)} -m -w 2\n-L --monitor-rs-after-0\n-a {T} -r {rs(11)} -m -w 2\n-L --monitor-rs-after-1\n",
+     "--monitor-rs-after-0: unknown option\nDestination already exists\n--monitor-rs-after-1: unknown option\n",
+     255, [(11, 2)]),
+    ("a first word that is no command ends the run",
+     f"-t {SVC}\n-a {T} -r {rs(11)} -m -w 2\n", TRY, 255, []),
+    ("a last line without LF runs", f"-a {T} -r {rs(11)} -m -w 2\n-a {T} -r {rs(12)} -m -w 3", "", 0,
+     [(11, 2), (12, 3)]),
+    ("a last line without LF after two blanks is dropped",
+     f"-a {T} -r {rs(11)} -m -w 2\n-a {T} -r {rs(12)} -m -w 3 \t", "", 0, [(11, 2)]),
+    ("no nested -R", f"-R\n-a {T} -r {rs(11)} -m -w 2\n", TRY, 255, []),
+    ("a listing of a missing service ends the run with exit 1",
+     f"-a {T} -r {rs(11)} -m -w 2\n-Ln -t 127.0.0.200:80\n-a {T} -r {rs(12)} -m -w 3\n",
+     "No such service\n", 1, [(11, 2)]),
+]
+IDS = [s[0] for s in SCENARIOS]
+
+
+def restore(ipvs, text):
+    """`ipvsadm -R` with `text` on stdin: (stdout, stderr with the program named ipvsadm, status)."""
+    proc = subprocess.run([ipvs.path, "-R"], input=text.encode("latin-1"), capture_output=True, timeout=60)
+    err = re.sub(r"Try `\S+ -h' or '\S+ --help'", "Try `ipvsadm -h' or 'ipvsadm --help'", proc.stderr.decode())
+    return proc.stdout.decode(), err, proc.returncode
+
+
+def saved(ipvs):
+    return ipvs.run("-Sn").stdout
+
+
+def expected_save(dests):
+    lines = [f"-A {T} -s wrr\n"] + [f"-a {T} -r {rs(n)} -m -w {w}\n" for n, w in dests]
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("name, text, stderr, code, dests", SCENARIOS, ids=IDS)
+def test_fake_restore_follows_ipvsadm_c(tmp_path, name, text, stderr, code, dests):
+    ipvs = Ipvs("fake", tmp_path)
+    ipvs.service(SVC)
+    out, err, status = restore(ipvs, text)
+    assert (out, err, status) == ("", stderr, code)
+    assert saved(ipvs) == expected_save(dests)
+
+
+def test_fake_restore_listing_goes_to_stdout(tmp_path):
+    ipvs = Ipvs("fake", tmp_path)
+    ipvs.service(SVC)
+    out, err, status = restore(ipvs, f"-a {T} -r {rs(11)} -m -w 2\n-Ln {T}\n")
+    assert (out, err, status) == (ipvs.run("-Ln", "-t", SVC).stdout, "", 0)
+
+
+def test_fake_restore_is_one_logged_call(tmp_path):
+    ipvs = Ipvs("fake", tmp_path)
+    ipvs.service(SVC)
+    restore(ipvs, "".join(f"-a {T} -r {rs(n)} -m -w 1\n" for n in range(11, 51)))
+    assert ipvs.listing_calls()[1:] == [["-R"]]
+    assert len(ipvs.dests(SVC)) == 40
+
+
+def test_fake_restore_fault_modes_refuse_each_line(tmp_path):
+    """fail-add: every -a line refused as by the kernel, the others run."""
+    ipvs = Ipvs("fake", tmp_path)
+    ipvs.service(SVC)
+    ipvs.run("-a", "-t", SVC, "-r", rs(11), "-m", "-w", "1")
+    ipvs.fault("fail-add")
+    assert restore(ipvs, f"-a {T} -r {rs(12)} -m -w 1\n-e {T} -r {rs(11)} -m -w 4\n") == (
+        "", "Service not defined\n", 0)
+    ipvs.fault("")
+    assert saved(ipvs) == expected_save([(11, 4)])
+
+
+@pytest.mark.ipvs
+@pytest.mark.skipif(not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")
+def test_fake_restore_matches_the_real_one(tmp_path):
+    """The same -R inputs on the real ipvsadm (kernel table) and on the fake: same stdout,
+    stderr, exit status and resulting table.  Also writes what each gave to MONITOR_RS_VM_OUT."""
+    kernel, fake = Ipvs("kernel", tmp_path / "k"), None
+    (tmp_path / "f").mkdir()
+    fake = Ipvs("fake", tmp_path / "f")
+    seen, differences = [], []
+    try:
+        for name, text, _, _, _ in SCENARIOS + [("listing", f"-a {T} -r {rs(11)} -m -w 2\n-Ln {T}\n", "", 0, [])]:
+            got = {}
+            for ipvs in (kernel, fake):
+                ipvs.run("-C")
+                ipvs.service(SVC)
+                got[ipvs.kind] = (*restore(ipvs, text), saved(ipvs))
+            seen.append({"scenario": name, **{k: list(v) for k, v in got.items()}})
+            if got["kernel"] != got["fake"]:
+                differences.append((name, got))
+    finally:
+        kernel.close()
+        out = os.environ.get("MONITOR_RS_VM_OUT")
+        if out:
+            with open(os.path.join(out, "restore-compare.json"), "w") as handle:
+                json.dump(seen, handle, indent=1)
+    assert differences == []
+
+
+# ------------------------------------------------------------- carry_out in stages
+
+def test_a_change_that_needs_another_waits_for_its_stage_and_is_held_if_it_failed():
+    """carry_out with a batch: the fallback add (and a gain) in one batch, the last servers'
+    deletes (which need one of them) in a second batch only once one held; held if none did."""
+    import monitor_rs as m
+    ep = [m.parse_endpoint(rs(n), 80) for n in (11, 12, 13)]
+    h = m.Health()
+    actions = (m.Action(m.Change.FALLBACK_ADD, "f", ("-a",), weight=1),
+               m.Action(m.Change.ADD, rs(13), ("-a",), weight=2, endpoint=ep[2], unchanged=h),
+               m.Action(m.Change.DELETE, rs(11), ("-d",), endpoint=ep[0], unchanged=h, needs=(0, 1)),
+               m.Action(m.Change.DELETE, rs(12), ("-d",), endpoint=ep[1], unchanged=h, needs=(0, 1)))
+    decision = m.Decision({e: h for e in ep}, actions, ())
+    assert m.stages(actions) == [[0, 1], [2, 3]]
+    for outcome, batches, held in (([True, False], [[0, 1], [2, 3]], []), ([False, False], [[0, 1]], [2, 3])):
+        batches_seen, held_seen = [], []
+
+        def batch(given):
+            batches_seen.append([actions.index(a) for a in given])
+            return [lambda a=a: outcome[actions.index(a)] if actions.index(a) < 2 else True for a in given]
+
+        m.carry_out(decision, None, lambda a: held_seen.append(actions.index(a)), batch)
+        assert (batches_seen, held_seen) == (batches, held)
+
+
+# ------------------------------------------------------------- the monitor end to end
+
+def changes(ipvs):
+    """The ipvsadm calls that change the table (not the test's own -A), in order."""
+    return [c for c in ipvs.listing_calls() if c[:1] in (["-a"], ["-e"], ["-d"], ["-R"])]
+
+
+def test_forty_adds_are_one_ipvsadm_process(ipvs, run, backends):
+    servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(40)]
+    monitor = run(ipvs, config("127.0.0.1:80", [b.address for b in servers], [1 + i % 5 for i in range(40)]))
+    proc = monitor.once()
+    assert proc.returncode == 0, proc.stderr
+    assert changes(ipvs) == [["-R"]]  # before: 40 `ipvsadm -a`
+    # the listing before, the -R, the listing read back: 3 processes in all (before: 41)
+    assert len(ipvs.listing_calls()) == 1 + 3
+    assert ipvs.dests("127.0.0.1:80") == {b.address: ("Masq", 1 + i % 5) for i, b in enumerate(servers)}
+    for i, b in enumerate(servers):
+        assert monitor.count(f"{b.address} has been added to work in 127.0.0.1:80 (web) (weight {1 + i % 5})") == 1
+    assert monitor.count("FAILED") == 0
+
+
+@pytest.mark.parametrize("quiescent", [False, True])
+def test_the_log_lines_of_batched_changes_are_those_of_lone_ones(ipvs, run, backends, quiescent):
+    servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(3)]
+    names = [b.address for b in servers]
+    extra = "quiescent = yes" if quiescent else ""
+    monitor = run(ipvs, config("127.0.0.1:80", names, [3, 1, 7], extra=extra)).start()
+    wait_until(lambda: len(ipvs.dests("127.0.0.1:80")) == 3, what="three servers in")
+    servers[0].stop()
+    servers[2].stop()
+    if quiescent:
+        wait_until(lambda: [w for _, w in ipvs.dests("127.0.0.1:80").values()] == [0, 1, 0], what="two quiesced")
+    else:
+        wait_until(lambda: set(ipvs.dests("127.0.0.1:80")) == {names[1]}, what="two deleted")
+    servers[0].start()
+    servers[2].start()
+    wait_until(lambda: ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 3), names[1]: ("Masq", 1),
+                                                       names[2]: ("Masq", 7)}, what="both back")
+    monitor.stop()
+    vs = "127.0.0.1:80 (web)"
+    for name, weight in ((names[0], 3), (names[1], 1), (names[2], 7)):
+        assert monitor.count(f"{name} has been added to work in {vs} (weight {weight})") == 1 + (
+            not quiescent and name != names[1])
+    for name, weight in ((names[0], 3), (names[2], 7)):
+        if quiescent:
+            assert monitor.count(f"{name} is out of work, weight set to 0 in {vs} (quiescent)") == 1
+            assert monitor.count(f"{name} weight restored to {weight} in {vs}") == 1
+        else:
+            assert monitor.count(f"{name} is out of work, deleted from {vs}") == 1
+    assert monitor.count("FAILED") == 0
+    assert ["-a"] not in [c[:1] for c in changes(ipvs)][:1]  # the three adds: one -R
+    assert len(changes(ipvs)) <= 4  # adds, then removals and returns: a -R each (or one change alone)
+
+
+def hold_passes(monitor, ipvs):
+    """Make every pass's first listing hang (each pass then changes nothing) and wait until
+    one did: what the test changes meanwhile is all seen by the first pass after."""
+    ipvs.fault("hang-list")
+    monitor.wait_log("no change made to it")
+
+
+def monitor_text(names, weights, extra="", ipvsadm_timeout=3.0):
+    return config("127.0.0.1:80", names, weights, extra=extra).replace(
+        "[monitor]\n", f"[monitor]\nipvsadm_timeout = {ipvsadm_timeout}\n", 1)
+
+
+def test_a_failing_change_in_the_middle_of_a_batch_is_failed_and_retried_the_others_hold(ipvs, run, backends):
+    """quiescent: s1 and s4 come back (-e), s2 comes up for the first time (-a, refused by the
+    kernel), in one -R; s3 goes down (-e 0) after, once a server back held (it was the last one
+    serving).  The add alone is logged FAILED with the kernel's words, once, and retried every
+    pass until it holds; the others held."""
+    s1, s2, s3, s4 = (backends(ip=f"127.0.0.{11 + i}") for i in range(4))
+    s2.stop()
+    names = [s1.address, s2.address, s3.address, s4.address]
+    monitor = run(ipvs, monitor_text(names, [3, 1, 7, 2], extra="quiescent = yes")).start()
+    wait_until(lambda: ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 3), names[2]: ("Masq", 7),
+                                                       names[3]: ("Masq", 2)}, what="s1, s3 and s4 in")
+    s1.stop()
+    s4.stop()
+    wait_until(lambda: ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 0), names[2]: ("Masq", 7),
+                                                       names[3]: ("Masq", 0)}, what="s1 and s4 quiesced")
+    hold_passes(monitor, ipvs)
+    s1.start()
+    s2.start()
+    s4.start()
+    s3.stop()
+    before = len(changes(ipvs))
+    ipvs.fault("fail-add")
+    vs = "127.0.0.1:80 (web)"
+    failed = (f"{names[1]} add FAILED in {vs}: exit 255: Service not defined "
+              f"({ipvs.path} -a -t 127.0.0.1:80 -r {names[1]} -m -w 1)")
+    quiesced = f"{names[2]} is out of work, weight set to 0 in {vs} (quiescent)"
+    monitor.wait_log(quiesced)
+    assert ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 3), names[2]: ("Masq", 0), names[3]: ("Masq", 2)}
+    assert changes(ipvs)[before:before + 2] == [["-R"], ["-e", "-t", "127.0.0.1:80", "-r", names[2], "-m", "-w", "0"]]
+    lines = monitor.lines()
+    at = [next(i for i, line in enumerate(lines) if text in line) for text in (
+        f"{names[0]} weight restored to 3 in {vs}", failed, f"{names[3]} weight restored to 2 in {vs}", quiesced)]
+    assert at == sorted(at)  # in the order of the changes, as when each was its own process
+    wait_until(lambda: len(changes(ipvs)) >= before + 4, what="the add retried twice")
+    assert changes(ipvs)[before + 2][:1] == ["-a"]  # alone now: the others held
+    ipvs.fault("")
+    wait_until(lambda: ipvs.dests("127.0.0.1:80").get(names[1]) == ("Masq", 1), what="s2 added at last")
+    monitor.stop()
+    assert monitor.count(failed) == 1  # said once while it lasted
+    assert monitor.count(f"{names[1]} has been added to work in {vs} (weight 1)") == 1
+    assert monitor.count("FAILED") == 1
+
+
+def test_the_last_servers_leave_only_once_a_failing_fallback_add_holds(ipvs, run, backends):
+    a, b, sorry = (backends(ip=f"127.0.0.{11 + i}") for i in range(3))
+    names = [a.address, b.address]
+    monitor = run(ipvs, monitor_text(names, [3, 1], extra=f"fallback = {sorry.address}")).start()
+    wait_until(lambda: ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 3), names[1]: ("Masq", 1)},
+               what="both in")
+    hold_passes(monitor, ipvs)
+    a.stop()
+    b.stop()
+    ipvs.fault("fail-add")
+    vs = "127.0.0.1:80 (web)"
+    monitor.wait_log(f"{sorry.address} fallback-add FAILED in {vs}: exit 255: Service not defined")
+    for name in names:
+        monitor.wait_log(f"{name} left in {vs} although down: the fallback could not be added")
+    monitor.wait_log("no change made to it", count=1)
+    assert set(ipvs.dests("127.0.0.1:80")) == set(names)  # never an empty pool
+    ipvs.fault("")
+    wait_until(lambda: ipvs.dests("127.0.0.1:80") == {sorry.address: ("Masq", 1)}, what="fallback in, both out")
+    monitor.stop()
+    lines = monitor.lines()
+    added = next(i for i, line in enumerate(lines) if f"{sorry.address} fallback added" in line)
+    for name in names:
+        assert added < next(i for i, line in enumerate(lines) if f"{name} is out of work, deleted" in line)
+    assert changes(ipvs)[-1] == ["-R"]  # the two deletes: one -R, after the fallback's add alone
+
+
+# ------------------------------------------------------------- what a -R did, read back
+
+class Said:
+    """Stands for the monitor's Output: keeps what was said, as (kind, message)."""
+
+    def __init__(self):
+        self.lines = []
+        self.log = types.SimpleNamespace(path=None, facility="")  # where the Monitor sets the log's syslog facility
+
+    def say(self, message, kind="info", log=True):
+        self.lines.append((kind, message))
+
+
+def batch_of(ipvs, tmp_path, present, timeout=5.0):
+    """A Monitor on the fake with 127.0.0.11..13:80 configured (-m) and `present` in the table."""
+    import monitor_rs as m
+    ipvs.service("127.0.0.1:80")
+    for n in present:
+        ipvs.run("-a", "-t", "127.0.0.1:80", "-r", rs(n), "-m", "-w", "1")
+    (tmp_path / "c.conf").write_text(config("127.0.0.1:80", [rs(n) for n in (11, 12, 13)], [1, 1, 1]))
+    cfg = m.load_config(str(tmp_path / "c.conf"))
+    said = Said()
+    return m, m.Monitor(cfg, m.Ipvsadm(ipvs.path, timeout), said), cfg.services[0], said
+
+
+def made(m, monitor, vs, actions):
+    """Apply `actions` as one batch; (holds, report) once each outcome is told, in order."""
+    report = m.PassReport()
+    outcomes = monitor._apply_batch(vs, actions, report)
+    return [outcome()[0] for outcome in outcomes], report
+
+
+def action(m, vs, kind, n, weight=1, args=None):
+    ep = m.parse_endpoint(rs(n), 80)
+    flag = {m.Change.ADD: "-a", m.Change.DELETE: "-d", m.Change.QUIESCE: "-e"}[kind]
+    return m.Action(kind, rs(n), args or m._change_args(vs, flag, ep, weight), "", weight, ep, m.Health())
+
+
+def test_a_delete_refused_in_a_batch_because_the_server_was_already_gone_is_failed_as_alone(tmp_path):
+    """b was deleted behind the monitor's back: the table read back shows it gone, but ipvsadm
+    refused that line, and a lone `ipvsadm -d` said FAILED: so does the batch, with its words."""
+    ipvs = Ipvs("fake", tmp_path)
+    m, monitor, vs, said = batch_of(ipvs, tmp_path, [11, 12, 13])
+    ipvs.run("-d", "-t", "127.0.0.1:80", "-r", rs(12))
+    holds, report = made(m, monitor, vs, [action(m, vs, m.Change.DELETE, n) for n in (11, 12, 13)])
+    assert holds == [True, False, True] and report.failed == 1
+    assert said.lines == [
+        ("delete", f"{rs(11)} is out of work, deleted from 127.0.0.1:80 (web)"),
+        ("failed", f"{rs(12)} delete FAILED in 127.0.0.1:80 (web): exit 255: No such destination "
+                   f"({ipvs.path} -d -t 127.0.0.1:80 -r {rs(12)})"),
+        ("delete", f"{rs(13)} is out of work, deleted from 127.0.0.1:80 (web)")]
+    assert [c[:1] for c in ipvs.listing_calls()][-2:] == [["-R"], ["-Ln"]]  # the -R, one listing read back
+
+
+def test_a_batch_stopped_by_a_line_that_fails_validation_is_read_back_not_assumed(tmp_path):
+    """exit 2 at the second line: the first held, the later ones never ran; each is told so."""
+    ipvs = Ipvs("fake", tmp_path)
+    m, monitor, vs, said = batch_of(ipvs, tmp_path, [])
+    bad = action(m, vs, m.Change.ADD, 12)
+    bad = m.Action(bad.kind, bad.server, bad.args[:-1] + ("x",), "", 1, bad.endpoint, bad.unchanged)
+    holds, report = made(m, monitor, vs, [action(m, vs, m.Change.ADD, 11), bad, action(m, vs, m.Change.ADD, 13)])
+    assert holds == [True, False, False] and report.failed == 2
+    assert said.lines[0] == ("add", f"{rs(11)} has been added to work in 127.0.0.1:80 (web) (weight 1)")
+    assert [line for kind, line in said.lines[1:]] == [
+        f"{rs(12)} add FAILED in 127.0.0.1:80 (web): exit 2: illegal weight specified "
+        f"({ipvs.path} -a -t 127.0.0.1:80 -r {rs(12)} -m -w x)",
+        f"{rs(13)} add FAILED in 127.0.0.1:80 (web): not run: ipvsadm -R ended at an earlier line "
+        f"(exit 2: illegal weight specified) ({ipvs.path} -a -t 127.0.0.1:80 -r {rs(13)} -m -w 1)"]
+    assert set(ipvs.dests("127.0.0.1:80")) == {rs(11)}
+
+
+def test_a_batch_that_times_out_is_failed_when_it_cannot_be_read_back(tmp_path):
+    ipvs = Ipvs("fake", tmp_path)
+    m, monitor, vs, said = batch_of(ipvs, tmp_path, [], timeout=0.5)
+    ipvs.fault("hang")
+    holds, report = made(m, monitor, vs, [action(m, vs, m.Change.ADD, n) for n in (11, 12)])
+    assert holds == [False, False] and report.failed == 2
+    for (kind, line), n in zip(said.lines, (11, 12)):
+        assert kind == "failed" and line.startswith(f"{rs(n)} add FAILED in 127.0.0.1:80 (web): ")
+        assert "ipvsadm -R: no answer within 0.5 s; its outcome could not be read back" in line
+
+
+def test_a_batch_that_times_out_is_read_back(tmp_path):
+    """-R killed at its timeout after the kernel took its lines: read back, not assumed from its
+    status: the add of a server there at weight 5 failed, the other held."""
+    ipvs = Ipvs("fake", tmp_path)
+    m, monitor, vs, said = batch_of(ipvs, tmp_path, [], timeout=3.0)
+    ipvs.run("-a", "-t", "127.0.0.1:80", "-r", rs(11), "-m", "-w", "5")
+    ipvs.fault("hang-restore")  # -R makes its changes, then never ends
+    holds, report = made(m, monitor, vs, [action(m, vs, m.Change.ADD, 11), action(m, vs, m.Change.ADD, 12)])
+    assert holds == [False, True] and report.failed == 1
+    assert said.lines[0][1].startswith(f"{rs(11)} add FAILED in 127.0.0.1:80 (web): ")
+    assert "ipvsadm -R: no answer within 3 s" in said.lines[0][1]  # what it said died with it
+    assert said.lines[1] == ("add", f"{rs(12)} has been added to work in 127.0.0.1:80 (web) (weight 1)")
+
+
+def test_dry_run_still_says_one_would_run_line_per_change(ipvs, run, backends):
+    servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(3)]
+    monitor = run(ipvs, config("127.0.0.1:80", [b.address for b in servers], [1, 2, 3]))
+    proc = monitor.once("--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stdout.splitlines() if "would run:" in line]
+    assert len(said) == 3 and all(f"-a -t 127.0.0.1:80 -r {b.address} -m -w {w}" in line
+                                  for b, w, line in zip(servers, (1, 2, 3), said)), proc.stdout
+    assert changes(ipvs) == [] and ipvs.dests("127.0.0.1:80") == {}
