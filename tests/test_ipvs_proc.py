@@ -435,6 +435,12 @@ def fake_pass(ipvs, tmp_path):
         said = Said()
         monitor = m.Monitor(m.load_config(str(path)), m.Ipvsadm(ipvs.path), said)
         monitor.proc_path = str(tmp_path / "ip_vs")
+        passes = monitor.run_pass
+
+        def run_pass():
+            monitor.due.clear()  # every service due: each pass here probes and lists them all
+            return passes()
+        monitor.run_pass = run_pass
         return monitor, said
     return make
 
