@@ -109,13 +109,24 @@ UDP_CHECKS = (CheckKind.DNS, CheckKind.PING, CheckKind.EXTERNAL)  # what can che
 MAX_WEIGHT = 2147483647
 
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
-                "prometheus_file"}
+                "prometheus_file", "autoreload", "callback", "cleanstop", "maintenancedir", "syslog", "smtp",
+                "emailalertfrom"}
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
     "fall", "rise", "quiescent", "fallback", "depool_threshold", "on_change",
     "checkcommand", "dynamic_weight",
+    "scheduler", "persistent", "netmask", "ops", "httpmethod", "receive_regex", "fallbackcommand",
+    "emailalert", "emailalertfreq", "emailalertstatus",
 }
+# A [virtual]'s own timeout and interval: in [monitor] these two are the loop's (and so every service's
+# unless it says its own), never merged into a service as a default of its own.
+SERVICE_OWN_KEYS = {"timeout", "interval"}
+PER_REAL = re.compile(r"(request|receive)@(\S+)")  # request@RIP:PORT = ...: one real server's own (as in rs)
+SYSLOG_FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "kern", "local0", "local1", "local2", "local3",
+                     "local4", "local5", "local6", "local7", "lpr", "mail", "news", "syslog", "user", "uucp")
+EMAIL_STATUSES = ("all", "none", "starting", "running", "stopping", "reloading")  # ldirectord's emailalertstatus
+MAX_PERSISTENT = 2678400  # ipvsadm -p: 31 days at most
 
 
 def stored_endpoint(protocol: str, forward: str, vport: int, ep: Endpoint) -> Endpoint:
@@ -595,15 +606,157 @@ def _ping_keys(sec: _Section) -> dict:
     return dict(request="", receive="")
 
 
-def _not_yet(kind: str):
-    def keys(sec: _Section) -> dict:
-        raise sec.fail("check", f"check = {kind} is not available in this version")
-    return keys
+def _no_check_keys(sec: _Section) -> dict:
+    """check = on | off (ldirectord's checktype=on/off): no traffic, so no request and no receive."""
+    return dict(request="", receive="")
 
 
 CHECK_KEYS = {CheckKind.HTTP: _http_keys, CheckKind.HTTPS: _http_keys, CheckKind.TCP: _tcp_keys,
               CheckKind.PING: _ping_keys, CheckKind.DNS: _dns_keys,
-              CheckKind.EXTERNAL: _external_keys, CheckKind.ON: _not_yet("on"), CheckKind.OFF: _not_yet("off")}
+              CheckKind.EXTERNAL: _external_keys, CheckKind.ON: _no_check_keys, CheckKind.OFF: _no_check_keys}
+PER_REAL_CHECKS = (CheckKind.HTTP, CheckKind.HTTPS, CheckKind.TCP, CheckKind.DNS)  # what sends a request
+
+
+def _command(sec: _Section, key: str) -> Tuple[str, ...]:
+    """A program and its words (on_change, fallbackcommand, callback), split as a shell would but
+    run without one; as root the program must be safe to run (unsafe_program)."""
+    try:
+        words = tuple(shlex.split(sec.text(key)))
+    except ValueError as exc:
+        raise sec.fail(key, f"cannot split into a command: {exc}") from None
+    if any(CONTROL.search(word) for word in words):
+        raise sec.fail(key, "control character (NUL, escape, ...) in the command")
+    if words:
+        why = unsafe_program(words[0])
+        if why:
+            raise sec.fail(key, why)
+    return words
+
+
+def _regex(sec: _Section, key: str, text: str) -> None:
+    """A receive read as a regular expression: compiled once here, so a bad one fails at start."""
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise sec.fail(key, f"not a regular expression Python reads: {exc}") from None
+
+
+def parse_email_status(text: str) -> Tuple[str, ...]:
+    """ldirectord's emailalertstatus: comma separated all|none|starting|running|stopping|reloading,
+    none alone; as one canonical tuple (("all",), ("none",) or the words in EMAIL_STATUSES order).
+    ValueError says which word is wrong."""
+    words = [word for word in re.split(r"\s*,\s*|\s+", text.strip()) if word]
+    for word in words:
+        if word not in EMAIL_STATUSES:
+            raise ValueError(f"{word!r} is not one of " + ", ".join(EMAIL_STATUSES))
+    if "none" in words:
+        if len(set(words)) > 1:
+            raise ValueError("none goes alone")
+        return ("none",)
+    if "all" in words or set(words) >= set(EMAIL_STATUSES[2:]):
+        return ("all",)
+    return tuple(word for word in EMAIL_STATUSES if word in words)
+
+
+def _service_extras(sec: _Section, protocol: str, family: int, check: CheckKind, settings: dict) -> dict:
+    """The keys issue 13 added to a virtual service: the service itself (scheduler, persistence,
+    one-packet scheduling), HEAD and regex receive, its own timeout and interval, fallbackcommand
+    and mail alerts."""
+    receive_regex = sec.boolean("receive_regex", False)
+    if receive_regex and settings.get("receive"):
+        _regex(sec, "receive", settings["receive"])
+    httpmethod = sec.choice("httpmethod", "GET", {"get": "GET", "head": "HEAD"})
+    if httpmethod == "HEAD" and check in (CheckKind.HTTP, CheckKind.HTTPS) and settings.get("receive"):
+        raise sec.fail("httpmethod", "HEAD gets no body: receive could never match (use GET, or no receive)")
+    scheduler = sec.text("scheduler")
+    if scheduler and not re.fullmatch(r"[a-z]+", scheduler):
+        raise sec.fail("scheduler", "an IPVS scheduler name is lowercase letters: rr, wrr, lc, wlc, sh, ...")
+    persistent = sec.integer("persistent", 0, 1, MAX_PERSISTENT) if sec.has("persistent") else None
+    netmask = sec.text("netmask")
+    for key in ("persistent", "netmask", "ops"):
+        if sec.has(key) and not scheduler:
+            raise sec.fail(key, "goes with scheduler: the monitor sets it when it creates or corrects "
+                                "the virtual service, which it does only when scheduler is set")
+    if netmask:
+        if persistent is None:
+            raise sec.fail("netmask", "the granularity of persistence: it goes with persistent")
+        if family == 6 and not (re.fullmatch(r"[0-9]{1,3}", netmask) and 1 <= int(netmask) <= 128):
+            raise sec.fail("netmask", "an IPv6 service takes a prefix length, 1 to 128")
+        if family == 4:
+            try:
+                ipaddress.IPv4Network(f"0.0.0.0/{netmask}")
+                if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", netmask):
+                    raise ValueError(netmask)
+            except ValueError:
+                raise sec.fail("netmask", "an IPv4 service takes a netmask, e.g. 255.255.255.0") from None
+    ops = sec.boolean("ops", False)
+    if ops and protocol != "udp":
+        raise sec.fail("ops", "one-packet scheduling is for UDP services only")
+    emailalert = tuple(word for word in re.split(r"[,\s]+", sec.text("emailalert")) if word)
+    if any(CONTROL.search(word) for word in emailalert):
+        raise sec.fail("emailalert", "control character in an address")
+    try:
+        status = parse_email_status(sec.text("emailalertstatus", "all"))
+    except ValueError as exc:
+        raise sec.fail("emailalertstatus", str(exc)) from None
+    return dict(
+        receive_regex=receive_regex,
+        httpmethod=httpmethod,
+        timeout=sec.number("timeout", 0.0, 0.01, 3600.0) if sec.has("timeout") else None,
+        interval=sec.number("interval", 0.0, 0.1, 86400.0) if sec.has("interval") else None,
+        scheduler=scheduler,
+        persistent=persistent,
+        netmask=netmask,
+        ops=ops,
+        fallbackcommand=_command(sec, "fallbackcommand"),
+        emailalert=emailalert,
+        emailalertfreq=sec.number("emailalertfreq", 0.0, 0.0, 31536000.0),
+        emailalertstatus=status,
+    )
+
+
+def _per_real(sec: _Section, check: CheckKind, servers: list, written: list) -> list:
+    """request@RIP:PORT / receive@RIP:PORT: one real server's own request and receive (the server as
+    written in rs), checked as the service's own would be (CHECK_KEYS of its kind)."""
+    keys = [key for key in sec.values if PER_REAL.fullmatch(key)]
+    if not keys:
+        return servers
+    by_name = {text.lower(): i for i, text in enumerate(written)}
+    own: Dict[int, dict] = {}
+    for key in keys:
+        what, name = PER_REAL.fullmatch(key).groups()
+        if name.lower() not in by_name:
+            raise sec.fail(key, "names no real server of this virtual service (write it as in rs)")
+        if check not in PER_REAL_CHECKS:
+            raise sec.fail(key, f"check = {check.value} sends no request and reads no answer")
+        own.setdefault(by_name[name.lower()], {})[what] = key
+    servers = list(servers)
+    for index, keys_of in sorted(own.items()):
+        values = dict(sec.values)
+        for what, key in keys_of.items():
+            values[what] = sec.values[key]
+        mine = _copy_section(sec, values, {what: key for what, key in keys_of.items()})
+        settings = CHECK_KEYS[check](mine)
+        if sec.boolean("receive_regex", False) and "receive" in keys_of and settings["receive"]:
+            _regex(mine, "receive", settings["receive"])
+        servers[index] = dataclasses.replace(servers[index], **{what: settings[what] for what in keys_of})
+    return servers
+
+
+def _copy_section(sec: _Section, values: Mapping[str, str], renamed: Mapping[str, str]) -> _Section:
+    """`sec` with other values, whose faults are named as the keys in `renamed` (request -> request@...)."""
+    other = _Section.__new__(type(sec))
+    other.__dict__.update(sec.__dict__)
+    other.values = dict(values)
+    other.own = dict(values)
+    parent = sec.fail
+
+    def fail(key: str, reason: str) -> ConfigError:
+        if key in renamed:
+            return parent(renamed[key], reason)
+        return parent(key, reason)
+    other.fail = fail
+    return other
 
 
 def _load_service(path: str, sec: _Section, name: str, own: _Section) -> VirtualService:
@@ -673,16 +826,11 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         raise sec.fail("check", "a UDP virtual service needs its own check (a TCP check would probe "
                                 "another service): check = " + ", ".join(k.value for k in UDP_CHECKS))
     settings = CHECK_KEYS[check](sec)
-    try:
-        on_change = tuple(shlex.split(sec.text("on_change")))
-    except ValueError as exc:
-        raise sec.fail("on_change", f"cannot split into a command: {exc}") from None
-    if any(CONTROL.search(word) for word in on_change):
-        raise sec.fail("on_change", "control character (NUL, escape, ...) in the command")
-    if on_change:
-        why = unsafe_program(on_change[0])
-        if why:
-            raise sec.fail("on_change", why)
+    on_change = _command(sec, "on_change")
+    family = vip.version if vip is not None else (
+        6 if all(ip.version == 6 for ip in [rs.ip for rs in servers] + ([fallback.ip] if fallback else [])) else 4)
+    extras = _service_extras(sec, protocol, family, check, settings)
+    servers = _per_real(sec, check, servers, addresses)
     return VirtualService(
         name=name,
         protocol=protocol,
@@ -700,6 +848,7 @@ def _load_service(path: str, sec: _Section, name: str, own: _Section) -> Virtual
         fallback=fallback,
         depool_threshold=sec.number("depool_threshold", 0.0, 0.0, 1.0),
         on_change=on_change,
+        **extras,
     )
 
 
@@ -867,9 +1016,61 @@ def _unknown_key(sec: _Section, key: str, known) -> ConfigError:
     return sec.fail(key, "unknown key")
 
 
+def read_config_text(path: str) -> str:
+    """The whole config file, read once.  As root, only a file no one else can change (unsafe_path),
+    checked once open: what is checked is what is read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if os.geteuid() == 0:
+                why = unsafe_path(path)
+                st, held = os.stat(path), os.fstat(handle.fileno())
+                if not why and (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+                    why = "it changed while it was opened"
+                if why:
+                    raise ConfigError(f"{path}: not read as root, others can change it: {why}")
+            return handle.read()
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+
+
+def detect_format(text: str) -> ConfigFormat:
+    """Which front end reads this text: a section header ``[...]`` as the first meaningful line is
+    monitorRS.conf; an ldirectord directive at column 0 (``key=value``, ``virtual=...``, a bare
+    ``supervised``) is ldirectord.cf.  Anything else is left to monitorRS.conf's reader, whose error
+    says what is wrong."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if re.match(r"[A-Za-z][A-Za-z0-9_]*\s*=", line) or re.fullmatch(r"supervised\s*", line):
+            return ConfigFormat.LDIRECTORD
+        return ConfigFormat.MONITOR_RS
+    return ConfigFormat.MONITOR_RS
+
+
 def load_config(path: str) -> Config:
-    """Read and check a whole config; raise ConfigError with one line on any fault."""
-    parser = configparser.ConfigParser(
+    """Read and check a whole config, monitorRS.conf or ldirectord.cf (told apart by its content);
+    raise ConfigError with one line on any fault."""
+    text = read_config_text(path)
+    if detect_format(text) == ConfigFormat.LDIRECTORD:
+        return load_ldirectord(path, text)
+    return load_ini(path, text)
+
+
+class _IniParser(configparser.ConfigParser):
+    """monitorRS.conf's parser: `=` or `:` between key and value, but a per-real key
+    (``request@10.0.0.1:80 = ...``) keeps its colon: only `=` ends it."""
+
+    OPTCRE = re.compile(r"(?P<option>re(?:quest|ceive)@[^\s=]+(?=\s*=)|.*?)\s*(?P<vi>=|:)\s*(?P<value>.*)$")
+
+
+def load_ini(path: str, text: str) -> Config:
+    """monitorRS.conf: [monitor] and [virtual NAME] sections."""
+    parser = _IniParser(
         interpolation=None,
         inline_comment_prefixes=(";", "#"),
         default_section="\0none",  # no magic [DEFAULT]: defaults live in [monitor]
@@ -877,21 +1078,7 @@ def load_config(path: str) -> Config:
     )
     parser.optionxform = str.lower
     try:
-        with open(path, encoding="utf-8") as handle:
-            if os.geteuid() == 0:  # checked once open: what is checked is what is read
-                why = unsafe_path(path)
-                st, held = os.stat(path), os.fstat(handle.fileno())
-                if not why and (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
-                    why = "it changed while it was opened"
-                if why:
-                    raise ConfigError(f"{path}: not read as root, others can change it: {why}")
-            parser.read_file(handle)
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        parser.read_string(text, source=path)
     except configparser.Error as exc:
         raise ConfigError(f"{path}: " + " ".join(str(exc).split())) from None
 
@@ -911,12 +1098,13 @@ def load_config(path: str) -> Config:
     settings = dict(
         interval=top.number("interval", 3.0, 0.1, 86400.0),
         timeout=top.number("timeout", 1.0, 0.01, 3600.0),
-        log=top.text("log", DEFAULT_LOG),
+        log="" if top.text("log") in ('""', "''") else top.text("log", DEFAULT_LOG),  # "": no log file
         ipvsadm=top.text("ipvsadm", "ipvsadm"),
         ipvsadm_timeout=top.number("ipvsadm_timeout", 5.0, 0.1, 600.0),
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        **_monitor_extras(top),
     )
 
     services, seen = [], {}
@@ -926,8 +1114,8 @@ def load_config(path: str) -> Config:
         match = re.fullmatch(r"virtual\s+(\S.*)", name)
         own = dict(parser[name])
         for key in own:
-            if key not in SERVICE_KEYS:
-                raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS)
+            if key not in SERVICE_KEYS | SERVICE_OWN_KEYS and not PER_REAL.fullmatch(key):
+                raise _unknown_key(_Section(path, name, own), key, SERVICE_KEYS | SERVICE_OWN_KEYS)
         merged = {k: v for k, v in top.values.items() if k in SERVICE_KEYS}
         merged.update(own)
         vs = _load_service(path, _Section(path, name, merged, own, top.values), match.group(1).strip(),
@@ -939,6 +1127,909 @@ def load_config(path: str) -> Config:
     if not services:
         raise ConfigError(f"{path}: no [virtual NAME] section: nothing to monitor")
     return Config(path=path, services=tuple(services), **settings)
+
+
+def _monitor_extras(top: _Section) -> dict:
+    """[monitor]'s keys of issue 13: syslog, autoreload (+ callback), cleanstop (no: leave the
+    table as it is, monitorRS.conf's default), maintenancedir, and the mail relay and sender."""
+    maintenancedir = top.text("maintenancedir")
+    if maintenancedir and (not maintenancedir.startswith("/") or CONTROL.search(maintenancedir)):
+        raise top.fail("maintenancedir", "must be an absolute path to a folder")
+    smtp = top.text("smtp")
+    if smtp and not re.fullmatch(r"(?:[0-9A-Za-z._+-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", smtp):
+        raise top.fail("smtp", "must be host or host:port (an IPv6 address in brackets)")
+    if smtp and ":" in smtp.rsplit("]", 1)[-1] and not 1 <= int(smtp.rsplit(":", 1)[1]) <= 65535:
+        raise top.fail("smtp", "port out of range 1-65535")
+    sender = top.text("emailalertfrom")
+    if CONTROL.search(sender):
+        raise top.fail("emailalertfrom", "control character in the address")
+    return dict(
+        syslog=top.choice("syslog", "", {name: name for name in SYSLOG_FACILITIES}),
+        autoreload=top.boolean("autoreload", False),
+        callback=_command(top, "callback"),
+        cleanstop=top.boolean("cleanstop", False),
+        maintenancedir=maintenancedir,
+        smtp=smtp,
+        emailalertfrom=sender,
+    )
+
+
+# ldirectord.cf, read as ldirectord 4.12's own parser reads it (read_config, add_real_server,
+# parse_fallback, ld_setup; /usr/sbin/ldirectord): globals at column 0, the lines of a virtual=
+# block indented (a tab or 4+ spaces), `#` ends a block line (even inside quotes), a line of
+# comment only is skipped anywhere, the first other unindented line ends the block.  Defaults
+# are its code's where its man page differs (said at each).  What monitor_rs cannot do as
+# ldirectord does is refused at start in one line: file:line: directive: why, and what to write.
+
+LD_SERVICES = ("dns", "ftp", "http", "https", "http_proxy", "imap", "imaps", "ldap", "ldaps", "mysql", "nntp",
+               "none", "oracle", "pgsql", "pop", "pops", "radius", "simpletcp", "sip", "smtp", "submission")
+LD_PORT_SERVICE = {21: "ftp", 25: "smtp", 53: "dns", 80: "http", 110: "pop", 119: "nntp", 143: "imap", 389: "ldap",
+                   443: "https", 587: "submission", 636: "ldaps", 993: "imaps", 995: "pops", 1521: "oracle",
+                   1812: "radius", 3128: "http_proxy", 3306: "mysql", 5060: "sip", 5432: "pgsql"}  # ld_port_to_service
+LD_SERVICE_PORT = {name: port for port, name in LD_PORT_SERVICE.items()}  # ld_service_to_port
+LD_CHECKTYPES = ("connect", "negotiate", "ping", "off", "on", "external", "external-perl")
+LD_FORWARD = {"gate": "g", "masq": "m", "ipip": "i"}
+LD_DEFAULT_LOG = "/var/log/ldirectord.log"
+
+# service=... (checktype=negotiate) of a line or banner protocol: check = tcp, and the greeting
+# ldirectord's check_* function (through its Perl module) wants, as a regular expression on what
+# the server sends first.  monitor_rs reads that greeting and no more; ldirectord goes on:
+LD_BANNERS = {
+    "smtp": r"^2[0-9][0-9]",  # Net::SMTP: a 2xx greeting, then EHLO (or HELO) answered 2xx, then QUIT
+    "submission": r"^2[0-9][0-9]",  # the same check_smtp
+    "ftp": r"^2[0-9][0-9]",  # Net::FTP: a 2xx greeting; then login, get `request`, match `receive` on it
+    "pop": r"(?i)^\+OK",  # Mail::POP3Client: +OK greeting (its object is made even when the connect
+    # fails, so ldirectord's check passes then: monitor_rs is stricter); no login without login=
+    "imap": r"(?i)^\*\s+(?:OK|PREAUTH)",  # Net::IMAP::Simple: an untagged OK or PREAUTH greeting
+    "nntp": r"^2",  # check_nntp: the first 64 bytes read start with 2
+}
+# Services monitor_rs has no check for, and what to write instead.
+LD_REFUSED_SERVICES = {
+    "http_proxy": "ldirectord fetches `request` through the real server as an HTTP proxy",
+    "imaps": "ldirectord reads the IMAP greeting over TLS",
+    "pops": "ldirectord reads the POP3 greeting over TLS",
+    "ldap": "ldirectord binds and searches `request` over LDAP",
+    "ldaps": "ldirectord binds and searches `request` over LDAP",
+    "mysql": "ldirectord logs in and runs the `request` query",
+    "pgsql": "ldirectord logs in and runs the `request` query",
+    "oracle": "ldirectord logs in and runs the `request` query",
+    "radius": "ldirectord sends a RADIUS Access-Request with login, passwd and secret",
+    "sip": "ldirectord sends a SIP OPTIONS request",
+}
+
+
+def _ld_error(path: str, line: int, said: str, reason: str) -> ConfigError:
+    said = said.strip()
+    if len(said) > 80:
+        said = said[:77] + "..."
+    return ConfigError(f"{path}:{line}: {said}: {reason}")
+
+
+@dataclass
+class _LdVirtual:
+    """One virtual= block as read, before anything is resolved (ldirectord resolves at its end)."""
+
+    line: int
+    said: str
+    family: int  # 4 (virtual=) or 6 (virtual6=)
+    host: str = ""  # "" for a firewall mark
+    port: str = ""
+    fwmark: int = 0
+    opts: Dict[str, Tuple[str, int, str]] = field(default_factory=dict)  # directive: (value, line, as written)
+    reals: List[Tuple[str, int, str]] = field(default_factory=list)
+
+
+def _ld_number(path: str, line: int, said: str, value: str, what: str, zero: bool = False) -> str:
+    """ldirectord's `$1 =~ /(\\d+)/ && $1`: the first digits in the value, not 0."""
+    match = re.search(r"[0-9]+", value)
+    if not match or (int(match.group()) == 0 and not zero):
+        raise _ld_error(path, line, said, f"invalid {what}")
+    return match.group()
+
+
+def _ld_yes_no(path: str, line: int, said: str, value: str, key: str) -> str:
+    if value not in ("yes", "no"):
+        raise _ld_error(path, line, said, f"{key} must be 'yes' or 'no'")
+    return value
+
+
+def _ld_block_line(path: str, line: int, rcmd: str, v: _LdVirtual) -> None:
+    """One line of a virtual= block, `rcmd` without its indent: ldirectord's chain of regexes."""
+    said = rcmd
+
+    def put(key: str, value: str) -> None:
+        v.opts[key] = (value, line, said)
+
+    def fail(reason: str) -> ConfigError:
+        return _ld_error(path, line, said, reason)
+
+    m = re.match(r"(real(6)?)\s*=\s*(.*)", rcmd)
+    if m:
+        if (v.family == 4) == bool(m.group(2)):
+            raise fail(f"cannot specify \"{m.group(1)}\" here: please use \"real{'' if v.family == 4 else '6'}\" instead")
+        v.reals.append((m.group(3), line, said))
+        return
+    for key in ("request", "receive", "login", "passwd", "database", "secret"):
+        m = re.match(key + r'\s*=\s*"(.*)"', rcmd)
+        if m:
+            if not m.group(1):
+                raise fail(f"no {key} string specified")
+            value = m.group(1)
+            put(key, value if key != "request" or value.startswith("/") else "/" + value)
+            return
+    m = re.match(r"checktype\s*=\s*(.*)", rcmd)
+    if m:
+        digits = re.search(r"[0-9]+", m.group(1))
+        word = re.search(r"[\w-]+", m.group(1))
+        if digits:
+            put("checktype", "combined")
+        elif word and word.group() in LD_CHECKTYPES:
+            if word.group() == "external-perl":
+                raise fail("monitor_rs does not evaluate Perl: write checktype=external (ldirectord's "
+                           "external-perl scripts run as external ones: make the script executable)")
+            put("checktype", word.group())
+        else:
+            raise fail("checktype must be connect, negotiate, on, off, ping, external, external-perl "
+                       "or a positive number")
+        return
+    m = re.match(r'checkcommand\s*=\s*"(.*)"', rcmd) or re.match(r"checkcommand\s*=\s*(.*)", rcmd)
+    if m:
+        if not m.group(1):
+            raise fail("invalid check command")
+        put("checkcommand", m.group(1))
+        return
+    for key, what in (("checktimeout", "check timeout"), ("negotiatetimeout", "negotiate timeout"),
+                      ("failurecount", "failure count"), ("checkinterval", "checkinterval")):
+        m = re.match(key + r"\s*=\s*(.*)", rcmd)
+        if m:
+            put(key, _ld_number(path, line, said, m.group(1), what))
+            return
+    if re.match(r"connecttimeout\s*=", rcmd):
+        raise fail("connecttimeout directive deprecated in favour of negotiatetimeout (ldirectord refuses it too)")
+    m = re.match(r"checkcount\s*=\s*(.*)", rcmd)
+    if m:
+        if _ld_number(path, line, said, m.group(1), "check count") != "1":
+            raise fail("checkcount (deprecated in ldirectord: ping attempts within one check) is not "
+                       "supported: write failurecount=N instead")
+        return  # 1, ldirectord's default: nothing to do
+    m = re.match(r"checkport\s*=\s*(.*)", rcmd)
+    if m:
+        port = _ld_number(path, line, said, m.group(1), "port", zero=True)
+        if not 0 < int(port) < 65536:
+            raise fail("checkport must be in range 1..65535")
+        put("checkport", port)
+        return
+    m = re.match(r'load\s*=\s*"(.*)"', rcmd)
+    if m:
+        if not re.search(r"\w", m.group(1)):
+            raise fail("invalid string for load testing")
+        return  # stored by ldirectord 4.12, never used
+    m = re.match(r"scheduler\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"[a-z]+", m.group(1))
+        if not word:
+            raise fail("invalid scheduler, should be only lowercase letters (a-z)")
+        put("scheduler", word.group())
+        return
+    m = re.match(r"persistent\s*=\s*(.*)", rcmd)
+    if m:
+        put("persistent", _ld_number(path, line, said, m.group(1), "persistent timeout", zero=True))
+        return
+    if re.match(r"schedflags\s*=", rcmd):
+        raise fail("monitor_rs does not set scheduler flags (ipvsadm -b): remove schedflags")
+    m = re.match(r"netmask\s*=\s*(.*)", rcmd)
+    if m:
+        value = m.group(1)
+        if v.family == 6 and not (re.fullmatch(r"[0-9]+", value) and 1 <= int(value) <= 128):
+            raise fail("invalid netmask: a prefix length between 1 and 128 is required")
+        if v.family == 4 and not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", value):
+            raise fail("invalid netmask: dotted quad notation is required")
+        put("netmask", value)
+        return
+    m = re.match(r"protocol\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"\w+", m.group(1))
+        if not word:
+            raise fail("invalid protocol")
+        if not v.host and word.group() != "fwm":
+            raise fail("protocol must be fwm if the virtual service is a fwmark (a number)")
+        if v.host and word.group() not in ("tcp", "udp"):
+            raise fail("protocol must be tcp or udp if the virtual service is an address and port")
+        put("protocol", word.group())
+        return
+    m = re.match(r"ops\s*=\s*(.*)", rcmd)
+    if m:
+        put("ops", _ld_yes_no(path, line, said, m.group(1), "ops"))
+        return
+    m = re.match(r"service\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"\w+", m.group(1))
+        if not word or word.group() not in LD_SERVICES:
+            raise fail("service must be " + ", ".join(LD_SERVICES))
+        put("service", word.group())
+        return
+    m = re.match(r"httpmethod\s*=\s*(.*)", rcmd)
+    if m:
+        word = re.search(r"\w+", m.group(1))
+        if not word or word.group().upper() not in ("GET", "HEAD"):
+            raise fail("httpmethod must be GET or HEAD")
+        put("httpmethod", word.group().upper())
+        return
+    m = re.match(r"virtualhost\s*=\s*(.*)", rcmd)
+    if m:
+        put("virtualhost", re.match(r'"?([^"]*)"?', m.group(1)).group(1).strip())
+        return
+    m = re.match(r"(fallback(6)?)\s*=\s*(.*)", rcmd)
+    if m:
+        if (v.family == 4) == bool(m.group(2)):
+            raise fail(f"cannot specify \"{m.group(1)}\" here: please use \"fallback{'' if v.family == 4 else '6'}\" instead")
+        _ld_parse_fallback(path, line, said, m.group(3))
+        put("fallback", m.group(3))
+        return
+    m = re.match(r'fallbackcommand\s*=\s*"(.*)"', rcmd) or re.match(r"fallbackcommand\s*=\s*(.*)", rcmd)
+    if m:
+        if not m.group(1):
+            raise fail("invalid fallback command")
+        put("fallbackcommand", m.group(1))
+        return
+    m = re.match(r"quiescent\s*=\s*(.*)", rcmd)
+    if m:
+        put("quiescent", _ld_yes_no(path, line, said, m.group(1), "quiescent"))
+        return
+    if _ld_mail_line(path, line, said, rcmd, put):
+        return
+    if re.match(r"monitorfile\s*=", rcmd):
+        raise fail("monitor_rs keeps no per-service check log: remove monitorfile (its log and --status "
+                   "say what each check found)")
+    m = re.match(r"cleanstop\s*=\s*(.*)", rcmd)
+    if m:
+        put("cleanstop", _ld_yes_no(path, line, said, m.group(1), "cleanstop"))
+        return
+    m = re.match(r"smtp\s*=\s*(.*)", rcmd)
+    if m:
+        put("smtp", _ld_smtp(path, line, said, m.group(1)))
+        return
+    m = re.match(r"servicename\s*=\s*(.*)", rcmd)
+    if m:
+        put("servicename", m.group(1).strip())
+        return
+    if re.match(r"comment\s*=", rcmd):
+        return  # for ldirectord's mails only
+    raise fail("unknown directive (ldirectord refuses it too)")
+
+
+def _ld_mail_line(path: str, line: int, said: str, text: str, put) -> bool:
+    """emailalert, emailalertfreq, emailalertstatus: in a block and at column 0 alike."""
+    m = re.match(r"emailalert\s*=\s*(.*)", text)
+    if m:
+        address = re.sub(r'^"([^"]*)"$', r"\1", m.group(1))
+        if not address:
+            raise _ld_error(path, line, said, "no email address specified")
+        put("emailalert", address)
+        return True
+    m = re.match(r"emailalertfreq\s*=\s*([0-9]*)", text)
+    if m:
+        if not m.group(1):
+            raise _ld_error(path, line, said, "invalid email alert frequency")
+        put("emailalertfreq", m.group(1))
+        return True
+    m = re.match(r"emailalertstatus\s*=\s*(.*)", text)
+    if m:
+        words = re.split(r"\s*,\s*", m.group(1))
+        for word in words:
+            if word not in EMAIL_STATUSES:
+                raise _ld_error(path, line, said, f"invalid email alert status at: \"{word}\"")
+        if "none" in words and len(set(words)) > 1:
+            raise _ld_error(path, line, said, "invalid email alert status: none goes alone")
+        put("emailalertstatus", ",".join(words))
+        return True
+    return False
+
+
+def _ld_smtp(path: str, line: int, said: str, value: str) -> str:
+    """ldirectord takes the leading host name characters of smtp= (a :port after them is dropped)."""
+    host = re.match(r"[0-9A-Za-z._+-]+", value)
+    if not host:
+        raise _ld_error(path, line, said, "invalid SMTP server address")
+    if value[host.end():].strip():
+        raise _ld_error(path, line, said, f"ldirectord would use {host.group()!r} only (no port): write "
+                                          f"smtp={host.group()}")
+    return host.group()
+
+
+def _ld_parse_fallback(path: str, line: int, said: str, text: str) -> Tuple[str, Optional[str], str]:
+    """parse_fallback: ``host[:port|:service] [gate|masq|ipip]`` -> (host, port or None, forward)."""
+    forward = None
+    m = re.search(r"(\S+)(\s+(\S+))?\s*$", text)
+    if m:
+        forward, text = m.group(3), m.group(1)
+    m = re.search(r"(:([0-9]+|[A-Za-z0-9-_]+))?$", text)
+    port = m.group(2)
+    host = text[:m.start()]
+    if forward and forward not in LD_FORWARD:
+        raise _ld_error(path, line, said, "forward method must be gate, masq or ipip")
+    return host, port, forward or "gate"  # parse_fallback's default: gate
+
+
+def _ld_global_line(path: str, line: int, data: str, g: Dict[str, Tuple[str, int, str]]) -> None:
+    """One line at column 0 outside a block: ldirectord's chain of regexes for the globals."""
+    said = data
+
+    def put(key: str, value: str) -> None:
+        g[key] = (value, line, said)
+
+    def fail(reason: str) -> ConfigError:
+        return _ld_error(path, line, said, reason)
+
+    for key, what in (("checktimeout", "check timeout value"), ("negotiatetimeout", "negotiate timeout value"),
+                      ("checkinterval", "check interval value"), ("failurecount", "failure count value")):
+        m = re.match(key + r"\s*=\s*(.*)", data)
+        if m:
+            put(key, _ld_number(path, line, said, m.group(1), what))
+            return
+    if re.match(r"connecttimeout\s*=", data):
+        raise fail("connecttimeout directive deprecated in favour of negotiatetimeout (ldirectord refuses it too)")
+    m = re.match(r"checkcount\s*=\s*(.*)", data)
+    if m:
+        if _ld_number(path, line, said, m.group(1), "check count value") != "1":
+            raise fail("checkcount (deprecated in ldirectord: ping attempts within one check) is not "
+                       "supported: write failurecount=N instead")
+        return
+    m = re.match(r"fallback(6)?\s*=\s*(.*)", data)
+    if m:
+        _ld_parse_fallback(path, line, said, m.group(2))
+        put("fallback6" if m.group(1) else "fallback", m.group(2))
+        return
+    m = re.match(r"fallbackcommand\s*=\s*(.*)", data)
+    if m:
+        if not m.group(1):
+            raise fail("invalid fallback command")
+        put("fallbackcommand", m.group(1))  # run by a shell in ldirectord: its quotes are the shell's
+        return
+    for key in ("autoreload", "fork", "quiescent", "readdquiescent", "cleanstop"):
+        m = re.match(key + r"\s*=\s*(.*)", data)
+        if m:
+            put(key, _ld_yes_no(path, line, said, m.group(1), key))
+            if key == "readdquiescent" and m.group(1) == "yes":
+                raise fail("monitor_rs never puts back a failing server the operator removed, not even at "
+                           "weight 0: remove readdquiescent=yes (readdquiescent=no is what it does)")
+            return
+    m = re.match(r'callback\s*=\s*"(.*)"', data)
+    if m:
+        put("callback", m.group(1))
+        return
+    m = re.match(r'logfile\s*=\s*"(.*)"', data)
+    if m:
+        value = m.group(1)
+        if not value.startswith("/") and value not in SYSLOG_FACILITIES:
+            raise fail("not a path (/...) nor a syslog facility: " + ", ".join(SYSLOG_FACILITIES))
+        put("logfile", value)
+        return
+    if re.match(r"execute\s*=", data):
+        raise fail("monitor_rs does not start other instances: run one monitor_rs per config file "
+                   "(e.g. one systemd unit instance each) and remove execute")
+    if re.match(r"supervised", data):
+        m = re.match(r"supervised\s*=\s*(.*)", data)
+        if m and m.group(1) in ("yes", "no"):
+            put("supervised", m.group(1))
+        elif re.fullmatch(r"supervised\s*", data):
+            put("supervised", "yes")
+        else:
+            raise fail("supervised must be 'yes' or 'no'")
+        return
+    if _ld_mail_line(path, line, said, data, put):
+        return
+    m = re.match(r"emailalertfrom\s*=\s*(.*)", data)
+    if m:
+        if not m.group(1):
+            raise fail("no email from address specified")
+        put("emailalertfrom", m.group(1))
+        return
+    m = re.match(r"smtp\s*=\s*(.*)", data)
+    if m:
+        put("smtp", _ld_smtp(path, line, said, m.group(1)))
+        return
+    m = re.match(r"maintenancedir\s*=\s*(.*)", data)
+    if m:
+        if not m.group(1):
+            raise fail("maintenance directory not specified")
+        put("maintenancedir", m.group(1))
+        return
+    if re.match(r"timeout\s*=", data):
+        raise fail("timeout directive deprecated in favour of checktimeout and negotiatetimeout "
+                   "(ldirectord refuses it too)")
+    raise fail("unknown directive (ldirectord refuses it too"
+               + ("; an indented line belongs to a virtual= block" if data[:1].isspace() else "")
+               + (", and takes logfile and callback quoted only" if re.match(r"(logfile|callback)\s*=", data) else "")
+               + ")" + ("; a monitorRS.conf starts with [monitor]" if re.match(r"\w+", data) and re.match(
+                   r"\w+", data).group().lower() in MONITOR_KEYS | SERVICE_KEYS else ""))
+
+
+def _ld_host(name: str, family: int) -> Optional[IPAddress]:
+    """ld_gethostbyname: an address, or a name resolved as ldirectord does (getaddrinfo, this family)."""
+    m = re.search(r"\[(.*)\]", name)
+    if m:
+        name = m.group(1)
+    if not name:
+        return None
+    try:
+        infos = socket.getaddrinfo(name, 0, socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+        return ipaddress.ip_address(infos[0][4][0].split("%")[0])
+    except (OSError, UnicodeError, ValueError, IndexError):
+        return None
+
+
+def _ld_port(text: str, protocol: str) -> Optional[int]:
+    """ld_getservbyname: a number 0..65535, or a service name of /etc/services."""
+    if re.fullmatch(r"[0-9]+", text):
+        return int(text) if int(text) < 65536 else None
+    try:
+        return socket.getservbyname(text, protocol) if protocol in ("tcp", "udp") else socket.getservbyname(text)
+    except (OSError, UnicodeError):
+        return None
+
+
+REAL_LINE = re.compile(r"(\d+\.\d+\.\d+\.\d+|[A-Za-z0-9.-]+|\[[0-9A-fa-f:]+\])"
+                       r"(->(\d+\.\d+\.\d+\.\d+|[A-Za-z0-9.-]+|\[[0-9A-fa-f:]+\]))?"
+                       r"(:(\d+|[A-Za-z0-9-_]+))?\s+(.*)")  # _ld_read_config_real_resolve's, unanchored as there
+MAX_RANGE = 65536
+
+
+@dataclass
+class _LdReal:
+    ip: IPAddress
+    port: int  # 0: none written
+    forward: str
+    weight: str
+    request: Optional[str]
+    receive: Optional[str]
+    line: int
+    said: str
+
+
+def _ld_reals(path: str, v: _LdVirtual) -> List[_LdReal]:
+    """Every real= of a block, resolved and ranges expanded, as _ld_read_config_real_resolve and
+    add_real_server read them."""
+    out = []
+    for text, line, said in v.reals:
+        m = REAL_LINE.search(text)
+        if not m:
+            raise _ld_error(path, line, said, "invalid address for real server (wrong format)")
+        first = _ld_host(m.group(1), v.family)
+        if first is None:
+            raise _ld_error(path, line, said, f"invalid address ({m.group(1)}) for real server (could not resolve host)")
+        port = _ld_port(m.group(5) or "0", "")
+        if port is None:
+            raise _ld_error(path, line, said, f"invalid port ({m.group(5)}) for real server (could not resolve port)")
+        flags = m.group(6)
+        word = re.search(r"(\w+)(.*)", flags)
+        if not word or word.group(1) not in LD_FORWARD:
+            raise _ld_error(path, line, said, "forward method must be gate, masq or ipip")
+        forward, flags = word.group(1), word.group(2)
+        weight = re.search(r"\s+(\d+)(.*)", flags)
+        if weight:
+            weight, flags = weight.group(1), weight.group(2)
+        else:
+            weight = "1"
+        request = receive = None
+        pair = re.search(r'\s+"(.*)"[, ]\s*"(.*)"(.*)', flags)
+        if pair:
+            request, receive, flags = pair.group(1), pair.group(2), pair.group(3)
+            request = request if request.startswith("/") else "/" + request
+        if re.search(r"\s+[lu]:(\d+)", flags):
+            raise _ld_error(path, line, said, "monitor_rs does not set connection thresholds (ipvsadm -x/-y): "
+                                              "remove \"l:N\" and \"u:N\"")
+        if re.search(r"\S", flags):
+            raise _ld_error(path, line, said, f"Invalid real server line, around \"{flags}\"")
+        ips = [first]
+        if m.group(3):
+            last = _ld_host(m.group(3), v.family)
+            if last is None:
+                raise _ld_error(path, line, said, f"invalid address ({m.group(3)}) for real server (could not resolve end host)")
+            if v.family == 6:
+                raise _ld_error(path, line, said, "Address range for IPv6 is not supported yet (nor by ldirectord)")
+            if int(first) > int(last):
+                raise _ld_error(path, line, said, f"Invalid Range: {first}-{last}: the first address must not be above the last")
+            if int(last) - int(first) >= MAX_RANGE:
+                raise _ld_error(path, line, said, f"a range of more than {MAX_RANGE} real servers")
+            ips = [ipaddress.IPv4Address(n) for n in range(int(first), int(last) + 1)]
+        out += [_LdReal(ip, port, forward, weight, request, receive, line, said) for ip in ips]
+    return out
+
+
+class _LdSection(_Section):
+    """A virtual= block turned into monitorRS.conf's keys, so that one reader checks both formats;
+    a fault is named by the ldirectord.cf line the key came from."""
+
+    def __init__(self, path: str, values: Mapping[str, str], where: Mapping[str, Tuple[int, str]],
+                 default: Tuple[int, str]):
+        super().__init__(path, "", values, own=values)
+        self.where, self.default = dict(where), default
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        line, said = self.where.get(key, self.default)
+        return _ld_error(self.path, line, said, reason)
+
+
+def _ld_tcp_request(text: str) -> str:
+    """simpletcp's request as monitor_rs's tcp request: ldirectord sends it as written but for the
+    two characters \\n, sent as a line feed (and without the / its parser put first)."""
+    return "\\n".join(part.replace("\\", "\\\\") for part in text.split("\\n"))
+
+
+def load_ldirectord(path: str, text: str) -> Config:
+    """ldirectord.cf as a Config (format LDIRECTORD): see the section's comment."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    g: Dict[str, Tuple[str, int, str]] = {}
+    virtuals: List[_LdVirtual] = []
+    index, pending = 0, None
+    while True:
+        if pending is None:
+            if index >= len(lines):
+                break
+            data, number = lines[index], index + 1
+            index += 1
+        else:
+            (data, number), pending = pending, None
+        m = re.match(r"virtual(6)?\s*=\s*(.*)", data)
+        if m:
+            v = _ld_virtual_head(path, number, data, 6 if m.group(1) else 4, m.group(2))
+            while index < len(lines):
+                raw = lines[index]
+                index += 1
+                if re.match(r"\s*#", raw):
+                    continue
+                body = re.match(r" {4,}(.+)", raw.split("#", 1)[0].replace("\t", "    "))
+                if not body:
+                    pending = (raw, index)
+                    break
+                _ld_block_line(path, index, body.group(1), v)
+            virtuals.append(v)
+            continue
+        if re.fullmatch(r"\s*", data) or re.match(r"\s*#", data):
+            continue
+        _ld_global_line(path, number, data, g)
+
+    def value(key: str, default: str = "") -> str:
+        return g[key][0] if key in g else default
+
+    logfile = value("logfile", LD_DEFAULT_LOG)
+    syslog = "" if logfile.startswith("/") else logfile
+    log = "" if syslog or value("supervised") == "yes" else logfile  # supervised: ldirectord logs to stdout only
+    top = _LdSection(path, {}, {key: (line, said) for key, (_, line, said) in g.items()}, (1, "ldirectord.cf"))
+    # the global timeouts, as ld_setup makes each the other's default
+    checktimeout = value("checktimeout") or value("negotiatetimeout") or "5"
+    callback = (value("callback"),) if "callback" in g else ()
+    if callback:
+        if CONTROL.search(callback[0]):
+            raise top.fail("callback", "control character (NUL, escape, ...) in the command")
+        why = unsafe_program(callback[0])
+        if why:
+            raise top.fail("callback", why)
+    if "maintenancedir" in g and not value("maintenancedir").startswith("/"):
+        raise top.fail("maintenancedir", "must be an absolute path to a folder (monitor_rs runs in /)")
+    cleanstop = value("cleanstop", "yes") == "yes"  # ldirectord's default: yes
+    services, seen, names = [], {}, set()
+    for v in virtuals:
+        vs = _ld_service(path, v, g, names)
+        if vs.ipvs_key in seen:
+            raise _ld_error(path, v.line, v.said, f"duplicate virtual server (also on line {seen[vs.ipvs_key]})")
+        seen[vs.ipvs_key] = v.line
+        for key, wanted in (("cleanstop", value("cleanstop", "yes")), ("smtp", value("smtp"))):
+            if key in v.opts and v.opts[key][0] != wanted:
+                own, line, said = v.opts[key]
+                raise _ld_error(path, line, said, f"monitor_rs has one {key} for all virtual services: "
+                                                  f"write {key}={own} at column 0 (globally) instead")
+        services.append(vs)
+    if not services:
+        raise ConfigError(f"{path}: no virtual= block: nothing to monitor")
+    timeout = float(checktimeout)
+    if timeout > 3600:
+        raise top.fail("checktimeout" if "checktimeout" in g else "negotiatetimeout", "must be 3600 at most")
+    return Config(
+        path=path,
+        interval=float(value("checkinterval", "10")),  # ldirectord's default: 10
+        timeout=timeout,
+        log=log,
+        lock=default_run_path(path, "lock"),
+        state_file=default_run_path(path, "state.json"),
+        services=tuple(services),
+        format=ConfigFormat.LDIRECTORD,
+        syslog=syslog,
+        autoreload=value("autoreload", "no") == "yes",
+        callback=callback,
+        cleanstop=cleanstop,
+        maintenancedir=value("maintenancedir"),
+        smtp=value("smtp"),
+        emailalertfrom=value("emailalertfrom"),
+    )
+
+
+def _ld_virtual_head(path: str, line: int, said: str, family: int, text: str) -> _LdVirtual:
+    """virtual=IP:PORT, host:service or a firewall mark; virtual6=[IPv6]:PORT."""
+    v = _LdVirtual(line, said, family)
+    patterns = ([r"(\d+\.\d+\.\d+\.\d+):([0-9A-Za-z-_]+)"] if family == 4 else []) + [
+        r"([0-9A-Za-z._+-]+):([0-9A-Za-z-_]+)"]
+    for pattern in patterns:
+        m = re.match(pattern, text)
+        if m:
+            v.host, v.port = m.group(1), m.group(2)
+            break
+    else:
+        m = re.match(r"(\d+)", text)
+        if m:
+            v.fwmark = int(m.group(1))
+        else:
+            m = re.match(r"\[([0-9A-Fa-f:]+)\]:([0-9A-Za-z-_]+)", text)
+            if not m:
+                raise _ld_error(path, line, said, "invalid address for virtual server")
+            if family == 4:
+                raise _ld_error(path, line, said, "cannot specify an IPv6 address here: please use \"virtual6\" instead")
+            v.host, v.port = f"[{m.group(1)}]", m.group(2)
+    rest = text[m.end():]
+    if rest.strip() and not rest.strip().startswith("#"):
+        what = f"firewall mark {v.fwmark}" if not v.host else f"{v.host}:{v.port}"
+        raise _ld_error(path, line, said, f"ldirectord reads this as {what} and ignores {rest.strip()!r}: "
+                                          f"write what you mean (IP:PORT, or a firewall mark alone)")
+    if not v.host and not 1 <= v.fwmark <= 4294967295:
+        raise _ld_error(path, line, said, "a firewall mark is 1 to 4294967295")
+    return v
+
+
+def _ld_service(path: str, v: _LdVirtual, g: Mapping[str, Tuple[str, int, str]], names: set) -> VirtualService:
+    """One virtual= block as a VirtualService: its values, defaults as ldirectord's code has them
+    (ld_setup, fallback_find), mapped onto monitorRS.conf's keys and checked by _load_service."""
+    opts = v.opts
+    where: Dict[str, Tuple[int, str]] = {}
+    values: Dict[str, str] = {}
+    head = (v.line, v.said)
+
+    def opt(key: str, default: str = "") -> str:
+        return opts[key][0] if key in opts else default
+
+    def at(key: str) -> Tuple[int, str]:
+        return (opts[key][1], opts[key][2]) if key in opts else (g[key][1], g[key][2]) if key in g else head
+
+    def fail(key: str, reason: str) -> ConfigError:
+        line, said = at(key)
+        return _ld_error(path, line, said, reason)
+
+    def put(key: str, value: str, source: Optional[str] = None) -> None:
+        values[key] = value
+        where[key] = at(source) if source else head
+
+    def own_or_global(key: str, default: str = "") -> str:
+        return opts[key][0] if key in opts else g[key][0] if key in g else default
+
+    # the service: its protocol (port 53 or "domain": udp), address and port, as ldirectord resolves them
+    if v.host:
+        protocol = opt("protocol", "udp" if v.port in ("53", "domain") else "tcp")
+        vip = _ld_host(v.host, v.family)
+        vport = _ld_port(v.port, protocol)
+        if vip is None or vport is None:
+            raise _ld_error(path, v.line, v.said, "invalid address for virtual service (could not resolve "
+                            + ("its host)" if vip is None else "its port)"))
+        put("protocol", protocol, "protocol")
+        put("vip", str(vip))
+        put("vport", str(vport))
+    else:
+        protocol, vip, vport = "fwm", None, 0
+        put("protocol", "fwm")
+        put("fwmark", str(v.fwmark))
+    service = opt("service") or ("none" if not v.host else LD_PORT_SERVICE.get(vport, "none"))
+    checktype = opt("checktype", "negotiate")
+    if checktype == "combined":  # N connects, then one negotiate: here every check negotiates (stricter)
+        checktype = "negotiate"
+    if checktype == "connect" and protocol == "udp":
+        checktype = "ping"  # _check_real: a connect check of a UDP service is a ping
+
+    # the check, first: a check monitor_rs cannot make is refused before any name is resolved
+    kind, receive_regex, uses_request = _ld_check(path, v, g, service, checktype, protocol, fail, put, opt)
+    if receive_regex:
+        put("receive_regex", "yes", "receive")
+
+    # the real servers: one forwarding method for all (monitor_rs keeps one per service)
+    reals = _ld_reals(path, v)
+    if not reals:
+        raise _ld_error(path, v.line, v.said, "no real= line: monitor_rs needs at least one real server "
+                                              "(ldirectord would run the fallback alone)")
+    forward = reals[0].forward
+    for rs in reals:
+        if rs.forward != forward:
+            raise _ld_error(path, rs.line, rs.said, f"monitor_rs gives all real servers of a virtual service one "
+                            f"forwarding method: this one is {rs.forward}, the one of line {reals[0].line} {forward}")
+    put("type", LD_FORWARD[forward])
+    checkport = int(opt("checkport")) if "checkport" in opts else None
+    service_port = LD_SERVICE_PORT.get(service)
+    portless = [rs for rs in reals if rs.port == 0]
+    if not v.host:  # a firewall mark: IPVS keeps its real servers without a port; the probe needs one
+        port = checkport or service_port
+        if portless and forward == "masq":
+            raise _ld_error(path, portless[0].line, portless[0].said, "a masq real server of a firewall-mark "
+                            "service needs its port here (real=RIP:PORT masq): monitor_rs adds it with one")
+        if portless and port is None and checktype not in ("on", "off"):
+            raise _ld_error(path, portless[0].line, portless[0].said, "the port to check: write real=RIP:PORT, "
+                                                                      "or checkport=PORT in this block")
+        for rs in portless:
+            rs.port = port or 1  # on/off: no traffic, any port
+    else:
+        if portless and checkport is None and service_port and service_port != vport:
+            # ld_checkport: a real server without port is checked on its service's port, not vport
+            if len(portless) != len(reals):
+                raise _ld_error(path, portless[0].line, portless[0].said, f"ldirectord checks this server on "
+                                f"port {service_port} ({service}) and the others on their own: write "
+                                f"checkport= or a port on every real=")
+            checkport = service_port
+        for rs in portless:
+            rs.port = vport
+    put("rs", " ".join(str(Endpoint(rs.ip, rs.port)) for rs in reals), None)
+    where["rs"] = (reals[0].line, reals[0].said)
+    put("rw", " ".join(rs.weight for rs in reals))
+    where["rw"] = where["rs"]
+    if not v.host:
+        put("rport", str(reals[0].port))
+    if checkport is not None:
+        put("checkport", str(checkport), "checkport")
+
+    for rs in reals:  # real=... "request", "receive": used by the checks that send the request
+        if rs.request is None or not uses_request:
+            continue
+        name = str(Endpoint(rs.ip, rs.port))
+        request, receive = _ld_convert(service, rs.request, rs.receive)
+        if request != values.get("request", "/" if kind in ("http", "https") else ""):
+            values[f"request@{name}"] = request
+            where[f"request@{name}"] = (rs.line, rs.said)
+        if receive != values.get("receive", ""):
+            values[f"receive@{name}"] = receive
+            where[f"receive@{name}"] = (rs.line, rs.said)
+        if receive and service not in ("dns",):
+            put("receive_regex", "yes", "receive")
+    if kind not in ("on", "off"):  # ld_setup: connect, ping, external checks have checktimeout, the others negotiate's
+        checktimeout = opt("checktimeout") or opt("negotiatetimeout") or own_or_global(
+            "checktimeout") or own_or_global("negotiatetimeout") or "5"
+        negotiatetimeout = opt("negotiatetimeout") or opt("checktimeout") or own_or_global(
+            "negotiatetimeout") or own_or_global("checktimeout") or "30"
+        if checktype == "negotiate":
+            put("timeout", negotiatetimeout, "negotiatetimeout" if "negotiatetimeout" in opts or (
+                "checktimeout" not in opts and "negotiatetimeout" in g) else "checktimeout")
+        else:
+            put("timeout", checktimeout, "checktimeout" if "checktimeout" in opts or (
+                "negotiatetimeout" not in opts and "checktimeout" in g) else "negotiatetimeout")
+    if "checkinterval" in opts:  # ldirectord honours it with fork=yes only; checks here are always concurrent
+        put("interval", opt("checkinterval"), "checkinterval")
+    put("fall", own_or_global("failurecount", "1"), "failurecount")
+    put("quiescent", own_or_global("quiescent", "no"), "quiescent")  # the code's default: no (its man page: yes)
+
+    # the fallback: its own, else the global of its family (with the service's port when it has none)
+    key = "fallback" if "fallback" in opts else ("fallback6" if v.family == 6 else "fallback")
+    # (a global fallback is none of a firewall-mark service's: ldirectord keeps it per tcp/udp only)
+    text = opts["fallback"][0] if "fallback" in opts else g[key][0] if key in g and v.host else ""
+    if text:
+        line, said = at(key)
+        host, port_text, fallforward = _ld_parse_fallback(path, line, said, text)
+        ip = _ld_host(host, v.family)
+        if ip is None:
+            raise _ld_error(path, line, said, f"invalid IPv{v.family} address or could not resolve for fallback "
+                                              f"server: {host}")
+        port = _ld_port(port_text, protocol) if port_text else vport
+        if port is None:
+            raise _ld_error(path, line, said, "invalid port for fallback server")
+        if fallforward != forward and not ip.is_loopback:  # on this host IPVS forwards locally whatever the method
+            raise _ld_error(path, line, said, f"monitor_rs gives the fallback the real servers' forwarding method "
+                                              f"({forward}), not {fallforward}")
+        flag = FORWARD_FLAGS[LD_FORWARD[forward]]
+        if any(stored_endpoint(protocol, flag, vport, Endpoint(ip, port or reals[0].port))
+               == stored_endpoint(protocol, flag, vport, Endpoint(rs.ip, rs.port)) for rs in reals):
+            raise _ld_error(path, line, said, "is also a real= of this block: monitor_rs never makes a real "
+                                              "server its own fallback; remove one of the two")
+        put("fallback", str(Endpoint(ip, port or reals[0].port)), key)
+    command = own_or_global("fallbackcommand")
+    if command:
+        put("fallbackcommand", command, "fallbackcommand")
+    for key in ("emailalert", "emailalertfreq", "emailalertstatus"):
+        if own_or_global(key):
+            put(key, own_or_global(key), key)
+
+    # the virtual service itself: always set up by ldirectord (scheduler default wrr)
+    put("scheduler", opt("scheduler", "wrr"), "scheduler")
+    if "persistent" in opts:
+        put("persistent", opt("persistent"), "persistent")
+        if "netmask" in opts:  # ldirectord passes -M only with -p: without persistent it has no effect
+            put("netmask", opt("netmask"), "netmask")
+    if protocol == "udp" and opt("ops") == "yes":  # ldirectord passes -o for UDP only
+        put("ops", "yes", "ops")
+
+    name = opt("servicename") or (f"{v.host}:{v.port}" if v.host else f"fwmark {v.fwmark}")
+    if name in names:
+        name = f"{name} ({vs_address(protocol, vip, vport, v.fwmark)})"
+    names.add(name)
+    sec = _LdSection(path, values, where, head)
+    return _load_service(path, sec, name, sec)
+
+
+def vs_address(protocol: str, vip: Optional[IPAddress], vport: int, fwmark: int) -> str:
+    return f"fwm {fwmark}" if vip is None else f"{protocol} {Endpoint(vip, vport)}"
+
+
+def _ld_convert(service: str, request: str, receive: Optional[str]) -> Tuple[str, str]:
+    """ldirectord's request and receive (request with the / its parser put first) as monitorRS.conf's."""
+    receive = receive or ""
+    if service == "simpletcp":
+        return _ld_tcp_request(request[1:]), receive
+    if service == "dns":
+        return request.lstrip("/"), receive
+    return request, receive
+
+
+def _ld_check(path, v, g, service, checktype, protocol, fail, put, opt) -> Tuple[str, bool, bool]:
+    """checktype and service as one of monitor_rs's checks: (kind, receive is a regex, per-real
+    request/receive apply).  What monitor_rs cannot check as ldirectord does is refused."""
+    if checktype in ("on", "off"):
+        put("check", checktype, "checktype")
+        return checktype, False, False
+    if checktype == "ping":
+        put("check", "ping", "checktype")
+        return "ping", False, False
+    if checktype == "external":
+        put("check", "external", "checktype")
+        # exec'd as one program path, with VIP VPORT RIP RPORT (check_external); ldirectord's default /bin/true
+        put("checkcommand", shlex.quote(opt("checkcommand", "/bin/true")), "checkcommand")
+        return "external", False, False
+    if checktype == "connect":
+        put("check", "tcp", "checktype")
+        return "tcp", False, False
+    # negotiate
+    if service in LD_REFUSED_SERVICES:
+        raise fail("service" if "service" in v.opts else "virtual",
+                   f"monitor_rs has no {service} check ({LD_REFUSED_SERVICES[service]}): write checktype=connect "
+                   f"for a TCP connect{' (a ping for UDP)' if protocol == 'udp' else ''}, or checktype=external "
+                   f"with a checkcommand that speaks {service}")
+    for key in ("login", "passwd", "database", "secret"):
+        if key in v.opts and service in ("ftp", "pop", "imap"):
+            raise fail(key, f"monitor_rs's {service} check reads the greeting and does not log in: remove "
+                            f"{key}, or write checktype=external with a checkcommand that logs in")
+    if service == "none":  # check_none: the server is up without any check
+        put("check", "on", "service" if "service" in v.opts else None)
+        return "on", False, False
+    request, receive = _ld_convert(service, opt("request", "/"), opt("receive"))
+    if service in ("http", "https"):
+        put("check", service, "service" if "service" in v.opts else None)
+        put("request", request, "request")
+        if receive:
+            put("receive", receive, "receive")
+        if "virtualhost" in v.opts:
+            put("host", opt("virtualhost"), "virtualhost")
+        put("httpmethod", opt("httpmethod", "GET"), "httpmethod")
+        return service, bool(receive), True
+    if service == "dns":
+        if protocol != "udp":
+            raise fail("protocol" if "protocol" in v.opts else "virtual", "monitor_rs asks DNS over UDP and "
+                       "ldirectord asks a TCP service over TCP: write checktype=connect for a TCP connect")
+        if not receive:
+            raise fail("service" if "service" in v.opts else "virtual", "receive=\"ADDRESS\" needed: ldirectord's "
+                       "dns check never passes without it, monitor_rs's wants the address the answer holds")
+        if not _is_ip(receive):
+            raise fail("receive", "monitor_rs's dns check wants one address the answer holds, not a regular "
+                                  "expression: write receive=\"192.0.2.1\"")
+        put("check", "dns", "service" if "service" in v.opts else None)
+        put("request", request, "request")
+        put("receive", receive, "receive")
+        return "dns", False, True
+    if service == "ftp" and "receive" in v.opts:
+        raise fail("receive", "monitor_rs does not fetch files over FTP (ldirectord gets `request` and matches "
+                              "receive on it): remove request and receive to check the greeting, or write "
+                              "checktype=external")
+    put("check", "tcp", "service" if "service" in v.opts else None)
+    if service == "simpletcp":
+        if request:
+            put("request", request, "request")
+        if receive:
+            put("receive", receive, "receive")
+        return "tcp", bool(receive), True
+    put("receive", LD_BANNERS[service], "service" if "service" in v.opts else None)
+    return "tcp", True, False
 
 
 ###############################################################################
@@ -1172,7 +2263,8 @@ INTERIM_CAP = 10  # interim answers (100 Continue, 103 Early Hints, ...) skipped
 
 @dataclass(frozen=True)
 class ProbeTarget:
-    """What to probe; equal targets of two virtual services are probed once."""
+    """What to probe; equal targets of two virtual services are probed once (targets that differ
+    only by their deadline are not equal: each is probed under its own)."""
 
     check: str
     ip: IPAddress
@@ -1186,10 +2278,26 @@ class ProbeTarget:
     command: Tuple[str, ...] = ()  # check = external: the program and all its words, VIP VPORT RIP RPORT last
     dynamic_weight: bool = False
     service: str = ""  # check = external: the virtual service's name, in the command's environment
+    method: str = "GET"  # check = http|https: GET, or HEAD (no body read: receive never applies)
+    receive_regex: bool = False  # receive is a regular expression (ldirectord.cf's), searched: receive_pattern
+    timeout: Optional[float] = None  # this target's deadline in seconds (its service's); None: the pass's
 
     @classmethod
-    def of(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-        return TARGETS[CheckKind(vs.check)](cls, vs, ip, vs.checkport or port)
+    def of(cls, vs: VirtualService, rs: Union[RealServer, IPAddress], port: Optional[int] = None,
+           timeout: Optional[float] = None) -> "ProbeTarget":
+        """How `rs` is probed for `vs`: with rs's own request and receive when it has them
+        (ldirectord's ``real=IP:PORT gate 1 "request" "receive"``), else the service's; under
+        the service's timeout, else `timeout` (the config's; None: the pass's).  The older form
+        ``of(vs, ip, port)`` probes with the service's request and receive."""
+        if isinstance(rs, RealServer):
+            ip, port, request, receive = rs.ip, rs.port, rs.request, rs.receive
+        else:
+            ip, request, receive = rs, None, None
+        target = TARGETS[CheckKind(vs.check)](cls, vs, ip, vs.checkport or port,
+                                              vs.request if request is None else request,
+                                              vs.receive if receive is None else receive)
+        deadline = vs.timeout if vs.timeout is not None else timeout
+        return target if deadline is None else dataclasses.replace(target, timeout=deadline)
 
     @functools.cached_property  # frozen: computed once per config, not per probe per pass
     def socket_address(self) -> Tuple[int, Tuple[str, int]]:
@@ -1198,8 +2306,22 @@ class ProbeTarget:
     @functools.cached_property
     def http_request(self) -> bytes:
         host = self.host or (f"[{self.ip}]" if self.ip.version == 6 else str(self.ip))
-        return (f"GET {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: monitor_rs/{__version__}\r\n"
-                f"Accept: */*\r\nConnection: close\r\n\r\n").encode("latin-1")
+        return (f"{self.method} {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\n"
+                f"User-Agent: monitor_rs/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                ).encode("latin-1")
+
+    @functools.cached_property
+    def receive_pattern(self) -> "re.Pattern[bytes]":
+        r"""receive_regex: `receive` compiled once per target (a config's targets live until the next
+        reload), over bytes as ldirectord's Perl matches them (its config is read as bytes, the
+        pattern's UTF-8 is matched byte by byte).  Python's `re`, not Perl's: the same for the
+        usual patterns (``.`` stops at a line break, ``$`` also matches before a final one, ``\d``
+        is ASCII here); Perl's ``\z`` is Python's ``\Z`` (Perl's ``\Z`` is ``$``); ``[[:alpha:]]``
+        (POSIX classes) and ``x{,3}`` mean something else here; ``\K``, ``\Q..\E``, ``\h``,
+        ``\p{..}``, ``(?<name>..)`` and recursion do not compile, nor before Python 3.11 atomic groups
+        and possessive quantifiers (re.error: the config reader refuses what does not compile; a
+        probe that meets one is the monitor's fault, MonitorFault: the pass changes nothing)."""
+        return re.compile(self.receive.encode("utf-8"))
 
     def url(self) -> str:
         """What --check-config says is probed."""
@@ -1211,29 +2333,47 @@ class ProbeTarget:
             return f"dns://{Endpoint(self.ip, self.port)}/{self.request}"
         if self.check == "ping":  # an address, no port
             return f"ping://[{self.ip}]" if self.ip.version == 6 else f"ping://{self.ip}"
-        return f"{self.check}://{Endpoint(self.ip, self.port)}{self.request}"
+        if self.check in FIXED_VERDICTS:
+            return f"none: {self.check} ({'always up' if FIXED_VERDICTS[self.check][0] else 'always down'})"
+        method = f"{self.method} " if self.method != "GET" else ""
+        url = f"{method}{self.check}://{Endpoint(self.ip, self.port)}{self.request or '/'}"
+        return url + _receive_shown(self, "receive")
 
 
-def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-    return cls(vs.check, ip, port, vs.request, vs.host, vs.expect, vs.receive)
+def _receive_shown(t: "ProbeTarget", plain: str) -> str:
+    """`` expect 'text'`` (`plain` names plain text to find in the answer: http's expect is its
+    status) or `` match 're'`` (a regular expression), or ""."""
+    if not t.receive:
+        return ""
+    return f" {'match' if t.receive_regex else plain} {t.receive!r}"
 
 
-def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    """`request` as sent: a server's own (ldirectord.cf's real=...) is encoded as the service's is
+    at load (encode_request does nothing more to a path it already encoded), "/" first."""
+    request = encode_request(request)
+    return cls(vs.check, ip, port, request if request.startswith("/") else "/" + request, vs.host, vs.expect,
+               receive, method=vs.httpmethod, receive_regex=vs.receive_regex and bool(receive))
+
+
+def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
     """The request as its bytes (one latin-1 character each), the receive text as written."""
-    return cls(vs.check, ip, port, decode_request(vs.request).decode("latin-1"), receive=vs.receive)
+    return cls(vs.check, ip, port, decode_request(request).decode("latin-1"), receive=receive,
+               receive_regex=vs.receive_regex and bool(receive))
 
 
 def _tcp_url(t: "ProbeTarget") -> str:
-    """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` as they apply."""
+    """``tcp://RIP:PORT``, then ``send 'QUIT\\r\\n'`` and ``expect '221'`` (``match '^221 '``) as they apply."""
     sent = f" send '{escape_request(t.request)}'" if t.request else ""
-    return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + (f" expect {t.receive!r}" if t.receive else "")
+    return f"tcp://{Endpoint(t.ip, t.port)}{sent}" + _receive_shown(t, "expect")
 
 
-def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
-    return cls(vs.check, ip, port, vs.request, receive=vs.receive)  # request: "NAME A" or "NAME AAAA"
+def _dns_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    return cls(vs.check, ip, port, request, receive=receive)  # request: "NAME A" or "NAME AAAA"
 
 
-def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str
+                     ) -> "ProbeTarget":
     """The command gets VIP VPORT RIP RPORT after its own words, in ldirectord's order.  A
     firewall-mark service has no VIP: its mark stands there and VPORT is 0, as ldirectord
     passes them.  RPORT is the port checked: checkport when set (ldirectord passes the real
@@ -1243,14 +2383,20 @@ def _external_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "Prob
                dynamic_weight=vs.dynamic_weight, service=vs.name)
 
 
-def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int) -> "ProbeTarget":
+def _ping_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
     return cls(vs.check, ip, 0, "")  # the address only: one echo per address, whatever its services and ports
 
 
+def _fixed_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
+    return cls(vs.check, ip, port)  # check = on|off: nothing is sent, nothing read
+
+
 # What each check kind needs to know of its server: only what it uses, so that
-# equal targets of two virtual services are probed once.
+# equal targets of two virtual services are probed once.  Each gets the server's
+# request and receive: its own (ldirectord.cf's real=...) or its service's.
 TARGETS = {CheckKind.HTTP: _http_target, CheckKind.HTTPS: _http_target, CheckKind.TCP: _tcp_target,
-           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target}
+           CheckKind.DNS: _dns_target, CheckKind.EXTERNAL: _external_target, CheckKind.PING: _ping_target,
+           CheckKind.ON: _fixed_target, CheckKind.OFF: _fixed_target}
 
 
 @dataclass(frozen=True)
@@ -1357,7 +2503,7 @@ class Check:
 
     KIND = ""
     LIMIT = 0  # how many of this kind may be in flight at once (0: no limit but the wave's)
-    __slots__ = ("target", "wave", "stage", "verdict", "began", "latency")
+    __slots__ = ("target", "wave", "stage", "verdict", "began", "latency", "timeout")
 
     def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
         self.target, self.wave = target, wave
@@ -1365,6 +2511,8 @@ class Check:
         self.verdict: Optional[Tuple[bool, str]] = None
         self.began = 0.0  # on the wave's watch clock
         self.latency = 0.0
+        # its deadline, in watched seconds from `began`: its target's (its service's), else the wave's
+        self.timeout = target.timeout if target.timeout is not None else (wave.timeout if wave else 0.0)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -1390,9 +2538,11 @@ def checker(cls: type) -> type:
 
 class Wave:
     """Probes started together: one epoll over their descriptors, one watch
-    clock, and ONE deadline per probe (`timeout` of watched time from its
-    start), without a timer each.  At a deadline, GRACE_STEPS event turns read
-    what already arrived before anyone is blamed."""
+    clock, and ONE deadline per probe (its target's timeout, else the wave's
+    `timeout`, of watched time from its start), without a timer each: the
+    probes in flight are kept in one lane per timeout, each lane in start order,
+    so the first of each lane is the next of it to time out.  At a deadline,
+    GRACE_STEPS event turns read what already arrived before anyone is blamed."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -1431,14 +2581,19 @@ class Wave:
         started = time.monotonic()
         checks = [CHECKERS[t.check](t, self) for t in targets]
         waiting = collections.deque(checks)
-        running: Dict[Check, None] = {}  # in start order: the first is the first to time out
+        running: Dict[Check, None] = {}
+        lanes: Dict[float, Dict[Check, None]] = {}  # by timeout, each in start order: its first times out first
         in_flight: Dict[type, int] = collections.Counter()
-        clock, timeout = self.clock, self.timeout
+        clock = self.clock
 
         def finish(check: Check, latency: Optional[float] = None) -> None:
             check.latency = time.monotonic() - started if latency is None else latency
             check.close()
-            running.pop(check, None)
+            if running.pop(check, 0) is None:
+                lane = lanes[check.timeout]
+                del lane[check]
+                if not lane:
+                    del lanes[check.timeout]
             in_flight[type(check)] -= 1
 
         def settle() -> None:
@@ -1459,6 +2614,7 @@ class Wave:
                 in_flight[kind] += 1
                 check.began = now
                 running[check] = None
+                lanes.setdefault(check.timeout, {})[check] = None
                 self._call(check, check.start)
                 if check.verdict is not None:
                     finish(check)
@@ -1471,13 +2627,14 @@ class Wave:
             while running:
                 if stop():
                     return None
-                left = next(iter(running)).began + timeout - clock.watched
+                left = min(next(iter(lane)).began + timeout for timeout, lane in lanes.items()) - clock.watched
                 if left <= 0:
                     if not grace:  # answers that arrived were read: the rest is late
-                        for check in list(running):
-                            if check.began + timeout - clock.watched > 0:
-                                break
-                            finish(check, timeout)
+                        for timeout, lane in list(lanes.items()):
+                            for check in list(lane):
+                                if check.began + timeout - clock.watched > 0:
+                                    break
+                                finish(check, timeout)
                         grace = GRACE_STEPS
                         launch()
                         continue
@@ -1497,7 +2654,7 @@ class Wave:
             self.clock.close()
             self.poller.close()
         return [ProbeResult(c.verdict[0], c.verdict[1], c.latency, *c.verdict[2:])  # (ok, reason[, weight])
-                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", timeout) for c in checks]
+                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", c.timeout) for c in checks]
 
 
 ###############################################################################
@@ -1606,15 +2763,25 @@ class TcpCheck(_StreamCheck):
     closes, BODY_CAP bytes came without it, or the deadline.  A request without receive is healthy
     on any answer, as simpletcp is (a server that takes it and says nothing fails: `closed without
     answering` or a timeout); to check only that the port takes connections, set neither.  The
-    write side is not shut after the request (some servers drop their answer on a half-close)."""
+    write side is not shut after the request (some servers drop their answer on a half-close).
+
+    With receive_regex, `receive` is searched in each line of the answer as it comes whole (and
+    in what ends it without a line break), as simpletcp matches line by line: ``^`` is a
+    line's start, ``$`` its end (before its line break)."""
 
     KIND = "tcp"
-    __slots__ = ("want", "searched")
+    __slots__ = ("want", "searched", "scanned")
 
     def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
         super().__init__(target, wave)
         self.want = target.receive.encode("utf-8")
         self.searched = 0  # what was read up to here holds no `receive` (it may straddle the edge)
+        self.scanned = 0  # receive_regex: the line from `searched` has no line break up to here
+
+    def start(self) -> None:
+        if self.target.receive_regex:  # compiled here, once per target: one that does not is our fault
+            self.target.receive_pattern
+        super().start()
 
     def connected_verdict(self) -> Optional[Tuple[bool, str]]:
         if self.target.request or self.want:
@@ -1630,6 +2797,8 @@ class TcpCheck(_StreamCheck):
             if buf:
                 return True, "answered"
             return (False, "closed without answering") if eof else None
+        if self.target.receive_regex:
+            return self._match(eof)
         if buf.find(want, max(0, self.searched - len(want) + 1), BODY_CAP) >= 0:
             return True, f"received {_shown(self.target.receive)}"
         self.searched = len(buf)
@@ -1638,6 +2807,31 @@ class TcpCheck(_StreamCheck):
         if eof:
             return False, f"closed before {_shown(self.target.receive)}" if buf else "closed without answering"
         return None
+
+    def _match(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        """receive_regex: search each whole line not searched yet (`searched`: where the next starts;
+        `scanned`: how far it is known to have no line break, so a line dribbled a byte at a time is
+        not scanned again and again); at the end of the answer (closed, or BODY_CAP read) what is
+        left too."""
+        buf, pattern, at = self.buf, self.target.receive_pattern, self.searched
+        limit = min(len(buf), BODY_CAP)
+        done = eof or len(buf) >= BODY_CAP
+        while at < limit:
+            end = buf.find(b"\n", max(at, self.scanned), limit)
+            if end < 0 and not done:
+                self.scanned = limit
+                break
+            end = limit if end < 0 else end + 1
+            if pattern.search(bytes(buf[at:end])):  # the line alone: ^ at its start, no look behind it
+                return True, f"matched {_shown(self.target.receive)}"
+            at = end
+        self.searched = at
+        if not done:
+            return None
+        if not buf:
+            return False, "closed without answering"
+        return False, "receive regex not matched" if len(buf) >= BODY_CAP else \
+            f"closed without a match of {_shown(self.target.receive)}"
 
 
 def _shown(text: str, limit: int = 40) -> str:
@@ -1648,7 +2842,13 @@ def _shown(text: str, limit: int = 40) -> str:
 @checker
 class HttpCheck(_StreamCheck):
     """check = http: GET `request`; healthy on a status in `expect` and, if set,
-    `receive` in the body (ldirectord's negotiate http, keepalived's HTTP_GET)."""
+    `receive` in the body (ldirectord's negotiate http, keepalived's HTTP_GET).
+
+    httpmethod = HEAD: a HEAD request, judged on its status alone: its answer has no body,
+    none is read and `receive` never applies (the config refuses receive with HEAD).
+    receive_regex: `receive` is searched (a regular expression) in the whole body once it
+    has come (its end, or BODY_CAP of it), as ldirectord matches LWP's content: a pattern
+    such as ``ok$`` must not match the body's first half."""
 
     KIND = "http"
     FIRST_READ = "status line"
@@ -1660,6 +2860,11 @@ class HttpCheck(_StreamCheck):
         self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
         self.chunk_left = 0  # bytes of the current chunk not read yet
         self.body: Optional[bytearray] = None  # a chunked body, decoded
+
+    def start(self) -> None:
+        if self.target.receive_regex:  # compiled here, once per target: one that does not is our fault
+            self.target.receive_pattern
+        super().start()
 
     def request_bytes(self) -> bytes:
         return self.target.http_request
@@ -1703,7 +2908,7 @@ class HttpCheck(_StreamCheck):
                     continue
                 if not _status_ok(self.code, t.expect):
                     return False, f"HTTP {self.code}"
-                if not t.receive:
+                if not t.receive or t.method == "HEAD":  # an answer to HEAD has no body
                     return True, f"HTTP {self.code}"
                 self.stage = "body"
                 if self.coding:  # Transfer-Encoding overrides Content-Length
@@ -1720,6 +2925,8 @@ class HttpCheck(_StreamCheck):
                     self.length = int(value)
                 elif name == b"transfer-encoding":  # the last coding says how the body ends
                     self.coding = "size" if value.rpartition(b",")[2].strip().lower() == b"chunked" else "close"
+        if t.receive_regex:
+            return self._match(eof)
         receive = t.receive.encode("utf-8")
         if self.body is None:
             limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
@@ -1734,6 +2941,19 @@ class HttpCheck(_StreamCheck):
         if ended or len(self.body) >= BODY_CAP or eof:
             return False, "receive text not found"
         return None
+
+    def _match(self, eof: bool) -> Optional[Tuple[bool, str]]:
+        """receive_regex: the body searched once, whole (up to BODY_CAP)."""
+        if self.body is None:
+            limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
+            if len(self.buf) < limit and not eof:
+                return None
+            found = self.target.receive_pattern.search(self.buf, 0, limit)  # endpos: as if the body ended there
+        else:
+            if not (self._dechunk() or len(self.body) >= BODY_CAP or eof):
+                return None
+            found = self.target.receive_pattern.search(self.body)
+        return (True, f"HTTP {self.code}") if found else (False, "receive regex not matched")
 
     def _line(self) -> Optional[bytes]:
         """The next whole line of what was read (None until it has come), at most LINE_CAP long."""
@@ -2468,6 +3688,40 @@ class PingCheck(Check):
             self.icmp = None
 
 
+FIXED_VERDICTS = {CheckKind.ON.value: (True, "check = on: always up, not checked"),
+                  CheckKind.OFF.value: (False, "check = off: always down, not checked")}
+
+
+class _FixedCheck(Check):
+    """No check: a verdict at once, fixed by the kind; nothing sent, no socket (ldirectord's
+    checktype=on / off: the server is held in / out whatever it does)."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        self.stage = "none"
+        self.verdict = FIXED_VERDICTS[self.KIND]
+
+    def ready(self, fd: int, events: int) -> None:
+        """Never called: it watches no descriptor."""
+
+
+@checker
+class OnCheck(_FixedCheck):
+    """check = on: always up (ldirectord's checktype=on)."""
+
+    KIND = CheckKind.ON.value
+    __slots__ = ()
+
+
+@checker
+class OffCheck(_FixedCheck):
+    """check = off: always down (ldirectord's checktype=off)."""
+
+    KIND = CheckKind.OFF.value
+    __slots__ = ()
+
+
 def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
     """Probes started together: see Wave.  None when `stop()` turned true meanwhile."""
     return Wave(timeout).run(targets, stop)
@@ -3182,7 +4436,7 @@ class Monitor:
     def _plan(self, config: Config) -> None:
         """What to probe, worked out once per config rather than every pass."""
         self.config = config
-        self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs.ip, rs.port)
+        self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
 
@@ -3736,33 +4990,127 @@ def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
 def _check_settings(vs: VirtualService) -> str:
     """The settings of the service's own kind of check, as --check-config shows them (none of another kind's)."""
     kind = CheckKind(vs.check)
+    regex = "receive_regex=yes " if vs.receive_regex else ""
     if kind in (CheckKind.HTTP, CheckKind.HTTPS):
         expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
-        return f"request={vs.request} expect={expect} receive={vs.receive!r} host={vs.host or '-'} "
+        return (f"request={vs.request} expect={expect} receive={vs.receive!r} {regex}host={vs.host or '-'} "
+                f"httpmethod={vs.httpmethod} ")
     if kind in (CheckKind.TCP, CheckKind.DNS):
-        return f"request={vs.request or '-'} receive={vs.receive!r} "
+        return f"request={vs.request or '-'} receive={vs.receive!r} {regex}"
     if kind == CheckKind.EXTERNAL:
         return f"checkcommand={shlex.join(vs.checkcommand)} dynamic_weight={'yes' if vs.dynamic_weight else 'no'} "
     return ""
 
 
+def _ini_number(value: float) -> str:
+    """A number as monitorRS.conf reads it back exactly: 3, not 3.0; 0.25 as it is."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _ini_line(key: str, value: str) -> str:
+    """``key = value``, refused when monitorRS.conf could not read the value back as it is."""
+    if value != value.strip() or "\n" in value or "\r" in value or re.search(r"(^|\s)[#;]", value):
+        raise ConfigError(f"{key} = {value!r} cannot be written in monitorRS.conf as it is (spaces at its ends, "
+                          "a line break, or a # or ; after a space would be read otherwise)")
+    return f"{key} = {value}\n"
+
+
+def _ini_service(vs: VirtualService) -> str:
+    """One [virtual NAME] section, every setting written out."""
+    out = [f"[virtual {vs.name}]\n", _ini_line("protocol", vs.protocol)]
+    if vs.protocol == "fwm":
+        out += [_ini_line("fwmark", str(vs.fwmark)), _ini_line("rport", str(vs.servers[0].port))]
+    else:
+        out += [_ini_line("vip", str(vs.vip)), _ini_line("vport", str(vs.vport))]
+    out += [_ini_line("rs", " ".join(rs.name for rs in vs.servers)),
+            _ini_line("rw", " ".join(str(rs.weight) for rs in vs.servers)),
+            _ini_line("type", {"-g": "g", "-m": "m", "-i": "i"}[vs.forward]),
+            _ini_line("check", vs.check)]
+    kind = CheckKind(vs.check)
+    keys: List[Tuple[str, str]] = []
+    if kind in (CheckKind.HTTP, CheckKind.HTTPS):
+        expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
+        keys += [("request", vs.request), ("expect", expect), ("receive", vs.receive), ("host", vs.host),
+                 ("httpmethod", vs.httpmethod)]
+    elif kind in (CheckKind.TCP, CheckKind.DNS):
+        keys += [("request", vs.request), ("receive", vs.receive)]
+    elif kind == CheckKind.EXTERNAL:
+        keys += [("checkcommand", shlex.join(vs.checkcommand)), ("dynamic_weight", "yes" if vs.dynamic_weight else "")]
+    keys += [
+        ("receive_regex", "yes" if vs.receive_regex else ""),
+        ("checkport", str(vs.checkport or "")),
+        ("fall", str(vs.fall)), ("rise", str(vs.rise)), ("quiescent", "yes" if vs.quiescent else "no"),
+        ("fallback", str(vs.fallback or "")),
+        ("depool_threshold", _ini_number(vs.depool_threshold) if vs.depool_threshold else ""),
+        ("on_change", shlex.join(vs.on_change)),
+        ("timeout", "" if vs.timeout is None else _ini_number(vs.timeout)),
+        ("interval", "" if vs.interval is None else _ini_number(vs.interval)),
+        ("scheduler", vs.scheduler),
+        ("persistent", "" if vs.persistent is None else str(vs.persistent)),
+        ("netmask", vs.netmask), ("ops", "yes" if vs.ops else ""),
+        ("fallbackcommand", shlex.join(vs.fallbackcommand)),
+        ("emailalert", ", ".join(vs.emailalert)),
+        ("emailalertfreq", _ini_number(vs.emailalertfreq) if vs.emailalertfreq else ""),
+        ("emailalertstatus", "" if vs.emailalertstatus == ("all",) else ",".join(vs.emailalertstatus)),
+    ]
+    for rs in vs.servers:
+        keys += [(f"request@{rs.name}", rs.request or ""), (f"receive@{rs.name}", rs.receive or "")]
+    out += [_ini_line(key, value) for key, value in keys if value]
+    return "".join(out)
+
+
+def render_ini(config: Config) -> str:
+    """The monitorRS.conf that loads as this same Config (its path and format aside): what
+    --check-config prints for an ldirectord.cf, to review a migration or to keep."""
+    servers = sum(len(vs.servers) for vs in config.services)
+    out = [f"# monitor_rs: {config.path}: ok, {len(config.services)} virtual service(s), {servers} real server(s)\n",
+           f"# the same settings as a monitorRS.conf (monitor_rs {__version__} --check-config)\n",
+           "[monitor]\n"]
+    keys = [("interval", _ini_number(config.interval)), ("timeout", _ini_number(config.timeout)),
+            ("log", config.log or '""'), ("ipvsadm", config.ipvsadm),
+            ("ipvsadm_timeout", _ini_number(config.ipvsadm_timeout)), ("lock", config.lock),
+            ("state_file", config.state_file), ("prometheus_file", config.prometheus_file),
+            ("syslog", config.syslog), ("autoreload", "yes" if config.autoreload else "no"),
+            ("callback", shlex.join(config.callback)), ("cleanstop", "yes" if config.cleanstop else "no"),
+            ("maintenancedir", config.maintenancedir), ("smtp", config.smtp),
+            ("emailalertfrom", config.emailalertfrom)]
+    out += [_ini_line(key, value) for key, value in keys if value]
+    for vs in config.services:
+        out += ["\n", _ini_service(vs)]
+    return "".join(out)
+
+
 def show_config(config: Config) -> None:
-    """--check-config: the settings as resolved, per virtual service (like nginx -t)."""
+    """--check-config: the settings as resolved, per virtual service (like nginx -t); for an
+    ldirectord.cf, the equivalent monitorRS.conf."""
+    if config.format == ConfigFormat.LDIRECTORD:
+        print(render_ini(config), end="")
+        return
     servers = sum(len(vs.servers) for vs in config.services)
     print(f"monitor_rs: {config.path}: ok, {len(config.services)} virtual service(s), {servers} real server(s)")
     print(f"[monitor] interval={config.interval:g} timeout={config.timeout:g} log={config.log or '-'} "
           f"ipvsadm={config.ipvsadm} ipvsadm_timeout={config.ipvsadm_timeout:g} lock={config.lock} "
-          f"state_file={config.state_file} prometheus_file={config.prometheus_file or '-'}")
+          f"state_file={config.state_file} prometheus_file={config.prometheus_file or '-'} "
+          f"syslog={config.syslog or '-'} autoreload={'yes' if config.autoreload else 'no'} "
+          f"callback={shlex.join(config.callback) if config.callback else '-'} "
+          f"cleanstop={'yes' if config.cleanstop else 'no'} maintenancedir={config.maintenancedir or '-'} "
+          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'}")
     forwards = {"-g": "g", "-m": "m", "-i": "i"}
     for vs in config.services:
         print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
               f"{_check_settings(vs)}checkport={vs.checkport or '-'} "
               f"fall={vs.fall} rise={vs.rise} quiescent={'yes' if vs.quiescent else 'no'} "
               f"fallback={vs.fallback or '-'} depool_threshold={vs.depool_threshold:g} "
-              f"on_change={shlex.join(vs.on_change) if vs.on_change else '-'}")
+              f"on_change={shlex.join(vs.on_change) if vs.on_change else '-'} "
+              f"timeout={'-' if vs.timeout is None else f'{vs.timeout:g}'} "
+              f"interval={'-' if vs.interval is None else f'{vs.interval:g}'} scheduler={vs.scheduler or '-'} "
+              f"persistent={vs.persistent or '-'} netmask={vs.netmask or '-'} ops={'yes' if vs.ops else 'no'} "
+              f"fallbackcommand={shlex.join(vs.fallbackcommand) if vs.fallbackcommand else '-'} "
+              f"emailalert={','.join(vs.emailalert) or '-'} emailalertfreq={vs.emailalertfreq:g} "
+              f"emailalertstatus={','.join(vs.emailalertstatus)}")
         for rs in vs.servers:
             print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, "
-                  f"probe {ProbeTarget.of(vs, rs.ip, rs.port).url()}")
+                  f"probe {ProbeTarget.of(vs, rs).url()}")
 
 
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:

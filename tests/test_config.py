@@ -99,7 +99,7 @@ BAD = [
     ("timeout = 0.5", "timeout = nan", "[monitor] timeout = 'nan'"),
     ("interval = 2", "intervall = 2", "[monitor] intervall = '2': unknown key"),
     ("type = m", "type = m\nweight = 3", "[virtual web] weight = '3': unknown key"),
-    ("type = m", "type = m\ninterval = 3", "[virtual web] interval = '3': unknown key"),
+    ("type = m", "type = m\nlock = /tmp/x.lock", "[virtual web] lock = '/tmp/x.lock': unknown key here: it belongs in [monitor]"),
     ("type = m", "type = m\nexpect = 200-99x", "[virtual web] expect = '200-99x': bad status or range"),
     ("type = m", "type = m\nquiescent = maybe", "[virtual web] quiescent = 'maybe': must be yes or no"),
     ("type = m", "type = m\ndepool_threshold = 1.5", "depool_threshold = '1.5': must be between 0 and 1"),

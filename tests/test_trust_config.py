@@ -212,7 +212,7 @@ def test_a_mistyped_section_is_named_with_a_suggestion(tmp_path, section, messag
     ("monitor", "intervall", "unknown key (did you mean interval?)"),
     ("monitor", "reqest", "unknown key (did you mean request?)"),
     ("virtual", "chekport", "unknown key (did you mean checkport?)"),
-    ("virtual", "interval", "unknown key here: it belongs in [monitor]"),
+    ("virtual", "ipvsadm_timeout", "unknown key here: it belongs in [monitor]"),
     ("virtual", "weight", "unknown key"),
 ])
 def test_an_unknown_key_gets_the_closest_known_one(tmp_path, where, key, message):
