@@ -684,8 +684,9 @@ def _service_extras(sec: _Section, protocol: str, family: int, check: CheckKind,
             raise sec.fail("netmask", "an IPv6 service takes a prefix length, 1 to 128")
         if family == 4:
             try:
-                ipaddress.IPv4Network(f"0.0.0.0/{netmask}")
-                if not re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", netmask):
+                # a netmask, not a hostmask (0.0.0.255): ipvsadm would take that one literally
+                if not (re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", netmask) and ipaddress.IPv4Network(
+                        f"0.0.0.0/{netmask}").netmask == ipaddress.IPv4Address(netmask)):
                     raise ValueError(netmask)
             except ValueError:
                 raise sec.fail("netmask", "an IPv4 service takes a netmask, e.g. 255.255.255.0") from None
@@ -2055,6 +2056,97 @@ class Destination:
 Table = Dict[Endpoint, Destination]
 
 
+@dataclass(frozen=True)
+class ServiceHead:
+    """A service line of ``ipvsadm -Ln`` past its address: how IPVS schedules the service.
+    ``SCHED [(FLAGS)] [persistent N [mask M] [pe X]] [ops]`` (1.31's print_service_entry)."""
+
+    scheduler: str
+    persistent: Optional[int] = None
+    netmask: str = ""  # as listed: "" is the kernel's default (255.255.255.255, or 128 for IPv6)
+    ops: bool = False
+    flags: str = ""  # scheduler flags, as listed (sh-fallback,sh-port)
+    pe: str = ""  # persistence engine
+
+    def differences(self, wanted: "ServiceHead", family: int) -> List[str]:
+        """What differs from `wanted` (scheduler, persistence, its mask, ops), as the operator reads it."""
+        said = []
+        if self.scheduler != wanted.scheduler:
+            said.append(f"scheduler {self.scheduler} in IPVS, {wanted.scheduler} configured")
+        if self.persistent is not None and wanted.persistent is not None and self.persistent != wanted.persistent:
+            said.append(f"persistent {self.persistent} in IPVS, {wanted.persistent} configured")
+        elif self.persistent != wanted.persistent:
+            said.append(f"{_persistence(self.persistent)} in IPVS, {_persistence(wanted.persistent)} configured")
+        elif self.persistent is not None and self.netmask != wanted.netmask:
+            default = "128" if family == 6 else "255.255.255.255"
+            said.append(f"mask {self.netmask or default} in IPVS, {wanted.netmask or default} configured")
+        if self.ops != wanted.ops:
+            said.append("ops in IPVS, not configured" if self.ops else "no ops in IPVS, ops configured")
+        return said
+
+    def __str__(self) -> str:
+        persistence = f", persistent {self.persistent}" if self.persistent is not None else ""
+        mask = f", mask {self.netmask}" if self.persistent is not None and self.netmask else ""
+        return self.scheduler + persistence + mask + (", ops" if self.ops else "")
+
+
+def _persistence(seconds: Optional[int]) -> str:
+    return "not persistent" if seconds is None else f"persistent {seconds}"
+
+
+class ServiceTable(Dict[Endpoint, Destination]):
+    """A Table (the service's destinations) that also carries its service line, `head`."""
+
+    def __init__(self, head: ServiceHead):
+        super().__init__()
+        self.head = head
+
+
+def parse_head(words: Sequence[str]) -> ServiceHead:
+    """The words of a service line after its address; ValueError if not understood."""
+    if not words or not re.fullmatch(r"[a-z][a-z0-9_-]*", words[0]):
+        raise ValueError(words)
+    rest = list(words[1:])
+    head = dict(scheduler=words[0])
+    if rest and re.fullmatch(r"\([^()]*\)", rest[0]):
+        head["flags"] = rest.pop(0)[1:-1]
+    if rest[:1] == ["persistent"]:
+        if len(rest) < 2 or not re.fullmatch(r"[0-9]{1,10}", rest[1]):
+            raise ValueError(words)
+        head["persistent"] = int(rest[1])
+        del rest[:2]
+        for word in ("mask", "pe"):
+            if rest[:1] == [word]:
+                if len(rest) < 2:
+                    raise ValueError(words)
+                head["netmask" if word == "mask" else word] = rest[1]
+                del rest[:2]
+    if rest[:1] == ["ops"]:
+        head["ops"] = True
+        rest.pop(0)
+    if rest:
+        raise ValueError(words)
+    return ServiceHead(**head)
+
+
+def wanted_head(vs: VirtualService) -> ServiceHead:
+    """The service line `vs` asks for, as ipvsadm would list it."""
+    netmask = vs.netmask if vs.persistent is not None else ""
+    try:  # as ipvsadm prints it back: %i for IPv6, inet_ntoa for IPv4; the default not at all
+        netmask = str(int(netmask)) if vs.family == 6 else str(ipaddress.IPv4Address(netmask))
+    except ValueError:
+        pass  # "" (none given), or a value the config let through as written: compared as it is
+    return ServiceHead(vs.scheduler, vs.persistent, "" if netmask in ("128", "255.255.255.255") else netmask, vs.ops)
+
+
+def service_spec(vs: VirtualService) -> Tuple[str, ...]:
+    """The arguments of ``ipvsadm -A`` / ``-E`` for `vs`: the whole service (-E resets what is not given)."""
+    args = [*vs.service_args, "-s", vs.scheduler]
+    if vs.persistent is not None:
+        args += ["-p", str(vs.persistent)] + (["-M", vs.netmask] if vs.netmask else [])
+    return tuple(args + (["-o"] if vs.ops else []))
+
+
 class IpvsError(Exception):
     """ipvsadm could not give a usable answer; nothing is decided on it."""
 
@@ -2081,8 +2173,9 @@ def parse_address(text: str) -> Endpoint:
     return parse_endpoint(text, None, lowest_port=0)
 
 
-def parse_listing(text: str) -> Dict[Tuple[str, str], Table]:
-    """Parse ``ipvsadm -Ln`` (whole or one service) into {(PROT, address): table}.
+def parse_listing(text: str) -> Dict[Tuple[str, str], ServiceTable]:
+    """Parse ``ipvsadm -Ln`` (whole or one service) into {(PROT, address): table}; each
+    table (a ServiceTable) carries its service line too, in `head`.
 
     Strict on purpose: a line that is not understood raises IpvsError, so that
     a garbled or truncated listing never looks like an empty service.
@@ -2109,11 +2202,12 @@ def parse_listing(text: str) -> Dict[Tuple[str, str], Table]:
                 ep = parse_address(fields[1])
                 current[ep] = Destination(ep, fields[2], int(fields[3]), int(fields[4]), int(fields[5]))
             elif fields[0] == "FWM" and len(fields) >= 3:  # ``FWM  1 wrr`` or ``FWM  1 IPv6 wrr``
-                address = fields[1] + (" IPv6" if fields[2] == "IPv6" else "")
-                current = services.setdefault((fields[0], address), {})
+                ipv6 = fields[2] == "IPv6"
+                address = fields[1] + (" IPv6" if ipv6 else "")
+                current = services.setdefault((fields[0], address), ServiceTable(parse_head(fields[2 + ipv6:])))
             elif fields[0] in ("TCP", "UDP", "SCTP") and len(fields) >= 3:
                 address = str(parse_address(fields[1]))
-                current = services.setdefault((fields[0], address), {})
+                current = services.setdefault((fields[0], address), ServiceTable(parse_head(fields[2:])))
             else:
                 raise ValueError
         except ValueError:
@@ -2227,7 +2321,7 @@ class Ipvsadm:
                     else ", held by a process outside its process group: given up")
         return why
 
-    def read_service(self, vs: VirtualService, stop=None) -> Table:
+    def read_service(self, vs: VirtualService, stop=None) -> ServiceTable:
         """The destinations of one virtual service, as the kernel has them now."""
         result = self.run(("-Ln", *vs.service_args), stop)
         if result.returncode == STOPPED:
@@ -4471,7 +4565,15 @@ class Monitor:
 
     def _read(self, vs: VirtualService, report: PassReport, service: ServiceReport) -> Optional[Table]:
         try:
-            table = self.ipvsadm.read_service(vs, self.stop_requested)
+            try:
+                table = self.ipvsadm.read_service(vs, self.stop_requested)
+            except ServiceNotDefined:
+                if not vs.scheduler:  # not the monitor's to create: it must exist, as in the original
+                    raise
+                table = self._create(vs)
+            else:
+                if vs.scheduler:
+                    self._correct(vs, table, report)
         except IpvsStopped:
             return None
         except IpvsUnavailable as exc:
@@ -4489,6 +4591,80 @@ class Monitor:
         if self.problems.pop(vs.ipvs_key, None):
             self.output.say(f"virtual service {vs.label()} can be read again")
         return table
+
+    def _command(self, args: Sequence[str]) -> str:
+        return " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *args))
+
+    def _create(self, vs: VirtualService) -> Table:
+        """ipvsadm -A the virtual service `vs` names (it has a scheduler), then read it: it
+        starts with no real server, each is added after a good check.  A failure is an
+        IpvsError: the service stays unread this pass, a problem said once while it lasts."""
+        if self.stop_requested():
+            raise IpvsStopped("stopped")
+        command = self._command(("-A", *service_spec(vs)))
+        if self.dry_run:
+            if not self.assume_empty:  # --status: say it is missing, claim nothing
+                raise ServiceNotDefined(f"virtual service {vs.address} is not defined in IPVS (the monitor "
+                                        "creates it)")
+            self.output.say(f"would run: {command}", "add", log=False)
+            return {}
+        result = self.ipvsadm.run(("-A", *service_spec(vs)))
+        if not result.ok:
+            if result.returncode == -1 or any(s in result.stderr for s in NO_IPVS):
+                raise IpvsUnavailable(result.why())
+            raise IpvsError(f"virtual service {vs.address} is not defined in IPVS and could not be created: "
+                            f"{result.why()} ({command})", f"create failed: {result.why()}")
+        self.output.say(f"virtual service {vs.label()} created: {wanted_head(vs)}", "add")
+        return self.ipvsadm.read_service(vs, self.stop_requested)
+
+    def _correct(self, vs: VirtualService, table: Table, report: PassReport) -> None:
+        """ipvsadm -E the service when its scheduler, persistence, mask or ops differ from the
+        config's; a failure is said once while it lasts (the real servers are still managed)."""
+        head = getattr(table, "head", None)
+        said = head.differences(wanted_head(vs), vs.family) if head is not None else []
+        key = (vs.address, "", "correct")
+        if not said:
+            self.failing.pop(key, None)
+            return
+        args = ("-E", *service_spec(vs))
+        if self.dry_run:
+            self.output.say(f"would run: {self._command(args)}", "reweight", log=False)
+            return
+        result = self.ipvsadm.run(args)
+        if result.ok:
+            self.failing.pop(key, None)
+            self.output.say(f"virtual service {vs.label()}: {'; '.join(said)}: corrected", "reweight")
+            return
+        report.failed += 1
+        why = result.why()
+        if self.failing.get(key) != why:
+            self.output.say(f"virtual service {vs.label()}: {'; '.join(said)}: correction FAILED: {why} "
+                            f"({self._command(args)})", "failed")
+        self.failing[key] = why
+
+    def clean_stop(self) -> List[str]:
+        """cleanstop: remove the virtual services the monitor manages (scheduler set), with all
+        their real servers, as ldirectord's ld_stop does (its purge_virtual: ipvsadm -D).  Each
+        call has ipvsadm's timeout; after one that hangs, the rest are left (a stop must end).
+        Returns the labels of those removed."""
+        removed: List[str] = []
+        managed = [vs for vs in self.config.services if vs.scheduler]
+        for i, vs in enumerate(managed):
+            result = self.ipvsadm.run(("-D", *vs.service_args))
+            if result.ok:
+                removed.append(vs.label())
+                self.output.say(f"virtual service {vs.label()} removed from IPVS (cleanstop)", "delete")
+            elif "No such service" in result.stderr:
+                self.output.say(f"virtual service {vs.label()} was not in IPVS (cleanstop)")
+            else:
+                self.output.say(f"virtual service {vs.label()} could not be removed (cleanstop): {result.why()}",
+                                "failed")
+                if result.returncode == TIMED_OUT or result.returncode == -1:
+                    left = ", ".join(v.label() for v in managed[i + 1:])
+                    if left:
+                        self.output.say(f"cleanstop given up, left in IPVS: {left}", "failed")
+                    break
+        return removed
 
     def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:
         """Say a problem once while it lasts (and again when it changes)."""
@@ -5168,7 +5344,8 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     """Health-check the real servers of IPVS virtual services; take out the
     failing ones and put them back when they recover.
 
-    Runs until SIGTERM or SIGINT (the IPVS table is left as it is), re-reads
+    Runs until SIGTERM or SIGINT (the IPVS table is left as it is, unless
+    cleanstop removes the virtual services it manages), re-reads
     its config on SIGHUP. Exit status: 0 ok; 1 a change or a listing failed
     (--once), or not all in place (--status); 2 bad config or usage; 3 another
     monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here;
@@ -5279,7 +5456,12 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         signals.sleep(config.interval)
         run_forever(monitor, signals, load, after_pass)
     signals.ignore()
-    output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
+    if monitor.config.cleanstop and not dry_run:
+        removed = monitor.clean_stop()
+        output.say(f"monitor_rs stopped (PID {os.getpid()}); cleanstop: " + (
+            f"removed from IPVS: {', '.join(removed)}" if removed else "no virtual service removed from IPVS"))
+    else:
+        output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
     sys.exit(EXIT_OK)
 
 

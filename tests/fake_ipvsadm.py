@@ -20,12 +20,12 @@ Environment:
                       and -S), fail-add (-a only), fail-edit (-e only).
 
 State format: {"services": [{"fwmark", "af", "protocol", "addr", "port",
-"scheduler", "sched_flags", "timeout", "netmask", "dests": [{"af", "addr",
+"scheduler", "sched_flags", "timeout", "netmask", "ops", "dests": [{"af", "addr",
 "port", "forward", "weight", "activeconns", "inactconns"}]}]}.  Tests may
 edit "activeconns"/"inactconns" directly; everything else is set by commands.
 
 Not modelled: host and service names in output (listings are always
-numeric), thresholds, one-packet scheduling, persistence engines, daemons,
+numeric), thresholds, persistence engines, daemons,
 connection listings, -Z, -R, -h, -v; such options are refused with exit 2.
 """
 
@@ -74,16 +74,16 @@ LONG_OPTIONS = {
     "tcp-service": "t", "udp-service": "u", "sctp-service": "sctp-service",
     "fwmark-service": "f", "scheduler": "s", "persistent": "p", "netmask": "M",
     "real-server": "r", "gatewaying": "g", "ipip": "i", "masquerading": "m",
-    "weight": "w", "numeric": "n", "ipv6": "6", "sched-flags": "b",
+    "weight": "w", "numeric": "n", "ipv6": "6", "sched-flags": "b", "ops": "o",
 }
-SHORT_OPTIONS = set("AEDCLlaedStufspMrgimwn6b")
+SHORT_OPTIONS = set("AEDCLlaedStufspMrgimwn6bo")
 REQUIRED, OPTIONAL = "required", "optional"
 ARITY = {"t": REQUIRED, "u": REQUIRED, "sctp-service": REQUIRED, "f": REQUIRED,
          "s": REQUIRED, "M": REQUIRED, "r": REQUIRED, "w": REQUIRED, "b": REQUIRED,
          "p": OPTIONAL}
-UNSUPPORTED = set("ZRhvcxyoX") | {
+UNSUPPORTED = set("ZRhvcxyX") | {
     "zero", "restore", "help", "version", "set", "start-daemon", "stop-daemon",
-    "connection", "u-threshold", "l-threshold", "ops", "pe", "exact", "stats", "rate",
+    "connection", "u-threshold", "l-threshold", "pe", "exact", "stats", "rate",
     "thresholds", "persistent-conn", "nosort", "sort", "timeout", "daemon",
     "mcast-interface", "mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen", "syncid",
     "tun-info", "tun-type", "tun-port", "tun-nocsum", "tun-csum", "tun-remcsum"}
@@ -98,17 +98,17 @@ FORWARD_SWITCHES = {"Route": "-g", "Local": "-g", "Tunnel": "-i", "Masq": "-m"}
 # '+' compulsory, 'x' illegal, ' ' optional ('1' = exclusive among list
 # options that are not modelled, so it behaves as optional).
 CHECKED_OPTIONS = ("numeric", "service-address", "scheduler", "persistent", "netmask",
-                   "real-server", "forwarding-method", "weight", "sched-flags")
-LEGAL = {  #        -n svc -s -p -M -r fwd -w -b
-    "add-service":    "x+   xxx ",
-    "edit-service":   "x+   xxx ",
-    "delete-service": "x+xxxxxxx",
-    "flush":          "xxxxxxxxx",
-    "list":           " 1xxxxxxx",
-    "add-server":     "x+xxx+  x",
-    "delete-server":  "x+xxx+xxx",
-    "edit-server":    "x+xxx+  x",
-    "save":           " xxxxxxxx",
+                   "real-server", "forwarding-method", "weight", "sched-flags", "ops")
+LEGAL = {  #        -n svc -s -p -M -r fwd -w -b -o
+    "add-service":    "x+   xxx  ",
+    "edit-service":   "x+   xxx  ",
+    "delete-service": "x+xxxxxxxx",
+    "flush":          "xxxxxxxxxx",
+    "list":           " 1xxxxxxxx",
+    "add-server":     "x+xxx+  xx",
+    "delete-server":  "x+xxx+xxxx",
+    "edit-server":    "x+xxx+  xx",
+    "save":           " xxxxxxxxx",
 }
 
 # (prefix, flag bit, scheduler it belongs to) as in parse_sched_flags().
@@ -262,6 +262,7 @@ class Request:
         self.sched_flags = set()
         self.timeout = None  # None: not persistent
         self.netmask = ALL_ONES
+        self.ops = False  # one-packet scheduling (IP_VS_SVC_F_ONEPACKET)
         self.dest_addr = None
         self.dest_port = 0
         self.forward = "Route"
@@ -328,6 +329,9 @@ class Request:
                 raise Fail(2, "illegal weight specified")
         elif key == "n":
             self.set_option("numeric")
+        elif key == "o":
+            self.set_option("ops")
+            self.ops = True
 
     def check(self):
         """generic_opt_check() plus the checks process_options() makes."""
@@ -339,6 +343,8 @@ class Request:
         if self.command in ("add-service", "edit-service"):
             if not self.fwmark and not self.port and self.timeout is None:
                 raise Fail(2, "Zero port specified for non-persistent service")
+            if self.ops and not self.fwmark and self.protocol != "UDP":
+                raise Fail(2, "One-Packet Scheduling is only for UDP virtual services")
             self.scheduler = self.scheduler or DEFAULT_SCHEDULER
         if self.command in ("add-server", "edit-server"):
             # Only -a and -e rewrite the port: -d uses it exactly as given.
@@ -471,7 +477,7 @@ def find_dest(svc, req):
 def service_settings(req):
     """The fields -A and -E set on a service."""
     return {"scheduler": req.scheduler, "sched_flags": sorted(req.sched_flags),
-            "timeout": req.timeout, "netmask": req.netmask}
+            "timeout": req.timeout, "netmask": req.netmask, "ops": req.ops}
 
 
 def is_unicast(addr):
@@ -613,14 +619,17 @@ def render_service(svc, rule):
         mask = None if svc["netmask"] == ALL_ONES else str(ipaddress.IPv4Address(svc["netmask"]))
     else:
         mask = None if svc["netmask"] == 128 else str(svc["netmask"])
-    if rule:
-        line = f"-A {name} -s {svc['scheduler']}" + (f" -b {flags}" if flags else "")
-        persistent, mask_word = " -p", " -M"
-    else:
+    ops = svc.get("ops", False)  # state files written before ops was modelled lack it
+    if rule:  # -A NAME -s SCHED [-p N [-M M]] [-o] [-b FLAGS]
+        line = f"-A {name} -s {svc['scheduler']}"
+        if svc["timeout"] is not None:
+            line += f" -p {svc['timeout']}" + (f" -M {mask}" if mask else "")
+        line += (" -o" if ops else "") + (f" -b {flags}" if flags else "")
+    else:  # NAME SCHED [(FLAGS)] [persistent N [mask M]] [ops]
         line = f"{name} {svc['scheduler']}" + (f" ({flags})" if flags else "")
-        persistent, mask_word = " persistent", " mask"
-    if svc["timeout"] is not None:
-        line += f"{persistent} {svc['timeout']}" + (f"{mask_word} {mask}" if mask else "")
+        if svc["timeout"] is not None:
+            line += f" persistent {svc['timeout']}" + (f" mask {mask}" if mask else "")
+        line += " ops" if ops else ""
     lines = [line + "\n"]
     for dest in sorted(svc["dests"], key=dest_order):
         dname = addr_port(dest["addr"], dest["port"])

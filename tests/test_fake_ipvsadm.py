@@ -276,6 +276,38 @@ def test_add_and_delete_service(ipvsadm):
     assert ipvsadm("-Ln").stdout == VERSION + TITLES
 
 
+def test_ops_listed_after_persistence_and_saved_as_dash_o(ipvsadm):
+    """1.31 (Debian's binary): -L prints `ops` last, persistent or not; -S prints ` -o` after -p/-M."""
+    ipvsadm.ok("-A", "-u", "10.0.0.1:53", "-s", "rr", "-o")
+    ipvsadm.ok("-A", "-u", "10.0.0.1:54", "-s", "wrr", "-p", "60", "-M", "255.255.255.0", "--ops")
+    ipvsadm.ok("-A", "-f", "5", "-6", "-s", "wrr", "-p", "600", "-M", "64", "-o")
+    assert ipvsadm("-Ln").stdout == VERSION + TITLES + (
+        "UDP  10.0.0.1:53 rr ops\n"
+        "UDP  10.0.0.1:54 wrr persistent 60 mask 255.255.255.0 ops\n"
+        "FWM  5 IPv6 wrr persistent 600 mask 64 ops\n")
+    assert ipvsadm("-Sn").stdout == (
+        "-A -u 10.0.0.1:53 -s rr -o\n"
+        "-A -u 10.0.0.1:54 -s wrr -p 60 -M 255.255.255.0 -o\n"
+        "-A -f 5 -6 -s wrr -p 600 -M 64 -o\n")
+
+
+def test_edit_service_sets_everything_again(ipvsadm):
+    """-E sends a whole service: persistence and ops not given are turned off."""
+    ipvsadm.ok("-A", "-u", "10.0.0.1:53", "-s", "rr", "-p", "60", "-M", "255.255.255.0", "-o")
+    ipvsadm.ok("-E", "-u", "10.0.0.1:53", "-s", "wrr")
+    assert ipvsadm("-Ln", "-u", "10.0.0.1:53").stdout == TITLES + "UDP  10.0.0.1:53 wrr\n"
+    ipvsadm.ok("-E", "-u", "10.0.0.1:53", "-s", "wrr", "-p", "600", "-M", "255.255.0.0")
+    assert ipvsadm("-Ln", "-u", "10.0.0.1:53").stdout == (
+        TITLES + "UDP  10.0.0.1:53 wrr persistent 600 mask 255.255.0.0\n")
+
+
+def test_save_puts_sched_flags_last(ipvsadm):
+    """1.31's -S: -A NAME -s SCHED -p N -M MASK -o -b FLAGS (read from Debian's binary)."""
+    ipvsadm.ok("-A", "-f", "100", "-s", "sh", "-b", "sh-port", "-p", "60", "-M", "255.255.255.0")
+    assert ipvsadm("-Sn").stdout == "-A -f 100 -s sh -p 60 -M 255.255.255.0 -b sh-port\n"
+    assert ipvsadm("-Ln").stdout.endswith("FWM  100 sh (sh-port) persistent 60 mask 255.255.255.0\n")
+
+
 def test_clear(ipvsadm, reference_table):
     ipvsadm.state.write_text(reference_table)
     ipvsadm.ok("-C")
@@ -327,6 +359,14 @@ ERRORS = [
     (["-A", "-t", "10.0.0.2:80", "-p", "0"], "invalid timeout value `0' specified", 2),
     (["-A", "-t", "10.0.0.2:80", "-b", "sh-port"], "incompatible scheduler flag `sh-port'", 2),
     (["-A", "-t", "10.0.0.2:80", "-6"], "-6 used before -f\n", 2),
+    (["-A", "-t", "10.0.0.2:80", "-o"], "One-Packet Scheduling is only for UDP virtual services", 2),
+    (["-E", "-t", "10.0.0.1:80", "--ops"], "One-Packet Scheduling is only for UDP virtual services", 2),
+    (["-A", "-u", "10.0.0.2:53", "-o", "-o"], "multiple 'ops' options specified", 2),
+    (["-Ln", "-o"], "Illegal 'ops' option with the 'list' command", 2),
+    (["-D", "-u", "10.0.0.1:53", "-o"], "Illegal 'ops' option with the 'delete-service' command", 2),
+    (["-A", "-u", "10.0.0.2:53", "-p", "60", "-M", "255.0.255.300"],
+     "illegal virtual server persistent mask specified", 2),
+    (["-A", "-f", "7", "-6", "-p", "60", "-M", "129"], "illegal ipv6 netmask specified", 2),
     (["-Ln", "foo"], "unexpected argument foo", 2),
     (["-L", "-L"], "invalid option `-L'", 2),
     (["-L", "-q"], "-q: unknown option", 255),

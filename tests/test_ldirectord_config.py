@@ -551,6 +551,7 @@ def test_log_empty_means_no_log_file(tmp_path):
     ("", "scheduler = rr\npersistent = 0\n", "[virtual web] persistent = '0': must be between 1 and 2678400"),
     ("", "scheduler = rr\nnetmask = 255.0.0.0\n", "[virtual web] netmask = '255.0.0.0': the granularity"),
     ("", "scheduler = rr\npersistent = 9\nnetmask = 255.0.255.0\n", "[virtual web] netmask = '255.0.255.0': an IPv4"),
+    ("", "scheduler = rr\npersistent = 9\nnetmask = 0.0.0.255\n", "[virtual web] netmask = '0.0.0.255': an IPv4"),
     ("", "scheduler = rr\nops = yes\n", "[virtual web] ops = 'yes': one-packet scheduling is for UDP"),
     ("", "httpmethod = PUT\n", "[virtual web] httpmethod = 'PUT': must be one of get, head"),
     ("", "httpmethod = HEAD\nreceive = x\n", "[virtual web] httpmethod = 'HEAD': HEAD gets no body"),
