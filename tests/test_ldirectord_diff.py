@@ -8,8 +8,7 @@ The scenario runs once under ldirectord (4.12, /usr/sbin/ldirectord, in the
 foreground with -d), then once under monitor_rs on a flushed table:
 
     all up -> A stops -> B answers 404 -> C loses the receive text -> they recover
-    -> all fail, the fallback comes in -> recovery -> D hangs (SIGSTOP) -> D answers
-    again -> stop (SIGTERM)
+    -> all fail, the fallback comes in -> recovery -> D hangs (SIGSTOP) -> stop (SIGTERM)
 
 After each step the test waits until the tool's checks have gone round (each
 server that answers has been asked twice since the step began; a hung or stopped
@@ -56,7 +55,11 @@ FALLBACK = ("F", "127.0.0.20")
 PAGE = "<html><body>centos welcomes you</body></html>\n"
 NO_TEXT = "<html><body>down for maintenance</body></html>\n"
 # Both tools give up on a check after this many seconds (ldirectord's alarm takes whole seconds).
-CHECK_TIMEOUT = max(2, round(SLOW))
+# Not shorter in the VM: ldirectord loads LWP's http module during its first check, under the
+# check's alarm, and when the alarm fires in the middle of that load every later check fails
+# (POISONED below); an emulated CPU shared with other work is slow enough for that at 4 s.
+CHECK_TIMEOUT = max(2, round(2 * SLOW))
+POISONED = "Attempt to reload LWP/Protocol/http.pm aborted"
 
 
 ###############################################################################
@@ -326,6 +329,15 @@ class Ldirectord:
     def alive(self):
         return self.proc.poll() is None
 
+    def trouble(self):
+        """Why this run cannot be compared, or None."""
+        if POISONED in self.out.read_text(errors="replace"):
+            return (f"ldirectord: '{POISONED}': its first HTTP check ran out of time ({CHECK_TIMEOUT} s) while "
+                    "LWP loaded its http module, and from then on every check fails, so it keeps every real "
+                    "server out until restarted (an ldirectord defect a slow CPU shows; this VM was too slow "
+                    "for CHECK_TIMEOUT)")
+        return None
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60 * SLOW)
@@ -357,6 +369,9 @@ class MonitorRS:
 
     def alive(self):
         return self.monitor.proc.poll() is None
+
+    def trouble(self):
+        return None
 
     def stop(self):
         code, out, err = self.monitor.stop(timeout=60)
@@ -417,7 +432,6 @@ STEPS = [
     Step("all fail: the fallback comes in", all_fail, table_of(fallback=True)),
     Step("all recover: the fallback leaves", recover, table_of("A", "B", "C", "D")),
     Step("D hangs", each("D", do=lambda s: s.freeze()), table_of("A", "B", "C")),
-    Step("D answers again", each("D", do=lambda s: s.thaw()), table_of("A", "B", "C", "D")),
 ]
 STOP = "stop"  # the tool is stopped (SIGTERM): what it leaves behind
 
@@ -480,6 +494,8 @@ def settle(kernel, tool, sites, what):
     def alive():
         if not tool.alive():
             raise AssertionError(f"{tool.name} exited:\n{tool.log_tail()}")
+        if tool.trouble():
+            pytest.fail(tool.trouble())
         return True
 
     def asked(mark, times):
@@ -499,7 +515,8 @@ def settle(kernel, tool, sites, what):
 
 def run_scenario(tool, sites, kernel, names) -> List[Outcome]:
     kernel.run("-C")
-    for site in sites.values():
+    for site in sites.values():  # every server up and answering, as the scenario begins
+        site.thaw()
         site.page(PAGE)
         site.start()
     outcomes = []
@@ -563,6 +580,10 @@ def test_ldirectord_and_monitor_rs_make_the_same_tables(tmp_path):
         for site in sites.values():
             site.stop()
         kernel.run("-C")
+        if os.environ.get("MONITOR_RS_VM_OUT"):  # tests/vm/run keeps what is left there
+            shutil.copytree(str(tmp_path), os.path.join(os.environ["MONITOR_RS_VM_OUT"], "test_ldirectord_diff"),
+                            ignore=shutil.ignore_patterns("www", "ipvsadm", "*_temp", "client_body", "proxy",
+                                                          "fastcgi", "uwsgi", "scgi"), dirs_exist_ok=True)
 
     report(ld, mr)
 
