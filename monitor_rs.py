@@ -45,6 +45,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ MAX_WEIGHT = 2147483647
 MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "lock", "state_file",
                 "prometheus_file", "autoreload", "callback", "cleanstop", "maintenancedir", "syslog", "smtp",
                 "emailalertfrom"}
+MONITOR_KEYS.add("table_source")  # /proc/net/ip_vs or ipvsadm -Ln (TableSource)
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
@@ -262,6 +264,7 @@ class Config:
     maintenancedir: str = ""  # a file named IP or IP:PORT here holds that real server out
     smtp: str = ""  # the mail relay, host[:port], for emailalert ("" : localhost:25)
     emailalertfrom: str = ""  # the From of alert mails ("": root@ this host's name)
+    table_source: str = "auto"  # where a pass reads the IPVS table: auto | proc | ipvsadm (TableSource)
 
 
 class _Section:
@@ -1105,6 +1108,7 @@ def load_ini(path: str, text: str) -> Config:
         lock=top.text("lock") or default_run_path(path, "lock"),
         state_file=top.text("state_file") or default_run_path(path, "state.json"),
         prometheus_file=top.text("prometheus_file"),
+        table_source=top.choice("table_source", "auto", TABLE_SOURCES),
         **_monitor_extras(top),
     )
 
@@ -2203,7 +2207,10 @@ def parse_listing(text: str) -> Dict[Tuple[str, str], ServiceTable]:
                 current[ep] = Destination(ep, fields[2], int(fields[3]), int(fields[4]), int(fields[5]))
             elif fields[0] == "FWM" and len(fields) >= 3:  # ``FWM  1 wrr`` or ``FWM  1 IPv6 wrr``
                 ipv6 = fields[2] == "IPv6"
-                address = fields[1] + (" IPv6" if ipv6 else "")
+                mark = int(fields[1])  # ipvsadm prints it with %d: a mark from 2^31 up comes out negative
+                if not -(1 << 31) <= mark < 1 << 32 or not re.fullmatch(r"-?[0-9]+", fields[1]):
+                    raise ValueError(fields[1])
+                address = str(mark & 0xFFFFFFFF) + (" IPv6" if ipv6 else "")
                 current = services.setdefault((fields[0], address), ServiceTable(parse_head(fields[2 + ipv6:])))
             elif fields[0] in ("TCP", "UDP", "SCTP") and len(fields) >= 3:
                 address = str(parse_address(fields[1]))
@@ -2336,6 +2343,181 @@ class Ipvsadm:
         if vs.ipvs_key not in listing:
             raise IpvsError(f"ipvsadm listing has no line for virtual service {vs.address}")
         return listing[vs.ipvs_key]
+
+
+# The kernel's own listing, /proc/net/ip_vs (ip_vs_ctl.c, ip_vs_info_seq_show): the whole table in
+# one read, no process.  Addresses and ports in hexadecimal (IPv6 as 8 groups of 4 hex digits in
+# brackets), the firewall mark in hexadecimal (unsigned: ipvsadm 1.31 prints a mark over 2^31 as a
+# negative number), and its service line is ``SCHED [ops] [persistent TICKS MASK]``.  What it does
+# not print: the family of a firewall-mark service (only a destination not forwarded by Tunnel tells
+# it: a tunnel alone may cross families), ops of an IPv6 address service, the persistence timeout in
+# seconds (it is in the kernel's ticks, HZ), scheduler flags and persistence engines.  The monitor
+# keeps changing the table through ipvsadm; this only replaces ``ipvsadm -Ln`` where the system's
+# own ipvsadm would read the same kernel.
+
+PROC_IP_VS = "/proc/net/ip_vs"
+PROC_TITLES = ("Prot LocalAddress:Port Scheduler Flags",
+               "-> RemoteAddress:Port Forward Weight ActiveConn InActConn")
+PROC_FORWARDS = ("Masq", "Local", "Tunnel", "Route")  # ip_vs_fwd_name
+SYSTEM_SBIN = ("/usr/sbin", "/sbin")  # where the system's own ipvsadm lives (not SBIN_DIRS: tests move that)
+_PROC_V4 = re.compile(r"([0-9A-F]{8}):([0-9A-F]{4})")
+_PROC_V6 = re.compile(r"\[((?:[0-9a-f]{4}:){7}[0-9a-f]{4})\]:([0-9A-F]{4})")  # %pI6: never compressed
+_PROC_HEX8 = re.compile(r"[0-9A-F]{8}")
+_PROC_SCHED = re.compile(r"[a-z][a-z0-9_-]{0,15}")
+
+
+class TableSource(str, enum.Enum):
+    """Where a pass reads the IPVS table (``[monitor] table_source``)."""
+
+    AUTO = "auto"  # /proc/net/ip_vs when the configured ipvsadm is the system's own, else ipvsadm -Ln
+    PROC = "proc"  # /proc/net/ip_vs whatever ipvsadm is configured (falls back to ipvsadm -Ln when unreadable)
+    IPVSADM = "ipvsadm"  # ipvsadm -Ln per virtual service, as before
+
+
+TABLE_SOURCES = {source.value: source.value for source in TableSource}
+
+
+class ProcTables(Dict[Tuple[str, str], Table]):
+    """{(PROT, address): table}, as parse_listing gives it, read from /proc/net/ip_vs; and:
+    `unsure`: marks (decimal) of firewall-mark services whose family the file does not show
+    (no destination but tunnels): read those with ``ipvsadm -Ln -f N [-6]``;
+    `heads`: each service line after its address as ``ipvsadm -Ln`` words it (scheduler, ``ops``),
+    for the services whose line the file shows whole: not persistent ones (their timeout is in
+    the kernel's ticks), nor IPv6 address services (ops not printed); flags and ``pe`` never."""
+
+    def __init__(self):
+        super().__init__()
+        self.unsure: set = set()
+        self.heads: Dict[Tuple[str, str], Tuple[str, ...]] = {}
+
+
+@functools.lru_cache(maxsize=65536)  # the same destinations come back every pass
+def _proc_endpoint(text: str) -> Endpoint:
+    match = _PROC_V4.fullmatch(text)
+    if match:
+        return Endpoint(ipaddress.IPv4Address(int(match.group(1), 16)), int(match.group(2), 16))
+    match = _PROC_V6.fullmatch(text)
+    if not match:
+        raise ValueError(text)
+    return Endpoint(ipaddress.IPv6Address(match.group(1)), int(match.group(2), 16))
+
+
+def _proc_head(words: Sequence[str]) -> Optional[Tuple[str, ...]]:
+    """The words after a service's address, checked: as ipvsadm -Ln words them (scheduler, ops),
+    or None for a persistent service (the file gives its timeout in the kernel's ticks, HZ unknown)."""
+    if not words or not _PROC_SCHED.fullmatch(words[0]):
+        raise ValueError(words)
+    rest = list(words[1:])
+    ops = rest[:1] == ["ops"]
+    if ops:
+        rest.pop(0)
+    if rest[:1] == ["persistent"]:
+        if len(rest) != 3 or not rest[1].isdigit() or not _PROC_HEX8.fullmatch(rest[2]):
+            raise ValueError(words)
+        return None
+    if rest:
+        raise ValueError(words)
+    return (words[0], "ops") if ops else (words[0],)
+
+
+def _proc_fwm(tables: ProcTables, entries: list) -> None:
+    """Key the firewall-mark services by mark and family: a destination forwarded otherwise than
+    by Tunnel has the service's family (the kernel refuses any other); one of a pair of the same
+    mark then gives the other's; with neither, the mark is `unsure`."""
+    by_mark: Dict[int, list] = {}
+    for mark, head, table in entries:
+        families = {ep.ip.version for ep, d in table.items() if d.forward != "Tunnel"}
+        if len(families) > 1:
+            raise ValueError(f"FWM {mark:08X} with destinations of both families")
+        by_mark.setdefault(mark, []).append([families.pop() if families else None, head, table])
+    for mark, services in by_mark.items():
+        known = [s[0] for s in services if s[0] is not None]
+        if len(services) > 2 or len(set(known)) != len(known):
+            raise ValueError(f"FWM {mark:08X} listed {len(services)} times")
+        if len(services) == 2 and len(known) == 1:
+            for s in services:
+                s[0] = s[0] or (4 if known[0] == 6 else 6)
+        for family, head, table in services:
+            if family is None:
+                tables.unsure.add(str(mark))
+                continue
+            key = ("FWM", f"{mark} IPv6" if family == 6 else str(mark))
+            tables[key] = table
+            if head is not None:
+                tables.heads[key] = head
+
+
+def parse_proc(text: str) -> ProcTables:
+    """Parse /proc/net/ip_vs into what parse_listing gives for ``ipvsadm -Ln`` (same keys, same
+    destinations).  Strict as it is: a line not understood, a title missing, a service twice
+    raise IpvsError, so that a garbled read never looks like an empty service."""
+    tables = ProcTables()
+    lines = text.split("\n")
+    if lines[-1:] != [""] or len(lines) < 4 or not lines[0].startswith("IP Virtual Server version ") \
+            or tuple(line.strip() for line in lines[1:3]) != PROC_TITLES:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: title lines missing or cut short", f"unreadable {PROC_IP_VS}")
+    fwm: list = []
+    current: Optional[Table] = None
+    for line in lines[3:-1]:
+        fields = line.split()
+        try:
+            if fields and fields[0] == "->":
+                if current is None or len(fields) != 6 or fields[2] not in PROC_FORWARDS:
+                    raise ValueError
+                ep = _proc_endpoint(fields[1])
+                size = len(current)
+                active, inactive = int(fields[4]), int(fields[5])  # %d here, %u in ipvsadm
+                current[ep] = Destination(ep, fields[2], int(fields[3]), active % 2 ** 32, inactive % 2 ** 32)
+                if len(current) == size:  # a destination twice
+                    raise ValueError
+            elif fields[:1] == ["FWM"] and len(fields) >= 3 and _PROC_HEX8.fullmatch(fields[1]):
+                current = {}
+                fwm.append((int(fields[1], 16), _proc_head(fields[2:]), current))
+            elif fields[:1] in (["TCP"], ["UDP"], ["SCTP"]) and len(fields) >= 3:
+                ep = _proc_endpoint(fields[1])
+                key = (fields[0], str(ep))
+                if key in tables:
+                    raise ValueError
+                current = tables[key] = {}
+                head = _proc_head(fields[2:])
+                if head is not None and (ep.ip.version == 4 or "ops" in head):  # IPv6: ops not printed
+                    tables.heads[key] = head
+            else:
+                raise ValueError
+        except ValueError:
+            raise IpvsError(f"unreadable {PROC_IP_VS} line {line.strip()!r}", f"unreadable {PROC_IP_VS}") from None
+    try:
+        _proc_fwm(tables, fwm)
+    except ValueError as exc:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: {exc}", f"unreadable {PROC_IP_VS}") from None
+    return tables
+
+
+def read_proc(path: str = PROC_IP_VS) -> ProcTables:
+    """The whole table in one go: the file read to its end (the kernel hands it out a page at a
+    time), then parsed.  OSError when it cannot be read, IpvsError when it is not understood."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)  # the kernel hands out a page (or one service's whole record) a read
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("ascii")
+    except UnicodeDecodeError:
+        raise IpvsError(f"unreadable {PROC_IP_VS}: not ASCII", f"unreadable {PROC_IP_VS}") from None
+    return parse_proc(text)
+
+
+def system_ipvsadm(name: str) -> bool:
+    """Whether `name` (the configured ipvsadm) is the system's own: found in /usr/sbin or /sbin,
+    so that it reads the same kernel table /proc/net/ip_vs shows (not a wrapper, not a test's fake)."""
+    path = name if os.sep in name else shutil.which(name) or shutil.which(name, path=os.pathsep.join(SYSTEM_SBIN))
+    return bool(path) and os.path.basename(path) == "ipvsadm" and os.path.dirname(os.path.abspath(path)) in SYSTEM_SBIN
 
 
 ###############################################################################
@@ -3892,6 +4074,19 @@ class Seen(str, enum.Enum):
     DOWN = "down"
     KEPT = "kept"  # down, but kept in by the depool threshold
     HAND = "hand"  # an operator set its weight by hand
+    HELD = "held"  # held out by an operator (maintenancedir; issue 15's drain)
+    RELEASED = "released"  # no longer held: back through its checks (rise)
+
+
+class Hold(NamedTuple):
+    """Why an operator holds a real server out of its pool (a decision input, like a probe result):
+    never added or restored, taken out whatever the depool threshold, until the hold goes."""
+
+    state: str  # what --status shows: "maintenance" (maintenancedir); issue 15's drain: "drained"
+    reason: str  # for the log and the status's reason, e.g. "file 10.0.0.1:80 in /etc/ha.d/maint"
+
+
+MAINTENANCE = "maintenance"  # the state of a server held out by a file in maintenancedir
 
 
 @dataclass(frozen=True)
@@ -3909,6 +4104,7 @@ class Health:
     asked: Optional[int] = None  # the weight its last good check asked for (external, dynamic_weight)
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
+    held: str = ""  # the state of the operator's hold on it (Hold.state), "" when not held
 
 
 def configured_weight(rs: "RealServer", h: Health) -> int:
@@ -3986,22 +4182,49 @@ def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiesce
 
 
 def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
-           health: Mapping[Endpoint, Health], now: float = 0.0) -> Decision:
+           health: Mapping[Endpoint, Health], now: float = 0.0,
+           held: Optional[Mapping[Endpoint, Hold]] = None) -> Decision:
     """What to change in one virtual service, from this pass's probes and table.
 
-    `results` and `health` are keyed by each real server's configured endpoint;
-    a server without a result this pass keeps its health and is not touched.
+    `results`, `health` and `held` are keyed by each real server's configured endpoint;
+    a server without a result this pass keeps its health and is not touched, but for a
+    held one (an operator's act: `held`), which goes out (weight 0 in a quiescent service,
+    else deleted) whatever its result and the depool threshold, and is down with no
+    streak once the hold goes, so that it comes back through `rise` good checks.
     """
     new: Dict[Endpoint, Health] = {}
     events: List[Event] = []
     gains: List[Action] = []
     removals: List[Tuple[RealServer, Action, Health, bool]] = []  # (..., shrinks the pool)
     serving: Dict[Endpoint, int] = {}  # weight of each server up after this pass
+    forced: set = set()  # removals of held servers: not the depool threshold's to keep
+    held = held or {}
     for rs in vs.servers:
         ep = rs.endpoint
         old = health.get(ep, Health())
         result = results.get(ep)
         stored = table.get(vs.stored_endpoint(ep))
+        hold = held.get(ep)
+        if hold is not None:
+            seen = _observe(rs, old, stored, vs.quiescent)
+            if old.held != hold.state:
+                events.append(Event(str(rs), Seen.HELD, hold.reason))
+            h = dataclasses.replace(seen, up=False, good=0, bad=0, kept=False, reason=hold.reason,
+                                    held=hold.state, since=old.since if old.up is False else now)
+            new[ep] = h
+            if stored is not None and vs.quiescent and stored.weight > 0:
+                forced.add(ep)
+                removals.append((rs, Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), hold.reason,
+                                            0, ep, dataclasses.replace(h, tried=(0,))),
+                                 dataclasses.replace(h, quiesced=True), True))
+            elif stored is not None and not vs.quiescent:
+                forced.add(ep)
+                removals.append((rs, Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), hold.reason,
+                                            None, ep, h), h, stored.weight > 0))
+            continue
+        if old.held:  # the hold is gone: down, and back only through its checks
+            events.append(Event(str(rs), Seen.RELEASED, f"{old.held} ended"))
+            old = dataclasses.replace(old, held="", up=False, good=0, bad=0)
         if result is None:
             new[ep] = old
             if old.up and stored is not None:
@@ -4058,7 +4281,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     # weight above 0) below threshold x configured servers by our own decision.
     # Who goes out first is fixed by the longest failing streak, then config
     # order: never by the order in which failures arrived.
-    removals.sort(key=lambda item: (not item[3], -item[2].bad, item[0].index))
+    removals.sort(key=lambda item: (item[0].endpoint not in forced, not item[3], -item[2].bad, item[0].index))
     spare = len(removals)
     if vs.depool_threshold > 0:
         pool = sum(1 for rs in vs.servers if table.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0)
@@ -4066,7 +4289,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         spare = max(0, math.floor(pool - vs.depool_threshold * len(vs.servers) + 1e-9))
     losses: List[Tuple[Action, bool]] = []
     for rs, action, h, shrinks in removals:
-        if not shrinks or spare > 0:
+        if not shrinks or spare > 0 or rs.endpoint in forced:
             spare -= shrinks
             losses.append((dataclasses.replace(action, unchanged=dataclasses.replace(action.unchanged, kept=False)),
                            shrinks))
@@ -4256,6 +4479,8 @@ def forget_intent(path: str) -> None:
 # A log that cannot be written is said once on stderr and monitoring goes on;
 # so is a console that cannot be written (a full disk under `> file`, a pipe
 # nobody reads, a terminal gone): the console is given up, the log goes on.
+# With `syslog` (a facility, ldirectord's logfile = local0) every log line goes
+# to the local syslog too (only there when `log` is ""), never waiting for it.
 
 
 def timestamp(when: Optional[float] = None) -> str:
@@ -4285,14 +4510,90 @@ def to_stderr(text: str) -> None:
     _to_devnull(2)
 
 
-class LogFile:
-    """Append-only log that survives rotation, deletion and a full disk."""
+SYSLOG_SOCKET = "/dev/log"
+SYSLOG_CODES = {  # syslog(3)'s facility codes by name (those of Sys::Syslog, ldirectord's logfile)
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7, "uucp": 8,
+    "cron": 9, "authpriv": 10, "ftp": 11, **{f"local{n}": 16 + n for n in range(8)}}
+SYSLOG_ERR, SYSLOG_WARNING, SYSLOG_INFO = 3, 4, 6
+SYSLOG_SEVERITY = {"failed": SYSLOG_ERR, "problem": SYSLOG_ERR, "down": SYSLOG_WARNING, "kept": SYSLOG_WARNING}
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-    def __init__(self, path: Optional[str], warn=None):
+
+class Syslog:
+    """Lines to the local syslog as glibc's syslog(3) sends them (``<PRI>Mmm dd hh:mm:ss
+    monitor_rs[PID]: line`` on the datagram socket /dev/log), but never waiting on it: syslog(3)
+    blocks while the daemon reads nothing (a journald stuck or restarting), and that would stop
+    the passes.  A syslog that is not there, or takes no more, is said once (and again when it
+    comes back) and its lines are dropped; the log file, if any, goes on."""
+
+    WAIT = 0.1  # once per jam: how long a line may wait for room before lines are dropped
+
+    def __init__(self, warn):
+        self.warn = warn
+        self.sock: Optional[socket.socket] = None
+        self.problem = ""
+        self.jammed = False
+
+    def send(self, facility: str, kind: str, message: str, when: Optional[float] = None) -> None:
+        t = time.localtime(when)
+        stamp = f"{MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        number = SYSLOG_CODES.get(facility.lower())
+        code = (number or 0) * 8 + SYSLOG_SEVERITY.get(kind, SYSLOG_INFO)
+        data = f"<{code}>{stamp} monitor_rs[{os.getpid()}]: {message}".encode("utf-8", "replace")
+        problem = "" if number is not None else f"{facility!r} is not a syslog facility"
+        for attempt in range(2 if number is not None else 0):  # a syslog restarted: the old socket refuses
+            try:
+                if self.sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                                         | socket.SOCK_CLOEXEC)
+                    try:
+                        sock.connect(SYSLOG_SOCKET)
+                    except OSError:
+                        sock.close()
+                        raise
+                    self.sock = sock
+                try:
+                    self.sock.send(data)
+                except BlockingIOError:
+                    if self.jammed or not select.select([], [self.sock], [], self.WAIT)[1]:
+                        raise
+                    self.sock.send(data)
+                problem = ""
+                break
+            except BlockingIOError:
+                self.jammed = True
+                problem = "it takes no more lines (nothing reads them)"
+                break
+            except OSError as exc:
+                self.close()
+                problem = exc.strerror or str(exc)
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOTCONN, errno.ECONNRESET):
+                    break
+        if problem and problem != self.problem:
+            self.warn(f"monitor_rs: cannot send to syslog ({SYSLOG_SOCKET}): {problem}; its lines are dropped, "
+                      "monitoring goes on")
+        elif not problem and self.problem:
+            self.warn(f"monitor_rs: syslog ({SYSLOG_SOCKET}) takes lines again")
+        self.problem = problem
+        self.jammed = self.jammed and bool(problem)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class LogFile:
+    """Append-only log that survives rotation, deletion and a full disk; with `facility`
+    set, its lines go to syslog too (LogFile(None or "") with a facility: syslog only)."""
+
+    def __init__(self, path: Optional[str], warn=None, facility: str = ""):
         self.path = path
         self.warn = warn or to_stderr
         self.fd: Optional[int] = None
         self.problem: Optional[str] = None
+        self.facility = facility  # a SYSLOG_CODES name, "" for none
+        self.syslog = Syslog(lambda text: self.warn(text))
 
     def _open(self) -> int:
         if self.fd is not None:
@@ -4307,7 +4608,10 @@ class LogFile:
         self.fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return self.fd
 
-    def write(self, message: str, when: Optional[float] = None) -> None:
+    def write(self, message: str, when: Optional[float] = None, kind: str = "info") -> None:
+        """One line; `kind` (an event's, as Output.say's) gives its syslog priority."""
+        if self.facility:
+            self.syslog.send(self.facility, kind, message, when)
         if not self.path:
             return
         line = f"{timestamp(when)}, {message}\n".encode("utf-8", "replace")
@@ -4355,7 +4659,7 @@ class Output:
     def say(self, message: str, kind: str = "info", log: bool = True) -> None:
         now = time.time()
         if log and self.to_log:
-            self.log.write(message, now)
+            self.log.write(message, now, kind)
         if not self.echo:
             return
         if self.console is not None:
@@ -4387,7 +4691,8 @@ class Output:
                 except OSError:
                     pass
             self.console.quiet = True
-        where = f" (events go on to {self.log.path})" if self.to_log and self.log.path else ""
+        targets = [self.log.path] * bool(self.log.path) + [f"syslog ({self.log.facility})"] * bool(self.log.facility)
+        where = f" (events go on to {' and '.join(targets)})" if self.to_log and targets else ""
         to_stderr(f"monitor_rs: cannot write to stdout: {exc.strerror or exc}; console output stops here, "
                   f"monitoring goes on{where}")
 
@@ -4438,44 +4743,353 @@ class PassReport:
 
 
 class Hooks:
-    """on_change commands, run without a shell and never waited for."""
+    """on_change commands (and fallbackcommand), run without a shell and never waited for."""
 
     TIMEOUT = 30.0
 
     def __init__(self, output: Output):
         self.output = output
         self.running: List[Tuple[subprocess.Popen, float, str]] = []
+        self.what: Dict[subprocess.Popen, str] = {}  # a running command that is not an on_change hook
 
     def start(self, argv: Sequence[str], vs: VirtualService, event: Event) -> None:
         env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
                    MONITOR_RS_SERVER=event.server, MONITOR_RS_STATE=event.state, MONITOR_RS_REASON=event.reason)
-        full = [*argv, vs.address, event.server, event.state, event.reason]
+        self.launch([*argv, vs.address, event.server, event.state, event.reason], env, event.server)
+
+    def launch(self, full: Sequence[str], env: Mapping[str, str], server: str,
+               what: str = "on_change") -> Optional[subprocess.Popen]:
+        """Start one command in its own session; killed (with its group) after TIMEOUT by reap."""
         try:
             proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
         except Exception as exc:  # OSError, or ValueError (a NUL byte): a hook never stops the pass
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            name = argv[0] if argv[0].isprintable() else repr(argv[0])
-            self.output.say(f"{event.server} on_change {name} could not start: {why}", "failed")
-            return
-        self.running.append((proc, time.monotonic() + self.TIMEOUT, event.server))
+            name = full[0] if full[0].isprintable() else repr(full[0])
+            self.output.say(f"{server} {what} {name} could not start: {why}", "failed")
+            return None
+        self.running.append((proc, time.monotonic() + self.TIMEOUT, server))
+        if what != "on_change":
+            self.what[proc] = what
+        return proc
 
     def reap(self) -> None:
         still = []
         for proc, deadline, server in self.running:
             code = proc.poll()
+            what = self.what.get(proc, "on_change")
             if code is None and time.monotonic() > deadline:
                 kill_group(proc)  # its own session: whatever it started goes too
                 try:
                     proc.wait(timeout=KILL_GRACE)
                 except subprocess.TimeoutExpired:
                     pass  # stuck in the kernel: subprocess reaps it later; the loop must not wait
-                self.output.say(f"{server} on_change {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
+                self.output.say(f"{server} {what} {proc.args[0]} killed after {self.TIMEOUT:g} s", "failed")
             elif code is None:
                 still.append((proc, deadline, server))
+                continue
             elif code != 0:
-                self.output.say(f"{server} on_change {proc.args[0]} exited {code}", "failed")
+                self.output.say(f"{server} {what} {proc.args[0]} exited {code}", "failed")
+            self.what.pop(proc, None)
         self.running = still
+
+
+class Phase(str, enum.Enum):
+    """The monitor's phases, in ldirectord's words: emailalertstatus names those in which mail goes out."""
+
+    STARTING = "starting"  # the first pass
+    RUNNING = "running"
+    STOPPING = "stopping"
+    RELOADING = "reloading"  # the first pass after a reload
+
+
+def relay_of(text: str) -> Tuple[str, int]:
+    """The mail relay of `smtp` (host, [v6]:port, host:port; "" is localhost:25); ValueError says why not."""
+    text = text.strip() or "localhost"
+    match = (re.fullmatch(r"\[([^\]]+)\](?::([0-9]{1,5}))?", text)
+             or re.fullmatch(r"([^:\s\[\]]+)(?::([0-9]{1,5}))?", text))
+    if not match or CONTROL.search(text):
+        raise ValueError(f"{text!r} is not a host, host:port or [IPv6]:port")
+    port = int(match.group(2) or 25)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port of {text!r} out of range 1-65535")
+    return match.group(1), port
+
+
+import queue  # noqa: E402  (kept beside the code that uses it: the mail worker)
+
+
+class Mailer:
+    """Alert mail, sent by one background thread so that a slow or dead relay never holds a pass.
+
+    The loop hands a mail over (send) and goes on; the queue is bounded (a full one drops
+    the mail, said once until there is room again); every SMTP step has a timeout.  What
+    the worker has to say (a relay that fails, once while it does; back again) waits in
+    `news` for the loop to say it: the log and the console are the loop's alone."""
+
+    QUEUE = 64
+    TIMEOUT = 10.0  # seconds, each SMTP step (connect, each answer)
+
+    def __init__(self):
+        self.queue: "queue.Queue" = queue.Queue(self.QUEUE)
+        self.news: "collections.deque[Tuple[str, str]]" = collections.deque()
+        self.thread: Optional[threading.Thread] = None
+        self.dropped = 0  # mails dropped since the queue was last found full
+        self.failing = ""  # the worker's: what the relay last did wrong, "" when it works
+
+    def send(self, relay: str, sender: str, recipients: Sequence[str], message) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._work, name="monitor_rs mail", daemon=True)
+            self.thread.start()
+        try:
+            self.queue.put_nowait((relay, sender, tuple(recipients), message))
+        except queue.Full:
+            if not self.dropped:
+                self.news.append((f"emailalert: {self.QUEUE} mails wait for the relay {relay}: this one and "
+                                  "the next are dropped until there is room, monitoring goes on", "failed"))
+            self.dropped += 1
+            return
+        if self.dropped:
+            self.news.append((f"emailalert: the mail queue has room again ({self.dropped} alert(s) dropped)",
+                              "info"))
+            self.dropped = 0
+
+    def _work(self) -> None:
+        while True:
+            relay, sender, recipients, message = self.queue.get()
+            try:
+                self._deliver(relay, sender, recipients, message)
+            except Exception as exc:  # whatever the relay or a mail does, the worker goes on
+                why = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__)
+                why = " ".join(why.split())
+                if why != self.failing:
+                    self.news.append((f"emailalert: cannot send through {relay}: {why}; alerts are dropped "
+                                      "until it takes them, monitoring goes on", "failed"))
+                self.failing = why
+            else:
+                if self.failing:
+                    self.news.append((f"emailalert: the relay {relay} takes mail again", "info"))
+                self.failing = ""
+            finally:
+                self.queue.task_done()
+
+    def _deliver(self, relay: str, sender: str, recipients: Sequence[str], message) -> None:
+        import smtplib
+        host, port = relay_of(relay)
+        # local_hostname: EHLO with this host's name, not getfqdn()'s DNS lookup
+        with smtplib.SMTP(host, port, timeout=self.TIMEOUT, local_hostname=socket.gethostname()) as smtp:
+            refused = smtp.send_message(message, from_addr=sender, to_addrs=list(recipients))
+        if refused:
+            raise smtplib.SMTPRecipientsRefused(refused)
+
+    def flush(self, grace: float) -> int:
+        """At stop: give queued mail up to `grace` seconds to go; how many are left unsent."""
+        if self.thread is None:
+            return 0
+        deadline = time.monotonic() + grace
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks and time.monotonic() < deadline:
+                self.queue.all_tasks_done.wait(max(0.0, deadline - time.monotonic()))
+            return self.queue.unfinished_tasks
+
+
+# ldirectord's subjects (_remove_service, _restore_service, ld_emailalert_resend), by what the pass did
+MAIL_SUBJECTS = {
+    "add": "Added real server: {server} ({vs}) (Weight set to {weight})",
+    "restore": "Restored real server: {server} ({vs}) (Weight set to {weight})",
+    "reweight": "Restored real server: {server} ({vs}) (Weight set to {weight})",
+    "quiesce": "Quiescent real server: {server} ({vs}) (Weight set to 0)",
+    "delete": "Deleted real server: {server} ({vs})",
+    "up": "Accessible real server: {server} ({vs})",  # up, with no change of ours to the table
+    "down": "Inaccessible real server: {server} ({vs})",  # down, with none (and every repeat)
+    "fallback-add": "Added fallback server: {server} ({vs}) (Weight set to 1)",
+    "fallback-delete": "Deleted fallback server: {server} ({vs})",
+}
+
+
+def alert_mail(vs: VirtualService, config: Config, subject: str, server: str, state: str, reason: str,
+               phase: Phase, when: float):
+    """One alert: ldirectord's headers and first lines (host, Log-Message, Daemon-Status), then
+    when, which service and server, its state and why."""
+    from email.message import EmailMessage
+    import email.policy
+    import email.utils
+    host = socket.gethostname()
+    message = EmailMessage(email.policy.SMTP.clone(max_line_length=998))  # a subject is one line, as ldirectord's
+    message["From"] = config.emailalertfrom or default_sender()
+    message["To"] = ", ".join(vs.emailalert)
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(when, localtime=True)
+    message.set_content(f"monitor_rs host: {host}\nLog-Message: {subject}\nDaemon-Status: {phase.value}\n"
+                        f"Time: {timestamp(when)}\nVirtual service: {vs.label()}\nReal server: {server}\n"
+                        f"State: {state}\nReason: {reason}\n")
+    return message
+
+
+def default_sender() -> str:
+    """ldirectord's: this user's name @ this host's name."""
+    import pwd
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def ld_virtual(vs: VirtualService) -> str:
+    """How ldirectord names a virtual service in its mail: VIP:PORT, or the firewall mark."""
+    return str(vs.fwmark) if vs.protocol == "fwm" else str(Endpoint(vs.vip, vs.vport))
+
+
+def fallback_words(vs: VirtualService, status: str) -> List[str]:
+    """ldirectord's do_fallback_command: `fallbackcommand start|stop VIP:PORT PROTOCOL`; for a
+    firewall-mark service its (unset) server and port 0 make that `:0 fwm`, kept as it is for
+    its scripts (the mark is in MONITOR_RS_SERVICE)."""
+    where = ":0" if vs.protocol == "fwm" else str(Endpoint(vs.vip, vs.vport))
+    return [*vs.fallbackcommand, status, where, vs.protocol]
+
+
+def _maintenance_keys(name: str) -> List[Tuple[str, Optional[int]]]:
+    """What a file name in maintenancedir names, as (address or host name, port or None):
+    ldirectord's ``IP``, ``IP:PORT``, ``HOST``, ``HOST:PORT`` (FQDN or short), and ``[v6]``,
+    ``[v6]:PORT``; an address in any of its spellings, a host name in any case."""
+    text, port = name.strip(), None
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or not _is_ip(inside):
+            return []  # brackets are an address's
+        if rest.startswith(":") and rest[1:].isdigit():
+            text, port = inside, int(rest[1:])
+        elif not rest:
+            text = inside
+        else:
+            return []
+    elif not _is_ip(text):
+        host, colon, digits = text.rpartition(":")
+        if colon and digits.isdigit() and ":" not in host:
+            text, port = host, int(digits)
+    if _is_ip(text):
+        return [(str(ipaddress.ip_address(text)), port)]
+    if text and "[" not in text and ":" not in text and "/" not in text:
+        return [(text.lower().rstrip("."), port)]
+    return []
+
+
+class MaintenanceDir:
+    """maintenancedir: a file named after a real server holds it out (ldirectord's
+    check_for_maintenance).  Only the folder's names are read, each pass: never a file's
+    content, never through a symlink in it.  A host name is matched as ldirectord does,
+    against the reverse DNS name of the server's address (FQDN and first label), looked up
+    in a thread (never on the loop) and only while a name in the folder is not an address."""
+
+    RESOLVE_EVERY = 300.0  # seconds a reverse name is kept before it is looked up again
+
+    def __init__(self, output: Output, resolve=None):
+        self.output = output
+        self.resolve = resolve or (lambda ip: socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0])
+        self.problem = ""  # said once while it lasts
+        self.names: Dict[Tuple[str, Optional[int]], str] = {}  # what the folder names -> the file's name
+        self.reverse: Dict[str, Tuple[float, str]] = {}  # address -> (when looked up, its name or "")
+        self.pending: set = set()
+        self.lock = threading.Lock()
+
+    def _say_once(self, problem: str) -> None:
+        if problem != self.problem:
+            self.output.say(problem, "problem")
+        self.problem = problem
+
+    def scan(self, folder: str) -> None:
+        """Read the folder's names.  Absent: nothing held (said once).  Unreadable, or (as root) one
+        others may write: the names last read stand, said once."""
+        why = unsafe_path(folder) if os.geteuid() == 0 else ""
+        if why:
+            self._say_once(f"maintenancedir {folder}: not read as root, others can change it: {why}")
+            return
+        try:
+            listed = os.listdir(folder)  # names only: nothing in it is opened, stat'ed or followed
+        except FileNotFoundError:
+            self._say_once(f"maintenancedir {folder} does not exist: no real server held out by it")
+            self.names = {}
+            return
+        except OSError as exc:
+            self._say_once(f"maintenancedir {folder}: cannot list it: {exc.strerror or exc}; "
+                           "the real servers it held stay held")
+            return
+        if self.problem:
+            self.output.say(f"maintenancedir {folder} is read again")
+            self.problem = ""
+        self.names = {key: name for name in sorted(listed) for key in _maintenance_keys(name)}
+
+    def _host_names(self, ip: str) -> List[str]:
+        """The reverse name of `ip` and its first label, as far as known now; a lookup is started
+        in the background when none is known or it is old."""
+        with self.lock:
+            when, name = self.reverse.get(ip, (None, ""))
+            if (when is None or time.monotonic() - when > self.RESOLVE_EVERY) and ip not in self.pending:
+                self.pending.add(ip)
+                threading.Thread(target=self._look_up, args=(ip,), daemon=True).start()
+        if not name:
+            return []
+        short = re.match(r"([a-z][a-z0-9-]+)\.", name)
+        return [name] + ([short.group(1)] if short else [])
+
+    def _look_up(self, ip: str) -> None:
+        try:
+            name = self.resolve(ip).lower().rstrip(".")
+        except Exception:  # no name, no resolver: not a host name match
+            name = ""
+        with self.lock:
+            self.reverse[ip] = (time.monotonic(), name)
+            self.pending.discard(ip)
+
+    def hold(self, folder: str, rs: RealServer) -> Optional[Hold]:
+        """Whether the folder, as last scanned, holds this real server out, and by which name."""
+        if not self.names:
+            return None
+        ip = str(rs.ip)
+        texts = [ip]
+        if any(not _is_ip(text) for text, _ in self.names):
+            texts += self._host_names(ip)
+        for text in texts:
+            for port in (rs.port, None):
+                name = self.names.get((text, port))
+                if name is not None:
+                    return Hold(MAINTENANCE, f"maintenance: file {name} in {folder}")
+        return None
+
+
+class ConfigWatch:
+    """autoreload and callback: the config's content, a hash of its bytes, looked at every pass
+    (not its mtime: a rewrite within the same second counts, a touch does not)."""
+
+    LIMIT = 64 << 20  # bytes read at most: no config is this big
+
+    def __init__(self, path: str):
+        self.path = path
+        self.digest = self.look()  # the content the running config was read from
+        self.refused = ""  # a new content that did not load: said once, not every pass
+
+    def look(self) -> str:
+        """The hash of the file's content now; "" when it cannot be read (being replaced, say)."""
+        try:  # non-blocking: a FIFO put in its place must not stall the loop
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            digest, left = hashlib.sha256(), self.LIMIT
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            return digest.hexdigest()
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
 
 
 MESSAGES = {
@@ -4492,18 +5106,39 @@ CHANGES = {  # the short form, for the "last change" of the status table
     "reweight": "weight set to {weight}", "hand": "{reason}: set by hand",
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
+    "held": "held out: {reason}", "released": "{reason}",
 }
 EVENT_MESSAGES = {
     "up": "{server} is up in {vs}: {reason}",
     "down": "{server} is down in {vs}: {reason}",
     "kept": "{server} is down in {vs} but kept (depool threshold {threshold:g}): {reason}",
     "hand": "{server} in {vs}: {reason}: taken as set by hand, and kept",
+    "held": "{server} is held out of {vs}: {reason}",
+    "released": "{server} in {vs}: {reason}; back when its checks pass",
 }
 HELD = {  # a change not made because the one it needed failed
     "delete": "{server} left in {vs} although down: the fallback could not be added (the pool would be empty)",
     "quiesce": "{server} left at its weight in {vs} although down: the fallback could not be added",
     "fallback-delete": "{server} fallback left in {vs}: no real server could be put back",
 }
+
+
+SCHEDULE_SLACK = 0.005  # seconds early a service may be probed, rather than wake again for it
+
+
+def next_due(at: float, started: float, interval: float) -> float:
+    """When something due at `at` (monotonic; 0: never taken) and taken at `started` is due next:
+    an interval after its turn (a steady pace), or after `started` when it was taken early (its
+    holds changed).  A pass that ends later than that is followed at once, and the pace starts
+    again from its end (caught_up): no burst of catch-up passes."""
+    return (at if 0 < at <= started + SCHEDULE_SLACK else started) + interval
+
+
+def caught_up(due: float, ended: float) -> float:
+    """A turn that passed while the pass ran is now, not a debt of passes to catch up."""
+    return max(due, ended)
+
+OPERATORS_ACTS = (Seen.HAND, Seen.HELD, Seen.RELEASED)  # logged, not given to on_change (not health)
 
 
 class Monitor:
@@ -4525,11 +5160,27 @@ class Monitor:
         self.write_ahead = False  # write the weights a pass sets beside the state file first (the daemon)
         self.intent: Dict[Tuple[str, str, str], int] = {}  # this pass's, as written
         self.stop_requested = lambda: False
+        self.listed: Optional[ProcTables] = None  # this pass's one read of /proc/net/ip_vs (None: ipvsadm -Ln)
+        self.proc_path = PROC_IP_VS
+        self.proc_fault = ""  # why /proc/net/ip_vs could not be read, said once while it lasts
+        self._system: Tuple[str, bool] = ("", False)  # (ipvsadm path, whether it is the system's own)
+        self.phase = Phase.STARTING  # the next pass's, for emailalertstatus
+        self.mailer = Mailer()
+        self.alerted: Dict[Tuple[Tuple[str, str], str], float] = {}  # a server down: last mailed (emailalertfreq)
+        # the fallbackcommand's last status (start|stop) per service and command, and its run
+        self.fallback_ran: Dict[Tuple[Tuple[str, str], Tuple[str, ...]], Tuple[str, Optional[subprocess.Popen]]] = {}
+        self.output.log.facility = config.syslog
+        self.maintenance = MaintenanceDir(output)
+        self.due: Dict[Tuple[str, str], float] = {}  # when each service is next probed (monotonic); absent: now
+        self.next_tick = 0.0  # the next pass at the latest (the config's interval): status, autoreload, holds
+        self.last: Dict[Tuple[str, str], ServiceReport] = {}  # each service's rows of its last probing
+        self.held_seen: Dict[Tuple[str, str], frozenset] = {}  # the holds each service was last decided with
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
         """What to probe, worked out once per config rather than every pass."""
         self.config = config
+        self.due, self.next_tick = {}, 0.0  # a new config: every service is probed at once
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
@@ -4546,6 +5197,12 @@ class Monitor:
         self._plan(config)
         self.ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
         self.output.log.path = config.log
+        self.output.log.facility = config.syslog
+        self.phase = Phase.RELOADING
+        alerting = {(vs.ipvs_key, str(rs)) for vs in config.services if vs.emailalertfreq > 0 for rs in vs.servers}
+        self.alerted = {k: v for k, v in self.alerted.items() if k in alerting}
+        commands = {(vs.ipvs_key, vs.fallbackcommand) for vs in config.services}
+        self.fallback_ran = {k: v for k, v in self.fallback_ran.items() if k in commands}
         self.output.say(f"config reloaded from {config.path}: {len(config.services)} virtual service(s), "
                         f"{len(keep)} real server(s), every {config.interval:g} s")
 
@@ -4566,7 +5223,7 @@ class Monitor:
     def _read(self, vs: VirtualService, report: PassReport, service: ServiceReport) -> Optional[Table]:
         try:
             try:
-                table = self.ipvsadm.read_service(vs, self.stop_requested)
+                table = self._listed(vs)
             except ServiceNotDefined:
                 if not vs.scheduler:  # not the monitor's to create: it must exist, as in the original
                     raise
@@ -4666,6 +5323,50 @@ class Monitor:
                     break
         return removed
 
+    def _whole_table(self) -> Optional[ProcTables]:
+        """The pass's one read of the whole table from /proc/net/ip_vs when table_source selects it
+        (auto: when the ipvsadm run is the system's own); None: each service through ipvsadm -Ln.
+        A read that fails falls back to ipvsadm -Ln for the pass, said once while it lasts."""
+        source = self.config.table_source
+        if source == TableSource.IPVSADM:
+            return None
+        if source == TableSource.AUTO:
+            if self._system[0] != self.ipvsadm.path:
+                self._system = (self.ipvsadm.path, system_ipvsadm(self.ipvsadm.path))
+            if not self._system[1]:
+                return None
+        try:
+            tables = read_proc(self.proc_path)
+        except FileNotFoundError as exc:
+            if source == TableSource.AUTO:  # no ip_vs module loaded (yet): ipvsadm -Ln loads it, or says why
+                return None
+            why = exc.strerror or str(exc)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        except IpvsError as exc:
+            why = str(exc)
+        else:
+            if self.proc_fault:
+                self.output.say(f"IPVS table read from {self.proc_path} again")
+                self.proc_fault = ""
+            return tables
+        if self.proc_fault != why:
+            self.output.say(f"IPVS table: {self.proc_path} could not be read ({why}): read through ipvsadm -Ln "
+                            "until it can", "problem")
+        self.proc_fault = why
+        return None
+
+    def _listed(self, vs: VirtualService) -> Table:
+        """The destinations of `vs`: from the pass's read of /proc when there is one and it has the
+        service; else ``ipvsadm -Ln`` for it, whose word on a service missing is final (a firewall
+        mark /proc cannot place, a service created or removed while the file was read).  A service
+        the monitor manages (scheduler) is read through ipvsadm too: its whole service line, which
+        /proc does not always show (persistence in ticks, IPv6 ops), is what it is corrected on."""
+        tables = self.listed
+        if tables is None or vs.ipvs_key not in tables or vs.scheduler:
+            return self.ipvsadm.read_service(vs, self.stop_requested)
+        return tables[vs.ipvs_key]
+
     def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:
         """Say a problem once while it lasts (and again when it changes)."""
         service.problem = str(exc)
@@ -4705,17 +5406,60 @@ class Monitor:
         self.failing[key] = "held"
         return kind + " held"
 
+    def interval(self, vs: VirtualService) -> float:
+        return self.config.interval if vs.interval is None else vs.interval
+
+    def until_due(self) -> float:
+        """Seconds until the next pass: the first service due, or the config's interval at the latest."""
+        due = [self.due.get(vs.ipvs_key, 0.0) for vs in self.config.services]
+        return min(due + [self.next_tick]) - time.monotonic()
+
+    def _holds(self) -> Dict[Tuple[Tuple[str, str], Endpoint], Hold]:
+        """The real servers an operator holds out this pass (maintenancedir), by service."""
+        folder = self.config.maintenancedir
+        if not folder:
+            return {}
+        self.maintenance.scan(folder)
+        holds = {}
+        for vs in self.config.services:
+            for rs in vs.servers:
+                hold = self.maintenance.hold(folder, rs)
+                if hold is not None:
+                    holds[(vs.ipvs_key, rs.endpoint)] = hold
+        return holds
+
+    def _schedule(self, started: float, holds: Mapping) -> List[VirtualService]:
+        """The services due this pass (ldirectord's per-virtual checkinterval): each on its own
+        schedule, and at once when its holds changed.  Their next turn is set now, so a pass
+        that fails does not make them due again at once."""
+        due = []
+        self.next_tick = next_due(self.next_tick, started, self.config.interval)
+        for vs in self.config.services:
+            key = vs.ipvs_key
+            at = self.due.get(key, 0.0)
+            held = frozenset((ep, h) for (k, ep), h in holds.items() if k == key)
+            if at <= started + SCHEDULE_SLACK or held != self.held_seen.get(key, frozenset()):
+                due.append(vs)
+                self.due[key] = next_due(at, started, self.interval(vs))
+        return due
+
     def run_pass(self) -> PassReport:
         now = time.time()
         started = time.monotonic()
-        services = self.config.services
+        phase, self.phase = self.phase, Phase.RUNNING
+        holds = self._holds()
+        services = self._schedule(started, holds)
         report = PassReport(started=now)
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
+        self.listed = self._whole_table()  # one read of the whole table, or None: one ipvsadm -Ln per service
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
+        self.listed = None
         try:
+            targets = [self.targets[(vs.ipvs_key, rs.endpoint)] for vs in services for rs in vs.servers
+                       if (vs.ipvs_key, rs.endpoint) not in holds]  # a held server is not checked (ldirectord)
             results = None if self.stop_requested() else probe_all(
-                list(self.targets.values()), self.config.timeout, self.fanout, self.stop_requested)
+                targets, self.config.timeout, self.fanout, self.stop_requested)
             fault = ""
         except MonitorFault as exc:  # the monitor could not probe: nothing is decided on that
             results, fault = {}, f"probes could not run: {exc}"
@@ -4730,23 +5474,26 @@ class Monitor:
             return report  # asked to stop: leave the table exactly as it is
         not_probed = ProbeResult(False, "not probed: the monitor's fault", 0.0)
         for vs in services:
+            held = {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key}
             table = tables[vs.ipvs_key] if not fault else None
             if fault:
                 reports[vs.ipvs_key].problem = fault
             health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
             by_server = {rs.endpoint: results.get(self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
+                         if rs.endpoint not in held else ProbeResult(False, held[rs.endpoint].reason, 0.0)
                          for rs in vs.servers}
             done: Dict[str, str] = {}
             after: Dict[Endpoint, Optional[int]] = {}  # weights this pass changed
             if table is not None:
-                decision = decide(vs, by_server, table, health, now)
+                decision = decide(vs, by_server, table, health, now, held)
+                self.held_seen[vs.ipvs_key] = frozenset(held.items())
                 for event in decision.events:
                     state = event.state.value
                     message = EVENT_MESSAGES[state].format(
                         server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
                     self.output.say(message, state)
                     self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[state].format(reason=event.reason))
-                    if vs.on_change and not self.dry_run and event.state != Seen.HAND:
+                    if vs.on_change and not self.dry_run and event.state not in OPERATORS_ACTS:
                         self.hooks.start(vs.on_change, vs, event)
 
                 def make(action: Action) -> bool:
@@ -4785,10 +5532,115 @@ class Monitor:
                 reports[vs.ipvs_key].rows.append(ServerRow(
                     str(rs), rs.weight, weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
+            if table is not None and not self.dry_run:
+                serving = any(row.health.up and row.ipvs_weight for row in reports[vs.ipvs_key].rows)
+                self._notify(vs, decision.events, health, done, serving, phase, now)
+            self.last[vs.ipvs_key] = reports[vs.ipvs_key]
+        if not self.dry_run:
+            self._resend(phase, now)
+        self._say_news()
         self.hooks.reap()
-        report.services = list(reports.values())
+        ended = time.monotonic()
+        self.next_tick = caught_up(self.next_tick, ended)
+        for vs in services:
+            self.due[vs.ipvs_key] = caught_up(self.due[vs.ipvs_key], ended)
+        # Every service in every pass: one not due shows its rows of its last probing (no action now).
+        report.services = [reports[vs.ipvs_key] if vs.ipvs_key in reports else dataclasses.replace(
+            self.last[vs.ipvs_key], rows=[dataclasses.replace(r, action="") for r in self.last[vs.ipvs_key].rows])
+            for vs in self.config.services if vs.ipvs_key in reports or vs.ipvs_key in self.last]
         report.duration = time.monotonic() - started
         return report
+
+
+    def _notify(self, vs: VirtualService, events: Sequence[Event], health: Mapping[Endpoint, Health],
+                done: Mapping[str, str], serving: bool, phase: Phase, now: float) -> None:
+        """Beyond the log, what one service's pass tells: a mail for each real server that went up or
+        down (emailalert), and the fallbackcommand when its pool empties (start) or fills (stop)."""
+        servers = {str(rs): rs for rs in vs.servers}
+        for event in events:
+            if event.state not in (Seen.UP, Seen.DOWN) or event.server not in servers:
+                continue
+            key = (vs.ipvs_key, event.server)
+            if event.state == Seen.DOWN and vs.emailalertfreq > 0:
+                self.alerted[key] = now  # repeated while it stays down
+            else:
+                self.alerted.pop(key, None)
+            kind = done.get(event.server, "")
+            subject = MAIL_SUBJECTS[kind if kind in MAIL_SUBJECTS else event.state.value].format(
+                server=event.server, vs=ld_virtual(vs), weight=health[servers[event.server].endpoint].weight)
+            self._mail(vs, subject, event.server, event.state.value, event.reason, phase, now)
+        kind = done.get(str(vs.fallback), "") if vs.fallback is not None else ""
+        if kind in ("fallback-add", "fallback-delete"):
+            why = "no real server is up" if kind == "fallback-add" else "a real server is up"
+            subject = MAIL_SUBJECTS[kind].format(server=vs.fallback, vs=ld_virtual(vs))
+            self._mail(vs, subject, f"{vs.fallback} (fallback)", "added" if kind == "fallback-add" else "removed",
+                       why, phase, now)
+        if not vs.fallbackcommand:
+            return
+        # ldirectord's do_fallback_command: once per change of status, and once at start (or for a
+        # new command) with the status found, so a script a restart left wrong is put right
+        status = "stop" if serving else "start"
+        key = (vs.ipvs_key, vs.fallbackcommand)
+        last, proc = self.fallback_ran.get(key, ("", None))
+        if status == last or (proc is not None and proc.poll() is None):
+            return  # nothing new, or the last run still runs: this one waits for it (killed at Hooks.TIMEOUT)
+        words = fallback_words(vs, status)
+        why = "a real server is up" if serving else "no real server is up"
+        self.output.say(f"{vs.label()}: {why}: fallbackcommand {shlex.join(words)}",
+                        "fallback-delete" if serving else "fallback-add")
+        env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
+                   MONITOR_RS_STATE=status)
+        self.fallback_ran[key] = (status, self.hooks.launch(words, env, vs.label(), "fallbackcommand"))
+
+    def _mail(self, vs: VirtualService, subject: str, server: str, state: str, reason: str, phase: Phase,
+              now: float) -> None:
+        """One alert to the service's addresses if its emailalertstatus lets this phase's out
+        (ldirectord's ld_emailalert_send): said in the log, then handed to the mail worker."""
+        words = vs.emailalertstatus
+        if not vs.emailalert or "none" in words or ("all" not in words and phase.value not in words):
+            return
+        import email.utils
+        self.output.say(f"emailalert: {subject}")
+        try:
+            message = alert_mail(vs, self.config, subject, server, state, reason, phase, now)
+            sender = email.utils.parseaddr(message["From"])[1] or default_sender()
+        except Exception as exc:  # a header the email package refuses (a config's): never the pass's end
+            key = ("emailalert", vs.address)
+            if self.failing.get(key) != str(exc):
+                self.output.say(f"emailalert: cannot make the mail of {vs.label()}: {exc}", "failed")
+            self.failing[key] = str(exc)
+            return
+        self.mailer.send(self.config.smtp, sender, vs.emailalert, message)
+
+    def _resend(self, phase: Phase, now: float) -> None:
+        """emailalertfreq: while a real server stays down, its alert again every so many seconds
+        (ldirectord's ld_emailalert_resend: "Inaccessible real server")."""
+        for vs in self.config.services:
+            for rs in vs.servers:
+                key = (vs.ipvs_key, str(rs))
+                if key not in self.alerted:
+                    continue
+                h = self.health.get((vs.ipvs_key, rs.endpoint))
+                if h is None or h.up is not False or vs.emailalertfreq <= 0:
+                    del self.alerted[key]
+                elif now - self.alerted[key] >= vs.emailalertfreq:
+                    self.alerted[key] = now
+                    subject = MAIL_SUBJECTS["down"].format(server=rs, vs=ld_virtual(vs))
+                    self._mail(vs, subject, str(rs), "down", h.reason, phase, now)
+
+    def _say_news(self) -> None:
+        """What the mail worker has to say, said by the loop."""
+        while self.mailer.news:
+            self.output.say(*self.mailer.news.popleft())
+
+    def close(self, grace: float = 5.0) -> None:
+        """The stop path: the stopping phase; queued alerts get `grace` seconds to go out."""
+        self.phase = Phase.STOPPING
+        left = self.mailer.flush(grace)
+        self._say_news()
+        if left:
+            self.output.say(f"emailalert: {left} alert(s) not sent: the relay did not take them within "
+                            f"{grace:g} s of the stop", "failed")
 
 
 class Signals:
@@ -4855,31 +5707,66 @@ def take_lock(path: str) -> int:
     return fd
 
 
-def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda report: None) -> None:
-    """Pass after pass on a monotonic schedule, until SIGTERM/SIGINT.
+def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda report: None,
+                watch: Optional[ConfigWatch] = None) -> None:
+    """Pass after pass on a monotonic schedule (each service's own interval), until SIGTERM/SIGINT.
 
-    `load` re-reads the config (with the command line's overrides) on SIGHUP;
-    `after_pass` publishes each pass (state file, metrics, live view).
+    `load` re-reads the config (with the command line's overrides) on SIGHUP, and with
+    autoreload when `watch` sees its content change; `after_pass` publishes each pass
+    (state file, metrics, live view).
     """
     monitor.stop_requested = lambda: signals.stop
-    next_start = time.monotonic()
     while not signals.stop:
         if signals.reload:
             signals.reload = False
+            digest = watch.look() if watch else ""
             try:
                 monitor.reload(load())
+                if watch and digest:
+                    watch.digest, watch.refused = digest, ""  # what SIGHUP loaded is no change for autoreload
             except ConfigError as exc:
                 monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
+                if watch and digest and digest != watch.digest:
+                    watch.refused = digest  # said once: not again by autoreload
+        if watch is not None:
+            autoreload(monitor, watch, load)
+        wait = None
         try:
             after_pass(monitor.run_pass())
         except Exception as exc:  # one bad pass must not end monitoring
-            monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in "
-                               f"{monitor.config.interval:g} s", "problem")
-        next_start += monitor.config.interval
-        now = time.monotonic()
-        if next_start < now:  # a pass overran the interval: start again from now
-            next_start = now
-        signals.sleep(next_start - now)
+            wait = monitor.until_due()
+            if wait <= 0:  # it failed before its services' next turns were set: not again at once
+                wait = monitor.config.interval
+            monitor.output.say(f"pass failed: {type(exc).__name__}: {exc}; next pass in {wait:g} s", "problem")
+        signals.sleep(monitor.until_due() if wait is None else wait)
+
+
+def autoreload(monitor: Monitor, watch: ConfigWatch, load) -> None:
+    """autoreload and callback (ldirectord's check_cfgfile), at every pass: when the config's
+    content changed, re-read it (autoreload = yes; a broken one is refused as on SIGHUP, said
+    once per content), then start `callback` with the config's path, never waited for."""
+    config = monitor.config
+    if not (config.autoreload or config.callback):
+        return
+    digest = watch.look()
+    if not digest or digest == watch.digest or digest == watch.refused:
+        return
+    if config.autoreload:
+        monitor.output.say(f"config {config.path} changed on disk: reloading it (autoreload)")
+        try:
+            monitor.reload(load())
+        except ConfigError as exc:
+            monitor.output.say(f"reload refused, keeping the running config: {exc}", "problem")
+            watch.refused = digest
+        else:
+            watch.digest, watch.refused = digest, ""
+    else:
+        monitor.output.say(f"config {config.path} changed on disk: not reloaded (autoreload = no)")
+        watch.digest = digest
+    callback = monitor.config.callback
+    if callback and not monitor.dry_run:
+        if monitor.hooks.launch([*callback, config.path], dict(os.environ), config.path, "callback") is not None:
+            monitor.output.say(f"callback started: {shlex.join([*callback, config.path])}")
 
 
 ###############################################################################
@@ -4893,6 +5780,8 @@ def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda repo
 
 
 def server_state(h: Health) -> str:
+    if h.held:
+        return h.held  # an operator's hold, whatever its health
     if h.up is None:
         return "unknown"
     if h.kept:
@@ -4913,6 +5802,7 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
                 "intended_weight": (r.health.operator if r.health.operator is not None
                                     else r.weight if r.health.asked is None else r.health.asked),
                 "good_streak": r.health.good, "bad_streak": r.health.bad, "quiesced": r.health.quiesced,
+                "held": r.health.held or None,
                 "memory": memory_of(r.health),
                 "action": r.action or None,
                 "last_change": ({"time": round(r.last_change[0], 3), "what": r.last_change[1]}
@@ -4923,9 +5813,11 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
 
 
 def in_place(snap: dict) -> bool:
-    """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on."""
-    return all(not s["problem"] and all(r["state"] == "up" and r["ipvs_weight"] is not None
-                                        and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"])
+    """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on.
+    A server an operator holds out (maintenance) is in place when it is out (absent, or at weight 0)."""
+    return all(not s["problem"] and all((r["state"] == "up" and r["ipvs_weight"] is not None
+                                         and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"]))
+                                        or (r.get("held") and not r["ipvs_weight"])
                                         for r in s["servers"])
                for s in snap["services"])
 
@@ -4987,6 +5879,8 @@ def _label(value: str) -> str:
 METRICS = (  # (name, help, value of a server's entry in the snapshot)
     ("monitor_rs_server_up", "1 when the monitor holds the real server healthy.",
      lambda r: int(r["state"] == "up")),
+    ("monitor_rs_server_held", "1 when an operator holds the real server out (maintenancedir).",
+     lambda r: int(bool(r.get("held")))),
     ("monitor_rs_server_weight", "Weight of the real server in IPVS (-1 when absent).",
      lambda r: -1 if r["ipvs_weight"] is None else r["ipvs_weight"]),
     ("monitor_rs_probe_latency_seconds", "Duration of the last probe.",
@@ -5047,7 +5941,7 @@ class Publisher:
         self.problem = ""
 
 
-STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow"}
+STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow", MAINTENANCE: "blue"}
 
 
 def _ipvs(weight: Optional[int], readable: bool = True) -> str:
@@ -5163,6 +6057,20 @@ def check_paths(config: Config, from_cli: Mapping[str, str]) -> None:
             raise ConfigError(f"{where}: is a directory, not a file")
 
 
+def check_maintenancedir(config: Config) -> None:
+    """maintenancedir takes servers out: as root, a folder others may write (or could create) is a
+    config error, as the config itself is; one that is not there yet is said at the first pass."""
+    folder = config.maintenancedir
+    if not folder:
+        return
+    where = f"{config.path}: maintenancedir {folder}"
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"{where}: not a folder")
+    why = unsafe_path(folder) if os.geteuid() == 0 else ""
+    if why:
+        raise ConfigError(f"{where}: not read as root, others can change it: {why}")
+
+
 def _check_settings(vs: VirtualService) -> str:
     """The settings of the service's own kind of check, as --check-config shows them (none of another kind's)."""
     kind = CheckKind(vs.check)
@@ -5249,7 +6157,8 @@ def render_ini(config: Config) -> str:
             ("syslog", config.syslog), ("autoreload", "yes" if config.autoreload else "no"),
             ("callback", shlex.join(config.callback)), ("cleanstop", "yes" if config.cleanstop else "no"),
             ("maintenancedir", config.maintenancedir), ("smtp", config.smtp),
-            ("emailalertfrom", config.emailalertfrom)]
+            ("emailalertfrom", config.emailalertfrom),
+            ("table_source", "" if config.table_source == "auto" else config.table_source)]
     out += [_ini_line(key, value) for key, value in keys if value]
     for vs in config.services:
         out += ["\n", _ini_service(vs)]
@@ -5270,7 +6179,8 @@ def show_config(config: Config) -> None:
           f"syslog={config.syslog or '-'} autoreload={'yes' if config.autoreload else 'no'} "
           f"callback={shlex.join(config.callback) if config.callback else '-'} "
           f"cleanstop={'yes' if config.cleanstop else 'no'} maintenancedir={config.maintenancedir or '-'} "
-          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'}")
+          f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'} "
+          f"table_source={config.table_source}")
     forwards = {"-g": "g", "-m": "m", "-i": "i"}
     for vs in config.services:
         print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
@@ -5365,8 +6275,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         why = unsafe_program(config.ipvsadm)  # run every pass as root: the config's, or --ipvsadm
         if why:
             raise ConfigError(f"ipvsadm {why}")
+        check_maintenancedir(config)
         return config
 
+    watch = ConfigWatch(config_path)  # before the first read: a change meanwhile is seen at the first pass
     try:
         config = load()
     except ConfigError as exc:
@@ -5439,7 +6351,10 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     if once:
         if snap is not None:
             output.show(lambda: show_status(snap, console))
+        monitor.close()
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
+    # As ever, a whole interval (the shortest service's) after the first pass, however long it took.
+    first_wait = max(monitor.until_due(), min(monitor.interval(vs) for vs in config.services))
     if console is not None and snap is not None and output.echo:
         # A terminal: the table, refreshed every pass, under the events.
         from rich.console import Group
@@ -5447,21 +6362,22 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         live = output.live = Live(Group(*status_tables(snap)), console=console, auto_refresh=False)
         output.show(lambda: live.start(refresh=True))
         try:
-            signals.sleep(config.interval)
-            run_forever(monitor, signals, load, after_pass)
+            signals.sleep(first_wait)
+            run_forever(monitor, signals, load, after_pass, watch)
         finally:
             output.show(live.stop)
             output.live = None
     else:
-        signals.sleep(config.interval)
-        run_forever(monitor, signals, load, after_pass)
+        signals.sleep(first_wait)
+        run_forever(monitor, signals, load, after_pass, watch)
     signals.ignore()
+    stopped = "the IPVS table is left as it is"
     if monitor.config.cleanstop and not dry_run:
         removed = monitor.clean_stop()
-        output.say(f"monitor_rs stopped (PID {os.getpid()}); cleanstop: " + (
-            f"removed from IPVS: {', '.join(removed)}" if removed else "no virtual service removed from IPVS"))
-    else:
-        output.say(f"monitor_rs stopped (PID {os.getpid()}); the IPVS table is left as it is")
+        stopped = "cleanstop: " + (f"removed from IPVS: {', '.join(removed)}" if removed
+                                   else "no virtual service removed from IPVS")
+    monitor.close()  # the stopping phase: queued mail gets its few seconds
+    output.say(f"monitor_rs stopped (PID {os.getpid()}); {stopped}")
     sys.exit(EXIT_OK)
 
 

@@ -602,7 +602,8 @@ def service_name(svc, rule):
         ipv6 = svc["af"] == 6
         if rule:
             return f"-f {svc['fwmark']}" + (" -6" if ipv6 else "")
-        return f"FWM  {svc['fwmark']}" + (" IPv6" if ipv6 else "")
+        mark = svc["fwmark"] - (1 << 32) if svc["fwmark"] >= 1 << 31 else svc["fwmark"]  # printed with %d
+        return f"FWM  {mark}" + (" IPv6" if ipv6 else "")
     vname = addr_port(svc["addr"], svc["port"])
     if rule:
         return f"{RULE_PROTOCOLS[svc['protocol']]} {vname}"

@@ -477,3 +477,11 @@ def test_concurrent_changes_are_not_lost(ipvsadm):
     assert [r.returncode for r in results] == [0] * len(rips)
     stored = {d["addr"] for d in ipvsadm.table()["services"][0]["dests"]}
     assert stored == set(rips)
+
+
+def test_a_firewall_mark_from_2_31_up_is_listed_signed_as_ipvsadm_does(ipvsadm):
+    """ipvsadm 1.31 prints marks with %d: 4294967295 is listed as ``FWM  -1`` (seen on the real one)."""
+    assert ipvsadm("-A", "-f", "4294967295", "-s", "rr").returncode == 0
+    listed = ipvsadm("-Ln").stdout
+    assert "FWM  -1 rr\n" in listed
+    assert ipvsadm("-Ln", "-f", "4294967295").stdout.splitlines()[-1] == "FWM  -1 rr"

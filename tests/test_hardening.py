@@ -555,7 +555,8 @@ def test_wall_clock_jumps_do_not_disturb_the_running_monitor(ipvs, run, backends
 
 
 class FakeMonitor:
-    """What run_forever needs of a Monitor: config.interval, output.say, reload, run_pass."""
+    """What run_forever needs of a Monitor: config.interval, output.say, reload, run_pass, and
+    until_due (one service on the config's interval, on the monitor's own rule, next_due)."""
 
     def __init__(self, interval, script=None):
         self.config = m.Config(path="fake", interval=interval)
@@ -563,6 +564,10 @@ class FakeMonitor:
         self.said, self.starts, self.reloads = [], [], 0
         self.script = script or {}  # pass number -> callable run during that pass
         self.stop_requested = lambda: False
+        self.due = 0.0
+
+    def until_due(self):
+        return self.due - time.monotonic()
 
     def say(self, message, kind="info", log=True):
         self.said.append(message)
@@ -572,9 +577,11 @@ class FakeMonitor:
 
     def run_pass(self):
         self.starts.append(time.monotonic())
+        self.due = m.next_due(self.due, self.starts[-1], self.config.interval)
         action = self.script.get(len(self.starts))
         if action:
             action()
+        self.due = m.caught_up(self.due, time.monotonic())
         return m.PassReport()
 
 

@@ -80,3 +80,20 @@ def test_destination_before_any_service_is_refused():
             "  -> 192.168.1.10:80              Route   1      0          0         \n")
     with pytest.raises(m.IpvsError):
         m.parse_listing(text)
+
+
+@pytest.mark.parametrize("printed, mark", [("-1", 4294967295), ("-2147483648", 2147483648), ("2147483647", 2147483647)])
+def test_a_firewall_mark_from_2_31_up_is_printed_signed_and_read_unsigned(printed, mark):
+    """ipvsadm 1.31 prints the mark with %d (seen in the VM: 4294967295 as ``FWM  -1``); the
+    config names it unsigned, so the service must be found under the unsigned number."""
+    text = ("Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            f"FWM  {printed} wrr\n  -> 10.0.0.2:80                  Route   1      0          0\n")
+    assert list(m.parse_listing(text)) == [("FWM", str(mark))]
+
+
+@pytest.mark.parametrize("printed", ["-2147483649", "4294967296", "1x"])
+def test_a_firewall_mark_out_of_32_bits_is_unreadable(printed):
+    text = ("Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+            f"FWM  {printed} wrr\n")
+    with pytest.raises(m.IpvsError):
+        m.parse_listing(text)

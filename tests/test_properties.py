@@ -247,3 +247,62 @@ def test_a_weight_a_check_asks_for_is_the_servers_and_the_pool_never_empties(vs,
         if vs.fallback is not None:
             serving = any(d.weight > 0 for ep, d in table.items() if ep != vs.stored_endpoint(vs.fallback))
             assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)
+
+
+# Issue 13 (maintenancedir) and issue 15 (drain): servers an operator holds out, a pure input
+# of the decision, with changes that fail, restarts, and any depool threshold.
+
+HOLD = m.Hold("maintenance", "maintenance: file in /maint")
+
+holding = st.fixed_dictionaries({
+    "verdicts": st.lists(st.booleans(), min_size=4, max_size=4),
+    "held": st.lists(st.booleans(), min_size=4, max_size=4),
+    "failures": st.lists(st.booleans(), max_size=8),
+    "restart": st.booleans(),
+})
+
+
+@settings(max_examples=400, deadline=None)
+@given(vs=st.builds(make_service, n=st.integers(1, 4), fall=st.integers(1, 2), rise=st.integers(1, 2),
+                    quiescent=st.booleans(), fallback=st.booleans(),
+                    threshold=st.sampled_from([0.0, 0.5, 1.0]), forward=st.sampled_from(["-g", "-m"])),
+       start_present=st.lists(st.booleans(), min_size=4, max_size=4),
+       passes=st.lists(holding, min_size=1, max_size=10))
+def test_a_held_server_is_never_added_goes_out_and_the_pool_never_empties_with_a_fallback(vs, start_present,
+                                                                                           passes):
+    table = {vs.stored_endpoint(rs.endpoint): m.Destination(vs.stored_endpoint(rs.endpoint), "Masq", rs.weight)
+             for rs, present in zip(vs.servers, start_present) if present}
+    health = {}
+    for step in passes:
+        if step["restart"]:
+            health = {ep: m.remembered(h) for ep, h in health.items()}
+        held = {rs.endpoint: HOLD for rs, h in zip(vs.servers, step["held"]) if h}
+        results = {rs.endpoint: OK if ok else BAD for rs, ok in zip(vs.servers, step["verdicts"])}
+        before = pool(table)
+        decision = m.decide(vs, results, table, health, 0.0, held)
+        for action in decision.actions:  # never put in, nor given a weight
+            if action.endpoint in held:
+                assert action.kind in (m.Change.DELETE, m.Change.QUIESCE), action
+        outcome, made = iter(step["failures"]), []
+
+        def make(action):
+            ok = not next(outcome, False)
+            if ok:
+                made.append(action)
+            return ok
+
+        health = m.carry_out(decision, make)
+        table = apply(vs, table, made)
+        if vs.fallback is not None and before:
+            assert pool(table), "the pool was emptied although a fallback is configured"
+        for ep in held:
+            assert health[ep].held == "maintenance" and not health[ep].up
+        if any(step["failures"][:len(decision.actions)]):
+            continue
+        for rs in vs.servers:  # every change held: a held server is out, whatever the threshold
+            d = table.get(vs.stored_endpoint(rs.endpoint))
+            if rs.endpoint in held:
+                assert d is None or (vs.quiescent and d.weight == 0), (rs, d)
+        if vs.fallback is not None and not vs.depool_threshold:  # (a threshold keeps failing ones in, beside it)
+            serving = any(d.weight > 0 for ep, d in table.items() if ep != vs.stored_endpoint(vs.fallback))
+            assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)
