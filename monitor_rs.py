@@ -22,12 +22,10 @@ import collections
 import configparser
 import dataclasses
 import enum
-import difflib
 import encodings.idna
 import errno
 import fcntl
 import functools
-import hashlib
 import ipaddress
 import json
 import math
@@ -39,7 +37,6 @@ import shlex
 import shutil
 import signal
 import socket
-import ssl
 import stat
 import struct
 import subprocess
@@ -49,7 +46,10 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:  # ssl is loaded by the first https probe (tls_context), not at start
+    import ssl
 
 __version__ = "1.0.0"
 
@@ -949,6 +949,7 @@ def run_dirs() -> List[str]:
 
 def config_digest(config_path: str) -> str:
     """What names a config's default lock and state file: its real path, hashed."""
+    import hashlib
     return hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
 
 
@@ -1003,6 +1004,7 @@ def make_run_dir(folder: str) -> str:
 
 def _section_hint(name: str) -> str:
     """The known section a mistyped one most likely meant, or ""."""
+    import difflib  # only for a config with a mistake in it
     if difflib.get_close_matches(name.lower(), ["monitor"], 1, 0.6):
         return "monitor"
     word, _, rest = name.partition(" ")
@@ -1012,6 +1014,7 @@ def _section_hint(name: str) -> str:
 
 
 def _unknown_key(sec: _Section, key: str, known) -> ConfigError:
+    import difflib  # only for a config with a mistake in it
     close = difflib.get_close_matches(key, sorted(known), 1, 0.75)
     if close:
         return sec.fail(key, f"unknown key (did you mean {close[0]}?)")
@@ -2698,13 +2701,21 @@ _tls_context: Optional[ssl.SSLContext] = None
 
 
 def tls_context() -> ssl.SSLContext:
-    """One client context for every https probe: health, not identity, so no certificate check."""
+    """One client context for every https probe: health, not identity, so no certificate check.
+    (ssl is imported here, by the first https probe: a monitor without one never loads it.)"""
     global _tls_context
     if _tls_context is None:
+        import ssl
         _tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         _tls_context.check_hostname = False
         _tls_context.verify_mode = ssl.CERT_NONE
     return _tls_context
+
+
+def _tls_error(exc: BaseException, name: str) -> bool:
+    """Whether `exc` is ssl's `name` (ssl is loaded by then: only a TLS socket raises one)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, getattr(ssl, name))
 
 
 class _Failed(Exception):
@@ -2989,7 +3000,7 @@ class _StreamCheck(Check):
             self.events = events
 
     def failed(self, exc: Exception) -> Tuple[bool, str]:
-        if isinstance(exc, ssl.SSLError):
+        if self.TLS and _tls_error(exc, "SSLError"):
             return False, f"TLS: {exc.reason or exc}"
         if isinstance(exc, OSError):
             return False, CONNECT_ERRORS.get(exc.errno, exc.strerror or str(exc))
@@ -2999,12 +3010,15 @@ class _StreamCheck(Check):
         """The socket is ready: go as far as it lets us."""
         try:
             self.verdict = self._advance()
-        except ssl.SSLWantReadError:
-            self._want(select.EPOLLIN)
-        except ssl.SSLWantWriteError:
-            self._want(select.EPOLLOUT)
         except (BlockingIOError, InterruptedError):
             pass
+        except OSError as exc:
+            if self.TLS and _tls_error(exc, "SSLWantReadError"):
+                self._want(select.EPOLLIN)
+            elif self.TLS and _tls_error(exc, "SSLWantWriteError"):
+                self._want(select.EPOLLOUT)
+            else:
+                raise
 
     def connected_verdict(self) -> Optional[Tuple[bool, str]]:
         """What a bare connect tells (tcp without a request: healthy), or None to go on."""
@@ -3029,7 +3043,7 @@ class _StreamCheck(Check):
                 if self.TLS:  # the handshake is still the connect stage (same descriptor)
                     self.sock = tls_context().wrap_socket(self.sock, server_hostname=self.target.host or None,
                                                           do_handshake_on_connect=False)
-            if isinstance(self.sock, ssl.SSLSocket):
+            if self.TLS:  # wrapped above, on the first turn
                 self.sock.do_handshake()
             self.out = self.request_bytes()
             self.stage = self.FIRST_READ
@@ -3042,7 +3056,7 @@ class _StreamCheck(Check):
             return None
         data = self.sock.recv(65536)
         self.buf += data
-        while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        while data and self.TLS and self.sock.pending():
             self.buf += self.sock.recv(65536)  # decrypted bytes epoll cannot see
         return self.answer(eof=not data)
 
@@ -5162,6 +5176,7 @@ class ConfigWatch:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return ""
+            import hashlib
             digest, left = hashlib.sha256(), self.LIMIT
             while left > 0:
                 chunk = os.read(fd, min(left, 1 << 20))
