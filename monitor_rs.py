@@ -4407,6 +4407,16 @@ def shrinks(vs: VirtualService, rs: "RealServer", result: ProbeResult, h: Health
     return (h.operator if h.operator is not None else rs.weight if asked is None else asked) == 0
 
 
+def unremarkable(vs: VirtualService, rs: "RealServer", result: ProbeResult, h: Health, table: Table) -> bool:
+    """A good result that changes nothing (up, in the table at the weight the monitor set, nothing
+    asked, nobody's hand on it): decided with the rest at the wave's end, so that a steady pass costs
+    one decision per service, not one per batch of results."""
+    stored = table.get(vs.stored_endpoint(rs.endpoint))
+    return (result.ok and result.weight is None and h.up is True and not h.held and not h.quiesced and not h.tried
+            and h.asked is None and h.operator is None and not h.kept and stored is not None
+            and stored.weight == h.weight == rs.weight)
+
+
 def split_arrivals(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
                    health: Mapping[Endpoint, Health], pending: Sequence[Endpoint]
                    ) -> Tuple[Dict[Endpoint, ProbeResult], Dict[Endpoint, ProbeResult]]:
@@ -5252,6 +5262,7 @@ class _PassView:
     health: Dict[Endpoint, Health] = field(default_factory=dict)
     pending: Dict[Endpoint, None] = field(default_factory=dict)  # no result yet
     results: Dict[Endpoint, ProbeResult] = field(default_factory=dict)
+    quiet: Dict[Endpoint, ProbeResult] = field(default_factory=dict)  # unremarkable: decided at the wave's end
     kept_back: Dict[Endpoint, ProbeResult] = field(default_factory=dict)
     events: List[Event] = field(default_factory=list)
     done: Dict[str, str] = field(default_factory=dict)
@@ -5629,24 +5640,29 @@ class Monitor:
         self.listed = None
         views = {vs.ipvs_key: _PassView(vs, {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key},
                                         tables[vs.ipvs_key]) for vs in services}
-        serves: Dict[ProbeTarget, List[Tuple[_PassView, Endpoint]]] = {}
+        serves: Dict[ProbeTarget, List[Tuple[_PassView, Endpoint, RealServer]]] = {}
         for vs in services:
             view = views[vs.ipvs_key]
             view.health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
             view.pending = {rs.endpoint: None for rs in vs.servers if rs.endpoint not in view.held}
-            for ep in view.pending:
-                serves.setdefault(self.targets[(vs.ipvs_key, ep)], []).append((view, ep))
+            for rs in vs.servers:
+                if rs.endpoint in view.pending:
+                    serves.setdefault(self.targets[(vs.ipvs_key, rs.endpoint)], []).append((view, rs.endpoint, rs))
 
         def arrived(batch: Mapping[ProbeTarget, ProbeResult]) -> None:
             """Each service with new results decides on them at once (see split_arrivals)."""
             touched: Dict[Tuple[str, str], _PassView] = {}
             for target, result in batch.items():
-                for view, ep in serves.get(target, ()):
+                for view, ep, rs in serves.get(target, ()):
                     view.pending.pop(ep, None)
-                    view.results[ep] = view.kept_back[ep] = result
-                    touched[view.vs.ipvs_key] = view
+                    view.results[ep] = result
+                    touched[view.vs.ipvs_key] = view  # (fewer pending: what was kept back may go now)
+                    if view.table is not None and unremarkable(view.vs, rs, result, view.health[ep], view.table):
+                        view.quiet[ep] = result
+                    else:
+                        view.kept_back[ep] = result
             for view in touched.values():
-                if view.table is not None and not self.stop_requested():
+                if view.kept_back and view.table is not None and not self.stop_requested():
                     now_results, view.kept_back = split_arrivals(view.vs, view.kept_back, view.table, view.health,
                                                                  list(view.pending))
                     if now_results:
@@ -5678,10 +5694,11 @@ class Monitor:
             table = view.table if not fault else None
             if fault:
                 reports[vs.ipvs_key].problem = fault
-            elif table is not None and (view.kept_back or not view.decided):
-                # what waited for the whole wave (the depool threshold could bind), or a service with nothing probed
-                self._decide_some(view, view.kept_back, now, report)
-                view.kept_back = {}
+            elif table is not None and (view.kept_back or view.quiet or not view.decided):
+                # what waited for the whole wave (the depool threshold could bind, or nothing to change),
+                # or a service with nothing probed
+                self._decide_some(view, {**view.quiet, **view.kept_back}, now, report)
+                view.kept_back, view.quiet = {}, {}
             table = view.start if table is not None else None  # the rows compare with the table as read
             health = view.health
             by_server = {rs.endpoint: view.results.get(rs.endpoint) or results.get(

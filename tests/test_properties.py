@@ -336,21 +336,26 @@ def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambd
     if held:
         step({})
     pending = [ep for ep in order if ep not in held]
-    kept = {}
+    servers = {rs.endpoint: rs for rs in vs.servers}
+    kept, quiet = {}, {}
     bounds = sorted(set(c % (len(pending) + 1) for c in cuts)) + [len(pending)]
     first = 0
     for last in bounds:
         batch, pending = pending[:last - first], pending[last - first:]
         first = last
-        if not batch:
-            continue
         for ep in batch:
-            kept[ep] = results[ep]
+            h = state["health"].get(ep, m.Health())
+            if m.unremarkable(vs, servers[ep], results[ep], h, state["table"]):
+                quiet[ep] = results[ep]  # changes nothing: decided at the end
+            else:
+                kept[ep] = results[ep]
+        if not kept:
+            continue
         now_results, kept = m.split_arrivals(vs, kept, state["table"], state["health"], pending)
         if now_results:
             step(now_results)
-    if kept or not state["decided"]:
-        step(kept)
+    if kept or quiet or not state["decided"]:
+        step({**quiet, **kept})
     return state["table"], state["health"]
 
 
