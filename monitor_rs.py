@@ -5605,7 +5605,10 @@ class Monitor:
         def make(action: Action) -> bool:
             if self.stop_requested():
                 return False  # asked to stop: no new change is started
-            ok, done[action.server] = self._apply(vs, action, report)
+            return tell(action, functools.partial(self._apply, vs, action, report))
+
+        def tell(action: Action, outcome: Callable[[], Tuple[bool, str]]) -> bool:
+            ok, done[action.server] = outcome()
             if ok:
                 made.append(action)
                 if action.endpoint is not None and not self.dry_run:
