@@ -22,12 +22,10 @@ import collections
 import configparser
 import dataclasses
 import enum
-import difflib
 import encodings.idna
 import errno
 import fcntl
 import functools
-import hashlib
 import ipaddress
 import json
 import math
@@ -39,7 +37,6 @@ import shlex
 import shutil
 import signal
 import socket
-import ssl
 import stat
 import struct
 import subprocess
@@ -49,7 +46,10 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:  # ssl is loaded by the first https probe (tls_context), not at start
+    import ssl
 
 __version__ = "1.0.0"
 
@@ -949,6 +949,7 @@ def run_dirs() -> List[str]:
 
 def config_digest(config_path: str) -> str:
     """What names a config's default lock and state file: its real path, hashed."""
+    import hashlib
     return hashlib.sha1(os.path.realpath(config_path).encode()).hexdigest()[:10]
 
 
@@ -1003,6 +1004,7 @@ def make_run_dir(folder: str) -> str:
 
 def _section_hint(name: str) -> str:
     """The known section a mistyped one most likely meant, or ""."""
+    import difflib  # only for a config with a mistake in it
     if difflib.get_close_matches(name.lower(), ["monitor"], 1, 0.6):
         return "monitor"
     word, _, rest = name.partition(" ")
@@ -1012,6 +1014,7 @@ def _section_hint(name: str) -> str:
 
 
 def _unknown_key(sec: _Section, key: str, known) -> ConfigError:
+    import difflib  # only for a config with a mistake in it
     close = difflib.get_close_matches(key, sorted(known), 1, 0.75)
     if close:
         return sec.fail(key, f"unknown key (did you mean {close[0]}?)")
@@ -2711,13 +2714,21 @@ _tls_context: Optional[ssl.SSLContext] = None
 
 
 def tls_context() -> ssl.SSLContext:
-    """One client context for every https probe: health, not identity, so no certificate check."""
+    """One client context for every https probe: health, not identity, so no certificate check.
+    (ssl is imported here, by the first https probe: a monitor without one never loads it.)"""
     global _tls_context
     if _tls_context is None:
+        import ssl
         _tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         _tls_context.check_hostname = False
         _tls_context.verify_mode = ssl.CERT_NONE
     return _tls_context
+
+
+def _tls_error(exc: BaseException, name: str) -> bool:
+    """Whether `exc` is ssl's `name` (ssl is loaded by then: only a TLS socket raises one)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, getattr(ssl, name))
 
 
 class _Failed(Exception):
@@ -2865,9 +2876,16 @@ class Wave:
                 raise MonitorFault(f"{check.KIND} probe of {check.target.ip}: {why}")
             check.verdict = check.failed(exc)  # whatever a server manages to provoke, it is a failed probe
 
-    def run(self, targets: Sequence["ProbeTarget"], stop) -> Optional[List[ProbeResult]]:
-        """A verdict for each target, or None when `stop()` turned true meanwhile."""
+    def run(self, targets: Sequence["ProbeTarget"], stop,
+            arrived: Optional[Callable[[List[Tuple[int, ProbeResult]]], None]] = None
+            ) -> Optional[List[ProbeResult]]:
+        """A verdict for each target, or None when `stop()` turned true meanwhile.
+
+        `arrived`, if given, is handed the verdicts as they come: once per event turn, with
+        those finished in that turn (index in `targets`, result), never one call per result,
+        so a refused server can be acted on while slow ones are still answering."""
         started = time.monotonic()
+        fresh: List[Check] = []  # finished since `arrived` was last called
         checks = [CHECKERS[t.check](t, self) for t in targets]
         waiting = collections.deque(checks)
         running: Dict[Check, None] = {}
@@ -2878,6 +2896,7 @@ class Wave:
         def finish(check: Check, latency: Optional[float] = None) -> None:
             check.latency = time.monotonic() - started if latency is None else latency
             check.close()
+            fresh.append(check)
             if running.pop(check, 0) is None:
                 lane = lanes[check.timeout]
                 del lane[check]
@@ -2910,8 +2929,18 @@ class Wave:
             waiting.extend(held)
             settle()
 
+        order = {check: i for i, check in enumerate(checks)}
+
+        def hand_over() -> None:
+            if fresh and arrived is not None and not stop():
+                batch = [(order[c], _result_of(c)) for c in fresh]
+                fresh.clear()
+                arrived(batch)
+            fresh.clear()
+
         try:
             launch()
+            hand_over()
             grace = GRACE_STEPS
             while running:
                 if stop():
@@ -2926,6 +2955,7 @@ class Wave:
                                 finish(check, timeout)
                         grace = GRACE_STEPS
                         launch()
+                        hand_over()
                         continue
                     grace -= 1
                 for descriptor, events in clock.poll(self.poller, min(max(left, 0.0), STOP_POLL)):
@@ -2937,13 +2967,18 @@ class Wave:
                 settle()
                 if len(running) < len(checks) and waiting:
                     launch()
+                hand_over()
         finally:
             for check in running:
                 check.close()
             self.clock.close()
             self.poller.close()
-        return [ProbeResult(c.verdict[0], c.verdict[1], c.latency, *c.verdict[2:])  # (ok, reason[, weight])
-                if c.verdict else ProbeResult(False, f"timeout ({c.stage})", c.timeout) for c in checks]
+        return [_result_of(c) for c in checks]
+
+
+def _result_of(c: Check) -> ProbeResult:
+    return (ProbeResult(c.verdict[0], c.verdict[1], c.latency, *c.verdict[2:])  # (ok, reason[, weight])
+            if c.verdict else ProbeResult(False, f"timeout ({c.stage})", c.timeout))
 
 
 ###############################################################################
@@ -2978,7 +3013,7 @@ class _StreamCheck(Check):
             self.events = events
 
     def failed(self, exc: Exception) -> Tuple[bool, str]:
-        if isinstance(exc, ssl.SSLError):
+        if self.TLS and _tls_error(exc, "SSLError"):
             return False, f"TLS: {exc.reason or exc}"
         if isinstance(exc, OSError):
             return False, CONNECT_ERRORS.get(exc.errno, exc.strerror or str(exc))
@@ -2988,12 +3023,15 @@ class _StreamCheck(Check):
         """The socket is ready: go as far as it lets us."""
         try:
             self.verdict = self._advance()
-        except ssl.SSLWantReadError:
-            self._want(select.EPOLLIN)
-        except ssl.SSLWantWriteError:
-            self._want(select.EPOLLOUT)
         except (BlockingIOError, InterruptedError):
             pass
+        except OSError as exc:
+            if self.TLS and _tls_error(exc, "SSLWantReadError"):
+                self._want(select.EPOLLIN)
+            elif self.TLS and _tls_error(exc, "SSLWantWriteError"):
+                self._want(select.EPOLLOUT)
+            else:
+                raise
 
     def connected_verdict(self) -> Optional[Tuple[bool, str]]:
         """What a bare connect tells (tcp without a request: healthy), or None to go on."""
@@ -3018,7 +3056,7 @@ class _StreamCheck(Check):
                 if self.TLS:  # the handshake is still the connect stage (same descriptor)
                     self.sock = tls_context().wrap_socket(self.sock, server_hostname=self.target.host or None,
                                                           do_handshake_on_connect=False)
-            if isinstance(self.sock, ssl.SSLSocket):
+            if self.TLS:  # wrapped above, on the first turn
                 self.sock.do_handshake()
             self.out = self.request_bytes()
             self.stage = self.FIRST_READ
@@ -3031,7 +3069,7 @@ class _StreamCheck(Check):
             return None
         data = self.sock.recv(65536)
         self.buf += data
-        while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        while data and self.TLS and self.sock.pending():
             self.buf += self.sock.recv(65536)  # decrypted bytes epoll cannot see
         return self.answer(eof=not data)
 
@@ -4011,21 +4049,27 @@ class OffCheck(_FixedCheck):
     __slots__ = ()
 
 
-def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop) -> Optional[List[ProbeResult]]:
+def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop, arrived=None) -> Optional[List[ProbeResult]]:
     """Probes started together: see Wave.  None when `stop()` turned true meanwhile."""
-    return Wave(timeout).run(targets, stop)
+    return Wave(timeout).run(targets, stop, arrived)
 
 
 def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000,
-              stop=lambda: False) -> Optional[Dict[ProbeTarget, ProbeResult]]:
+              stop=lambda: False,
+              arrived: Optional[Callable[[Dict[ProbeTarget, ProbeResult]], None]] = None
+              ) -> Optional[Dict[ProbeTarget, ProbeResult]]:
     """Probe each distinct target once, `fanout` at a time (all at once, usually).
 
+    `arrived`, if given, gets the results as they come, a batch per event turn (see Wave.run).
     None when asked to stop meanwhile."""
     unique = list(dict.fromkeys(targets))
     fanout = max(1, fanout)
     results: List[ProbeResult] = []
     for first in range(0, len(unique), fanout):
-        wave = _probe_wave(unique[first:first + fanout], timeout, stop)
+        part = unique[first:first + fanout]
+        hand = None if arrived is None else (
+            lambda batch, part=part: arrived({part[i]: result for i, result in batch}))
+        wave = _probe_wave(part, timeout, stop, hand)
         if wave is None:
             return None
         results += wave
@@ -4240,7 +4284,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             old = dataclasses.replace(old, held="", up=False, good=0, bad=0)
         if result is None:
             new[ep] = old
-            if old.up and stored is not None:
+            if old.up is not False and stored is not None:  # no memory yet: up if listed, as its result would find
                 serving[ep] = stored.weight
             continue
         # A good check of `dynamic_weight` may ask for a weight (exit 2..255 of an external check);
@@ -4403,6 +4447,87 @@ def _in_effect(vs: VirtualService, action: Action, table: Table) -> bool:
     if action.kind in (Change.DELETE, Change.FALLBACK_DELETE):
         return stored is None
     return stored is not None and stored.weight == action.weight
+def shrinks(vs: VirtualService, rs: "RealServer", result: ProbeResult, h: Health, listed: bool) -> bool:
+    """Whether a result may leave its server out of the pool: failed, good but not yet `rise`
+    good ones (down), released from a hold, or up at weight 0."""
+    if not result.ok or h.held:
+        return True
+    was_up = h.up if h.up is not None else listed
+    if not was_up and h.good + 1 < vs.rise:
+        return True
+    asked = result.weight
+    return (h.operator if h.operator is not None else rs.weight if asked is None else asked) == 0
+
+
+def unremarkable(vs: VirtualService, rs: "RealServer", result: ProbeResult, h: Health, table: Table) -> bool:
+    """A good result that changes nothing (up, in the table at the weight the monitor set, nothing
+    asked, nobody's hand on it): decided with the rest at the wave's end, so that a steady pass costs
+    one decision per service, not one per batch of results."""
+    stored = table.get(vs.stored_endpoint(rs.endpoint))
+    return (result.ok and result.weight is None and h.up is True and not h.held and not h.quiesced and not h.tried
+            and h.asked is None and h.operator is None and not h.kept and stored is not None
+            and stored.weight == h.weight == rs.weight)
+
+
+def split_arrivals(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
+                   health: Mapping[Endpoint, Health], pending: Sequence[Endpoint]
+                   ) -> Tuple[Dict[Endpoint, ProbeResult], Dict[Endpoint, ProbeResult]]:
+    """Of the results at hand (those arrived and those kept back), (decide now, keep for the wave's end).
+
+    The depool threshold picks who stays by the longest failing streak, then config order, never by
+    arrival: so a result that may shrink the pool is acted on at once only while the threshold cannot
+    bind this pass (the spare capacity covers every such result at hand and every server in the pool
+    still without one, `pending`); else it waits for the end of the wave, decided there with all of them.
+    Without a fallback, the last servers of the pool wait too while a server out of it has no result
+    yet: it may be back this pass, and the whole pass would then never empty the pool."""
+    servers = {rs.endpoint: rs for rs in vs.servers}
+
+    def in_pool(ep: Endpoint) -> bool:
+        return table.get(vs.stored_endpoint(ep), _ABSENT).weight > 0
+
+    risky = {ep for ep, r in results.items()
+             if shrinks(vs, servers[ep], r, health.get(ep, Health()), vs.stored_endpoint(ep) in table)}
+    pool = sum(1 for ep in servers if in_pool(ep))
+    losing = sum(1 for ep in risky if in_pool(ep))
+    keep_back = ({ep: r for ep, r in results.items() if ep not in risky},
+                 {ep: r for ep, r in results.items() if ep in risky})
+    if vs.fallback is None and losing and pool - losing <= 0 and any(not in_pool(ep) for ep in pending):
+        return keep_back
+    if vs.depool_threshold <= 0:
+        return dict(results), {}
+    spare = math.floor(pool - vs.depool_threshold * len(vs.servers) + 1e-9)
+    if spare >= losing + sum(1 for ep in pending if in_pool(ep)):
+        return dict(results), {}
+    return keep_back
+
+
+def holds_go_first(vs: VirtualService, table: Table, held: Mapping[Endpoint, "Hold"],
+                   pending: Sequence[Endpoint]) -> bool:
+    """Whether the held servers may leave before any result of the pass: yes, unless that empties a
+    pool without a fallback while a server out of it may be back this pass (then they go with the
+    results, after it, as the whole-pass decision orders them)."""
+    def in_pool(ep: Endpoint) -> bool:
+        return table.get(vs.stored_endpoint(ep), _ABSENT).weight > 0
+
+    if vs.fallback is not None or any(in_pool(rs.endpoint) for rs in vs.servers if rs.endpoint not in held):
+        return True
+    return not any(not in_pool(ep) for ep in pending)
+
+
+def changed_table(vs: VirtualService, table: Table, made: Sequence[Action]) -> Table:
+    """The table as the changes that held left it: added at their weight, weight set, deleted."""
+    table = dict(table)
+    for action in made:
+        ep = action.endpoint if action.endpoint is not None else vs.fallback
+        stored = vs.stored_endpoint(ep)
+        if action.kind in (Change.DELETE, Change.FALLBACK_DELETE):
+            table.pop(stored, None)
+        elif action.kind in (Change.ADD, Change.FALLBACK_ADD):
+            table[stored] = Destination(stored, FORWARD_NAMES.get(vs.forward, vs.forward), action.weight or 0)
+        else:
+            table[stored] = dataclasses.replace(table.get(stored, Destination(stored, FORWARD_NAMES.get(vs.forward, vs.forward), 0)),
+                                                weight=action.weight or 0)
+    return table
 
 
 ###############################################################################
@@ -5132,6 +5257,7 @@ class ConfigWatch:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return ""
+            import hashlib
             digest, left = hashlib.sha256(), self.LIMIT
             while left > 0:
                 chunk = os.read(fd, min(left, 1 << 20))
@@ -5193,6 +5319,29 @@ def caught_up(due: float, ended: float) -> float:
     return max(due, ended)
 
 OPERATORS_ACTS = (Seen.HAND, Seen.HELD, Seen.RELEASED)  # logged, not given to on_change (not health)
+
+
+@dataclass
+class _PassView:
+    """One service in a pass as results arrive: the table and health as the changes made so far
+    left them, the results so far, those kept back for the wave's end, and what the pass did."""
+
+    vs: VirtualService
+    held: Dict[Endpoint, Hold]
+    start: Optional[Table]  # as read at the pass's start (None: unreadable)
+    table: Optional[Table] = None
+    health: Dict[Endpoint, Health] = field(default_factory=dict)
+    pending: Dict[Endpoint, None] = field(default_factory=dict)  # no result yet
+    results: Dict[Endpoint, ProbeResult] = field(default_factory=dict)
+    quiet: Dict[Endpoint, ProbeResult] = field(default_factory=dict)  # unremarkable: decided at the wave's end
+    kept_back: Dict[Endpoint, ProbeResult] = field(default_factory=dict)
+    events: List[Event] = field(default_factory=list)
+    done: Dict[str, str] = field(default_factory=dict)
+    after: Dict[Endpoint, Optional[int]] = field(default_factory=dict)
+    decided: bool = False
+
+    def __post_init__(self):
+        self.table = None if self.start is None else dict(self.start)
 
 
 class Monitor:
@@ -5565,6 +5714,66 @@ class Monitor:
                 self.due[key] = next_due(at, started, self.interval(vs))
         return due
 
+    def _decide_some(self, view: "_PassView", results: Mapping[Endpoint, ProbeResult], now: float,
+                     report: PassReport) -> None:
+        """Decide one service on the results at hand and the table as it now stands, carry the
+        changes out at once, then bring the pass's view (table, health) up to what they did."""
+        vs = view.vs
+        decision = decide(vs, results, view.table, view.health, now, view.held)
+        view.decided = True
+        view.events.extend(decision.events)
+        for event in decision.events:
+            state = event.state.value
+            message = EVENT_MESSAGES[state].format(
+                server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
+            self.output.say(message, state)
+            self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[state].format(reason=event.reason))
+            if vs.on_change and not self.dry_run and event.state not in OPERATORS_ACTS:
+                self.hooks.start(vs.on_change, vs, event)
+        made: List[Action] = []
+        view.health = self.carry_out(vs, decision, report, view.done, view.after, made)
+        view.table = changed_table(vs, view.table, made)
+        for rs in vs.servers:
+            self.health[(vs.ipvs_key, rs.endpoint)] = view.health[rs.endpoint]
+
+    def carry_out(self, vs: VirtualService, decision: Decision, report: PassReport, done: Dict[str, str],
+                  after: Dict[Endpoint, Optional[int]], made: List[Action]) -> Dict[Endpoint, Health]:
+        """Make one decision's changes (the one place a set of them is carried out): what each showed
+        goes to `done`, the weights set to `after`, the changes that held to `made`; returns the health."""
+
+        def make(action: Action) -> bool:
+            if self.stop_requested():
+                return False  # asked to stop: no new change is started
+            return tell(action, functools.partial(self._apply, vs, action, report))
+
+        def tell(action: Action, outcome: Callable[[], Tuple[bool, str]]) -> bool:
+            ok, done[action.server] = outcome()
+            if ok:
+                made.append(action)
+                if action.endpoint is not None and not self.dry_run:
+                    after[action.endpoint] = None if action.kind == Change.DELETE else action.weight
+            return ok
+
+        def hold(action: Action) -> None:
+            if not self.stop_requested():
+                done[action.server] = self._hold(vs, action)
+
+        def batch(actions: Sequence[Action]) -> List[Callable[[], bool]]:
+            outcomes = None if self.stop_requested() else self._apply_batch(vs, actions, report)
+            if outcomes is None:  # one process per change (or none: asked to stop)
+                return [functools.partial(make, a) for a in actions]
+            return [functools.partial(tell, a, outcome) for a, outcome in zip(actions, outcomes)]
+
+        tried = {(vs.protocol, vs.address, a.server): a.weight for a in decision.actions
+                 if a.endpoint is not None and a.weight is not None}
+        if tried and self.write_ahead and not self.dry_run:
+            self.intent.update(tried)
+            try:
+                write_intent(self.config.state_file, self.intent)
+            except OSError:
+                pass  # the state file's own trouble is said when it is written
+        return carry_out(decision, make, hold, batch)
+
     def run_pass(self) -> PassReport:
         now = time.time()
         started = time.monotonic()
@@ -5577,13 +5786,46 @@ class Monitor:
         self.listed = self._whole_table()  # one read of the whole table, or None: one ipvsadm -Ln per service
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
         self.listed = None
+        views = {vs.ipvs_key: _PassView(vs, {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key},
+                                        tables[vs.ipvs_key]) for vs in services}
+        serves: Dict[ProbeTarget, List[Tuple[_PassView, Endpoint, RealServer]]] = {}
+        for vs in services:
+            view = views[vs.ipvs_key]
+            view.health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
+            view.pending = {rs.endpoint: None for rs in vs.servers if rs.endpoint not in view.held}
+            for rs in vs.servers:
+                if rs.endpoint in view.pending:
+                    serves.setdefault(self.targets[(vs.ipvs_key, rs.endpoint)], []).append((view, rs.endpoint, rs))
+
+        def arrived(batch: Mapping[ProbeTarget, ProbeResult]) -> None:
+            """Each service with new results decides on them at once (see split_arrivals)."""
+            touched: Dict[Tuple[str, str], _PassView] = {}
+            for target, result in batch.items():
+                for view, ep, rs in serves.get(target, ()):
+                    view.pending.pop(ep, None)
+                    view.results[ep] = result
+                    touched[view.vs.ipvs_key] = view  # (fewer pending: what was kept back may go now)
+                    if view.table is not None and unremarkable(view.vs, rs, result, view.health[ep], view.table):
+                        view.quiet[ep] = result
+                    else:
+                        view.kept_back[ep] = result
+            for view in touched.values():
+                if view.kept_back and view.table is not None and not self.stop_requested():
+                    now_results, view.kept_back = split_arrivals(view.vs, view.kept_back, view.table, view.health,
+                                                                 list(view.pending))
+                    if now_results:
+                        self._decide_some(view, now_results, now, report)
+
         try:
-            targets = [self.targets[(vs.ipvs_key, rs.endpoint)] for vs in services for rs in vs.servers
-                       if (vs.ipvs_key, rs.endpoint) not in holds]  # a held server is not checked (ldirectord)
+            for view in views.values():  # a held server goes out first, whatever the others' results
+                if (view.held and view.table is not None and not self.stop_requested()
+                        and holds_go_first(view.vs, view.table, view.held, list(view.pending))):
+                    self._decide_some(view, {}, now, report)
+            targets = list(serves)  # a held server is not checked (ldirectord)
             results = None if self.stop_requested() else probe_all(
-                targets, self.config.timeout, self.fanout, self.stop_requested)
+                targets, self.config.timeout, self.fanout, self.stop_requested, arrived)
             fault = ""
-        except MonitorFault as exc:  # the monitor could not probe: nothing is decided on that
+        except MonitorFault as exc:  # the monitor could not probe: nothing more is decided on that
             results, fault = {}, f"probes could not run: {exc}"
             if self.problems.get(("probes",)) != fault:
                 self.output.say(f"{fault}; no change made this pass", "problem")
@@ -5593,63 +5835,28 @@ class Monitor:
                 self.output.say("probes run again")
         if results is None or self.stop_requested():
             report.stopped = True
-            return report  # asked to stop: leave the table exactly as it is
+            return report  # asked to stop: no new change, the table left as it is
         not_probed = ProbeResult(False, "not probed: the monitor's fault", 0.0)
         for vs in services:
-            held = {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key}
-            table = tables[vs.ipvs_key] if not fault else None
+            view = views[vs.ipvs_key]
+            held = view.held
+            table = view.table if not fault else None
             if fault:
                 reports[vs.ipvs_key].problem = fault
-            health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
-            by_server = {rs.endpoint: results.get(self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
-                         if rs.endpoint not in held else ProbeResult(False, held[rs.endpoint].reason, 0.0)
-                         for rs in vs.servers}
-            done: Dict[str, str] = {}
-            after: Dict[Endpoint, Optional[int]] = {}  # weights this pass changed
-            if table is not None:
-                decision = decide(vs, by_server, table, health, now, held)
+            elif table is not None and (view.kept_back or view.quiet or not view.decided):
+                # what waited for the whole wave (the depool threshold could bind, or nothing to change),
+                # or a service with nothing probed
+                self._decide_some(view, {**view.quiet, **view.kept_back}, now, report)
+                view.kept_back, view.quiet = {}, {}
+            table = view.start if table is not None else None  # the rows compare with the table as read
+            health = view.health
+            by_server = {rs.endpoint: view.results.get(rs.endpoint) or results.get(
+                self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
+                if rs.endpoint not in held else ProbeResult(False, held[rs.endpoint].reason, 0.0)
+                for rs in vs.servers}
+            done, after = view.done, view.after
+            if view.decided:
                 self.held_seen[vs.ipvs_key] = frozenset(held.items())
-                for event in decision.events:
-                    state = event.state.value
-                    message = EVENT_MESSAGES[state].format(
-                        server=event.server, vs=vs.label(), reason=event.reason, threshold=vs.depool_threshold)
-                    self.output.say(message, state)
-                    self.changes[(vs.ipvs_key, event.server)] = (now, CHANGES[state].format(reason=event.reason))
-                    if vs.on_change and not self.dry_run and event.state not in OPERATORS_ACTS:
-                        self.hooks.start(vs.on_change, vs, event)
-
-                def make(action: Action) -> bool:
-                    if self.stop_requested():
-                        return False  # asked to stop: no new change is started
-                    return tell(action, functools.partial(self._apply, vs, action, report))
-
-                def tell(action: Action, outcome: Callable[[], Tuple[bool, str]]) -> bool:
-                    ok, done[action.server] = outcome()
-                    if ok and action.endpoint is not None and not self.dry_run:
-                        after[action.endpoint] = None if action.kind == Change.DELETE else action.weight
-                    return ok
-
-                def hold(action: Action) -> None:
-                    if not self.stop_requested():
-                        done[action.server] = self._hold(vs, action)
-
-                def batch(actions: Sequence[Action]) -> List[Callable[[], bool]]:
-                    outcomes = None if self.stop_requested() else self._apply_batch(vs, actions, report)
-                    if outcomes is None:  # one process per change (or none: asked to stop)
-                        return [functools.partial(make, a) for a in actions]
-                    return [functools.partial(tell, a, outcome) for a, outcome in zip(actions, outcomes)]
-
-                tried = {(vs.protocol, vs.address, a.server): a.weight for a in decision.actions
-                         if a.endpoint is not None and a.weight is not None}
-                if tried and self.write_ahead and not self.dry_run:
-                    self.intent.update(tried)
-                    try:
-                        write_intent(self.config.state_file, self.intent)
-                    except OSError:
-                        pass  # the state file's own trouble is said when it is written
-                health = carry_out(decision, make, hold, batch)
-                for rs in vs.servers:
-                    self.health[(vs.ipvs_key, rs.endpoint)] = health[rs.endpoint]
             for rs in vs.servers:
                 stored = (table or {}).get(vs.stored_endpoint(rs.endpoint))
                 result = by_server[rs.endpoint]
@@ -5663,9 +5870,9 @@ class Monitor:
                 reports[vs.ipvs_key].rows.append(ServerRow(
                     str(rs), rs.weight, weight, health[rs.endpoint], result,
                     done.get(str(rs), ""), self.changes.get((vs.ipvs_key, str(rs)), (0.0, ""))))
-            if table is not None and not self.dry_run:
+            if view.decided and not self.dry_run:
                 serving = any(row.health.up and row.ipvs_weight for row in reports[vs.ipvs_key].rows)
-                self._notify(vs, decision.events, health, done, serving, phase, now)
+                self._notify(vs, view.events, health, done, serving, phase, now)
             self.last[vs.ipvs_key] = reports[vs.ipvs_key]
         if not self.dry_run:
             self._resend(phase, now)

@@ -6,7 +6,9 @@
 Listens on N ports of IP (127.0.0.1), one selector loop for all; prints one
 JSON line with their "ip:port" addresses, then serves.  MODE: `ok` (HTTP 200
 at once), `delay:SECONDS` (HTTP 200 that long after the request came: slow
-but healthy) or `hang` (read the request, never answer).  Commands on stdin, one
+but healthy), `status:500` (HTTP 500 at once) or `hang` (read the request,
+never answer).  With HERD_ANSWERED set, the wall-clock time of each answer
+sent is appended to that file, a line each.  Commands on stdin, one
 per line:
 
     stop PID SECONDS   at the next connection accepted, SIGSTOP PID, wait,
@@ -27,6 +29,7 @@ import sys
 import time
 
 ANSWER = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+FAILED = b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
 
 
 def main():
@@ -107,8 +110,11 @@ def main():
 def answer(conn):
     if conn is None:
         return
+    if os.environ.get("HERD_ANSWERED"):  # written before the answer goes: never later than it
+        with open(os.environ["HERD_ANSWERED"], "a") as handle:
+            handle.write(f"{time.time()}\n")
     try:
-        conn.sendall(ANSWER)
+        conn.sendall(FAILED if sys.argv[2] == "status:500" else ANSWER)
     except OSError:
         pass
     conn.close()

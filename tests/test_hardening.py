@@ -347,7 +347,7 @@ def test_sigterm_while_probes_wait_on_hung_servers(ipvs, run, backends):
     a, b, hung = backends(ip="127.0.0.11"), backends(ip="127.0.0.12"), backends(ip="127.0.0.13", mode="hang")
     monitor = run(ipvs, config(VIP, [a.address, b.address, hung.address], interval=0.1, timeout=1)).start()
     wait_until(lambda: len(table(ipvs)) == 2, what="a and b added")
-    b.stop()  # the next pass would delete b...
+    b.mode = "hang"  # the next pass would delete b at its deadline (a refusal would go at once)...
     waiting = len(hung.open_conns)
     wait_until(lambda: len(hung.open_conns) > waiting, what="a pass waiting on the hung server")
     before = table(ipvs)
@@ -411,9 +411,10 @@ def test_sigterm_between_changes_starts_no_new_change(ipvs, run, backends, tmp_p
     done = len(started_calls(started))
     sigterm(monitor)
     assert monitor.proc.wait(timeout=2.5 * SLOW) == 0  # TimeoutExpired: more runs, 1 s each
-    assert len(table(ipvs)) == 4, "the -R under way completes; no other run starts"  # the table stays consistent
+    # The -R under way completes (the adds of the results at hand; results are acted on as they
+    # arrive, so there may have been an earlier change, and others not started); no other run starts.
     assert started_calls(started)[done:] == []  # not even the listing that reads the -R back
-    assert monitor.count("has been added to work") == 4  # what the -R said of each line
+    assert len(table(ipvs)) >= 1 and monitor.count("has been added to work") == len(table(ipvs))  # each logged
 
 
 def test_sighup_storm_leaves_the_monitor_running_and_monitoring(ipvs, run, backends):

@@ -306,3 +306,148 @@ def test_a_held_server_is_never_added_goes_out_and_the_pool_never_empties_with_a
         if vs.fallback is not None and not vs.depool_threshold:  # (a threshold keeps failing ones in, beside it)
             serving = any(d.weight > 0 for ep, d in table.items() if ep != vs.stored_endpoint(vs.fallback))
             assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)
+
+
+# Issue 14: act on each result as it arrives.  The monitor decides a service on each batch of
+# results as the wave hands them over, on the table as its changes so far left it; a removal the
+# depool threshold could refuse waits for the wave's end (split_arrivals).  Driven here in random
+# batches, in any arrival order, beside the whole-pass decision: the same table and health at the
+# end of every pass, and the invariants after every single change.
+
+def weights(table):
+    return {ep: d.weight for ep, d in table.items()}
+
+
+def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambda before, table: None):
+    """One pass as Monitor.run_pass drives it: held servers first, then each batch of `order`
+    (cut at `cuts`) as it arrives, then what was kept back; every change holds."""
+    state = {"table": table, "health": health, "decided": False}
+
+    def step(now_results):
+        decision = m.decide(vs, now_results, state["table"], state["health"], 0.0, held)
+        for action in decision.actions:
+            before = state["table"]
+            state["table"] = apply(vs, before, [action])
+            assert weights(m.changed_table(vs, before, [action])) == weights(state["table"])  # the monitor's view
+            after_each(before, state["table"])
+        state["health"], state["decided"] = decision.health, True
+        return decision
+
+    pending = [ep for ep in order if ep not in held]
+    if held and m.holds_go_first(vs, state["table"], held, pending):
+        step({})
+    servers = {rs.endpoint: rs for rs in vs.servers}
+    kept, quiet = {}, {}
+    bounds = sorted(set(c % (len(pending) + 1) for c in cuts)) + [len(pending)]
+    first = 0
+    for last in bounds:
+        batch, pending = pending[:last - first], pending[last - first:]
+        first = last
+        for ep in batch:
+            h = state["health"].get(ep, m.Health())
+            if m.unremarkable(vs, servers[ep], results[ep], h, state["table"]):
+                quiet[ep] = results[ep]  # changes nothing: decided at the end
+            else:
+                kept[ep] = results[ep]
+        if not kept:
+            continue
+        now_results, kept = m.split_arrivals(vs, kept, state["table"], state["health"], pending)
+        if now_results:
+            step(now_results)
+    if kept or quiet or not state["decided"]:
+        step({**quiet, **kept})
+    return state["table"], state["health"]
+
+
+arrivals = st.fixed_dictionaries({
+    "verdicts": st.lists(st.sampled_from(["bad", "ok", "ok", "ask 0"]), min_size=5, max_size=5),
+    "held": st.lists(st.sampled_from([False, False, False, True]), min_size=5, max_size=5),
+    "order": st.permutations(range(5)),
+    "cuts": st.lists(st.integers(0, 5), max_size=4),
+})
+
+
+@settings(max_examples=600, deadline=None)
+@given(vs=st.builds(make_service, n=st.integers(1, 5), fall=st.integers(1, 2), rise=st.integers(1, 2),
+                    quiescent=st.booleans(), fallback=st.booleans(),
+                    threshold=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), forward=st.sampled_from(["-g", "-m"])),
+       start_present=st.lists(st.booleans(), min_size=5, max_size=5),
+       passes=st.lists(arrivals, min_size=1, max_size=8))
+def test_deciding_as_results_arrive_ends_as_the_whole_pass_decision_in_any_order(vs, start_present, passes):
+    table = {vs.stored_endpoint(rs.endpoint): m.Destination(vs.stored_endpoint(rs.endpoint), "Masq", rs.weight)
+             for rs, present in zip(vs.servers, start_present) if present}
+    whole_table, whole_health = table, {}
+    health = {}
+    floor = vs.depool_threshold * len(vs.servers)
+    fallback = vs.stored_endpoint(vs.fallback) if vs.fallback is not None else None
+    for step in passes:
+        n = len(vs.servers)
+        results = {rs.endpoint: asked_result(v) for rs, v in zip(vs.servers, step["verdicts"])}
+        held = {rs.endpoint: HOLD for rs, h in zip(vs.servers, step["held"]) if h}
+        order = [vs.servers[i].endpoint for i in step["order"] if i < n]
+        forced = {vs.stored_endpoint(ep) for ep in held} | {  # held, or asked weight 0 by its own check
+            vs.stored_endpoint(ep) for ep, r in results.items() if r.ok and r.weight == 0}
+
+        def after_each(before, now):
+            # the fallback: the pool never empties, across batches
+            if vs.fallback is not None and pool(before):
+                assert pool(now), "the pool was emptied although a fallback is configured"
+            # without one: emptied in the middle of a pass only when the whole pass empties it too
+            if vs.fallback is None and pool(before) and not pool(now):
+                assert not pool(whole_table), ("the pool was emptied before a server that is back this "
+                                               "pass had its result", before, now)
+            # the depool threshold: no removal of ours (but a held server's) below the floor
+            gone = {ep for ep, d in before.items() if d.weight > 0 and ep != fallback} - {
+                ep for ep, d in now.items() if d.weight > 0}
+            if gone - forced:
+                # (a server whose own check asked for weight 0 counts as in, as decide counts it)
+                real = sum(1 for ep, d in now.items() if (d.weight > 0 or ep in forced) and ep != fallback)
+                assert real >= floor - 1e-9, (before, now)
+
+        whole = m.decide(vs, results, whole_table, whole_health, 0.0, held)
+        whole_table, whole_health = apply(vs, whole_table, whole.actions), whole.health
+        table, health = arrival_pass(vs, table, health, results, order, step["cuts"], held, after_each)
+        assert weights(table) == weights(whole_table), (step, table, whole_table)
+        assert {ep: (h.up, h.good, h.bad, h.kept, h.quiesced) for ep, h in health.items()} == {
+            ep: (h.up, h.good, h.bad, h.kept, h.quiesced) for ep, h in whole_health.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(2, 6), threshold=st.sampled_from([0.25, 0.5, 0.75, 1.0]), quiescent=st.booleans(),
+       streaks=st.lists(st.integers(0, 3), min_size=6, max_size=6), data=st.data())
+def test_when_the_threshold_binds_who_stays_is_never_decided_by_arrival_order(n, threshold, quiescent, streaks,
+                                                                               data):
+    """Every server in the pool fails at once, with different streaks behind them: the ones that go
+    are those of the longest streaks, then config order, whatever order the failures arrive in."""
+    vs = make_service(n, 1, 1, quiescent, False, threshold, "-m")
+    table = apply(vs, {}, m.decide(vs, {rs.endpoint: OK for rs in vs.servers}, {}, {}).actions)
+    health = {rs.endpoint: m.Health(up=True, good=0, bad=0, weight=rs.weight) for rs in vs.servers}
+    # streaks of failures kept in by the threshold before this pass
+    health = {ep: dataclasses_replace(h, bad=b, kept=bool(b), up=not b) for (ep, h), b in zip(health.items(), streaks)}
+    results = {rs.endpoint: BAD for rs in vs.servers}
+    whole = apply(vs, table, m.decide(vs, results, table, health).actions)
+    order = data.draw(st.permutations([rs.endpoint for rs in vs.servers]))
+    cuts = data.draw(st.lists(st.integers(0, n), max_size=n))
+    arrived, _ = arrival_pass(vs, table, health, results, order, cuts, {})
+    assert weights(arrived) == weights(whole)
+    assert sum(in_pool(vs, arrived, rs) for rs in vs.servers) >= threshold * n - 1e-9
+
+
+def dataclasses_replace(h, **kw):
+    import dataclasses
+    return dataclasses.replace(h, **kw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 5), data=st.data())
+def test_with_no_threshold_a_failure_is_acted_on_in_its_own_batch(n, data):
+    """depool_threshold = 0: nothing is kept back, the first batch's failure goes at once."""
+    vs = make_service(n, 1, 1, False, True, 0.0, "-m")
+    table = apply(vs, {}, m.decide(vs, {rs.endpoint: OK for rs in vs.servers}, {}, {}).actions)
+    first = data.draw(st.sampled_from([rs.endpoint for rs in vs.servers]))
+    pending = [rs.endpoint for rs in vs.servers if rs.endpoint != first]
+    now, kept = m.split_arrivals(vs, {first: BAD}, table, {}, pending)
+    assert now == {first: BAD} and not kept
+    decision = m.decide(vs, now, table, {})
+    after = apply(vs, table, decision.actions)
+    assert vs.stored_endpoint(first) not in after and pool(after)
