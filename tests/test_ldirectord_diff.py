@@ -223,7 +223,10 @@ class Call:
 class CallLog:
     """An ipvsadm in front of the real one that logs each call: when it began and
     ended, its exit status and its arguments (bash: no process of its own for the
-    clock, the VM is slow enough)."""
+    clock, the VM is slow enough).  An `ipvsadm -R` (monitor_rs makes a service's
+    changes in one) is logged as its lines, each with status 0: -R's own status is
+    its last line's, so whether each line held is left to the replay's last table,
+    which must equal the kernel's."""
 
     def __init__(self, folder, real):
         folder.mkdir(exist_ok=True)
@@ -232,6 +235,16 @@ class CallLog:
         with open(self.path, "w") as handle:
             handle.write("#!/bin/bash\n"
                          "t0=$EPOCHREALTIME\n"
+                         "if [ \"$1\" = -R ]; then\n"
+                         "    input=$(cat)\n"
+                         f"    printf '%s\\n' \"$input\" | '{real}' \"$@\"\n"
+                         "    rc=$?\n"
+                         "    t1=$EPOCHREALTIME\n"
+                         "    while IFS= read -r line; do\n"
+                         f"        [ -n \"$line\" ] && printf '%s %s 0 %s\\n' \"$t0\" \"$t1\" \"$line\" >> '{self.log}'\n"
+                         "    done <<< \"$input\"\n"
+                         "    exit $rc\n"
+                         "fi\n"
                          f"'{real}' \"$@\"\n"
                          "rc=$?\n"
                          f"printf '%s %s %s %s\\n' \"$t0\" \"$EPOCHREALTIME\" \"$rc\" \"$*\" >> '{self.log}'\n"
