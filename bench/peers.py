@@ -567,7 +567,7 @@ def host_main(argv=None):
         ap.error("monitorRS.sh not found: pass --original PATH")
     opts = {"tools": tools, "samples": args.samples or (2 if args.quick else 5),
             "window": args.window or (20.0 if args.quick else 60.0), "settle": 5.0,
-            "detect_limit": 20.0, "start_limit": 240.0, "seed": args.seed,
+            "detect_limit": 20.0, "start_limit": 400.0, "seed": args.seed,
             "monitor": os.path.abspath(args.monitor), "original": original and os.path.abspath(original)}
     out_dir = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix="peers-vm.")
     os.makedirs(out_dir, exist_ok=True)
