@@ -311,13 +311,16 @@ def run_tool(name, servers, opts, rng):
         time.sleep(opts["settle"])
         # steady state: the tool's CPU over the window; the bench keeps polling at the same rate
         c0, w0, low, b0 = group.cpu(), time.time(), N, own_cpu()
+        before, flaps = live(table()), 0
         while time.time() - w0 < opts["window"]:
-            low = min(low, len(live(table()) & everyone))
+            now = live(table())
+            low, flaps, before = min(low, len(now & everyone)), flaps + len(before - now), now
             time.sleep(POLL)
         span = time.time() - w0
         res["cpu"] = (group.cpu() - c0) / span * 60
         res["bench_cpu"] = (own_cpu() - b0) / span * 60
         res["steady_min_in_table"] = low
+        res["steady_taken_out"] = flaps  # healthy servers removed during the window (all are healthy)
         say(opts, f"{name}: CPU {res['cpu']:.2f} s/min, the bench's own {res['bench_cpu']:.2f} "
                   f"(fewest in table during the window: {low})")
         for k in range(opts["samples"]):
@@ -503,7 +506,9 @@ def render(result, host):
         res = result["tools"][t]
         bits = [f"stopped by {res.get('stop')}"]
         if "steady_min_in_table" in res:
-            bits.append(f"fewest servers in the table during the CPU window: {res['steady_min_in_table']} of 40")
+            bits.append(f"fewest servers in the table during the CPU window: {res['steady_min_in_table']} of 40"
+                        + (f", healthy servers taken out in it: {res['steady_taken_out']}"
+                           if "steady_taken_out" in res else ""))
         if "bench_cpu" in res:
             bits.append(f"the bench's own table reads meanwhile: {res['bench_cpu']:.2f} CPU s/min (not counted)")
         short = [s["in_table_at_switch"] for s in res.get("samples", []) if s.get("in_table_at_switch", N) < N]
