@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Side by side on the real kernel: monitor_rs, keepalived, ldirectord and monitorRS.sh.
 
-    python3 bench/peers.py            # boots the VM once, every tool in turn: about 15 minutes
-    python3 bench/peers.py --quick    # 2 fault samples, a 20 s CPU window: about 8 minutes
+    python3 bench/peers.py            # boots the VM once, every tool in turn: 15-20 minutes
+    python3 bench/peers.py --quick    # 2 fault samples, a 20 s CPU window: about 10 minutes
     python3 bench/peers.py --tools monitor_rs,keepalived --samples 3
 
 On the host it boots the throwaway IPVS VM once through tests/vm/run, which runs
