@@ -481,6 +481,7 @@ def render(result, host):
         "",
         f"{host['date']} · {host['machine']}",
         "",
+        *([f"monitor_rs measured: {result['monitor']}", ""] if result.get("monitor") else []),
         f"40 real servers on 127.1.0.1-40:80 inside the VM (8 answer 0.6 s after the request), "
         f"one virtual service {VIP}:{VPORT}, every tool told: check every {INTERVAL} s, timeout "
         f"{TIMEOUT} s, one failure = down, remove on failure. Faults: three servers at once "
@@ -530,6 +531,18 @@ def render(result, host):
               "(`curl --connect-timeout 1` as it is); the bench makes the virtual service first.",
               ""]
     return "\n".join(lines)
+
+
+def monitor_version(path):
+    """The monitor_rs measured: its path, and its commit when it is a clean file of a git tree."""
+    where = os.path.dirname(path)
+    git = ["git", "-C", where]
+    try:
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", path], capture_output=True, text=True).stdout
+    except OSError:
+        head, dirty = "", ""
+    return f"{path} (git {head}{', modified' if dirty.strip() else ''})" if head else path
 
 
 def host_machine(opts):
@@ -596,6 +609,7 @@ def host_main(argv=None):
         result = json.load(handle)
     result["host"] = host
     result["vm_run_exit"] = rc
+    result["monitor"] = monitor_version(opts["monitor"])
     with open(args.out + ".json", "w") as handle:
         json.dump(result, handle, indent=1)
         handle.write("\n")
