@@ -4,6 +4,8 @@
 Each address has a mode, changed at run time:
 
   ok       HTTP/1.0 200 to any request (what both monitors call healthy)
+  slow     the same 200, sent SLOW_DELAY (0.6 s) after the request has been read
+  500      HTTP/1.0 500 to any request (a server that answers, but with an error)
   refuse   no listener: the kernel answers the SYN with a RST (connection refused)
   hang     accepts, reads, never answers (curl without --max-time waits forever)
   syndrop  a listener with backlog 0 whose accept queue is filled by one connection
@@ -31,7 +33,11 @@ PORT = 80
 BODY = b"ok\n"
 RESPONSE = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s" % (len(BODY), BODY))
-MODES = ("ok", "refuse", "hang", "syndrop")
+ERROR = (b"HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+         b"Content-Length: 6\r\nConnection: close\r\n\r\nerror\n")
+SLOW_DELAY = 0.6
+MODES = ("ok", "refuse", "hang", "syndrop", "slow", "500")
+ANSWERING = ("ok", "slow", "500", "hang")  # modes with an asyncio listener
 
 
 def raise_nofile():
@@ -59,20 +65,22 @@ class Server:
     def __init__(self, ip):
         self.ip = ip
         self.mode = "refuse"
-        self.aserver = None  # asyncio.Server while mode is ok or hang
+        self.aserver = None  # asyncio.Server while mode is ok, slow, 500 or hang
         self.raw = None  # backlog-0 listener while mode is syndrop
         self.filler = None  # the connection that fills its accept queue
 
     async def handle(self, reader, writer):
         Stats.connections += 1
         try:
-            if self.mode == "ok":
+            if self.mode != "hang":
                 try:
                     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
                 except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     return
                 Stats.requests += 1
-                writer.write(RESPONSE)
+                if self.mode == "slow":
+                    await asyncio.sleep(SLOW_DELAY)
+                writer.write(ERROR if self.mode == "500" else RESPONSE)
                 await writer.drain()
             else:  # hang: hold the connection, never answer, until the peer goes
                 while await reader.read(65536):
@@ -91,7 +99,7 @@ class Server:
     async def set(self, mode):
         if mode not in MODES:
             raise ValueError(mode)
-        if mode in ("ok", "hang"):
+        if mode in ANSWERING:
             self._close_raw()
             if self.aserver is None:
                 self.aserver = await asyncio.start_server(
