@@ -49,7 +49,8 @@ import run as rb  # noqa: E402  (bench/run.py: spawn, stop, the ipvsadm wrapper,
 PY = sys.executable
 INTERVAL, TIMEOUT = 1.0, 1.0
 VIP, RPORT, VPORT0 = "127.0.0.1", 80, 8000
-PER_PROCESS = 4000  # servers per servers.py process: its listeners and as many connections at once,
+REAL_CALL = 0.002  # seconds: one call of ipvsadm 1.31 (bench/README.md: about 1-2 ms), for the estimate
+PER_PROCESS = 2000  # servers per servers.py process: its listeners and as many connections at once,
                    # under an open-file limit of 20,000 that this container's root cannot raise
 say = rb.say
 
@@ -147,7 +148,23 @@ class World:
         self.modes.update(changes)
         return done
 
-    def start_monitor(self, pinned=False):
+    def proc_file(self):
+        """/proc/net/ip_vs as the kernel would print the fake's table now (ip_vs_info_seq_show)."""
+        hexa = lambda ip, port: "%08X:%04X" % (int.from_bytes(bytes(int(x) for x in ip.split(".")), "big"), port)
+        with open(self.state) as handle:
+            state = json.load(handle)
+        lines = ["IP Virtual Server version 1.2.1 (size=4096)", "Prot LocalAddress:Port Scheduler Flags",
+                 "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn"]
+        for svc in state["services"]:
+            lines.append(f"TCP  {hexa(svc['addr'], svc['port'])} {svc['scheduler']} ")
+            lines += [f"  -> {hexa(d['addr'], d['port'])}      {d['forward']:<7} {d['weight']:<6} 0          0         "
+                      for d in svc["dests"]]
+        path = os.path.join(self.dir, "ip_vs")
+        with open(path, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        return path
+
+    def start_monitor(self, pinned=False, proc=False):
         self.pass_log = os.path.join(self.dir, "passes.log")
         self.mstate = os.path.join(self.dir, "monitor_rs-state.json")
         argv = [PY, os.path.join(HERE, "monwrap.py"), "--config", self.conf, "--ipvsadm", self.ipvsadm,
@@ -158,6 +175,13 @@ class World:
             self.hog = rb.spawn(["taskset", "-c", "0", PY, "-c", "while True: pass"])
         env = {"PATH": os.path.join(self.dir, "bin") + ":" + rb.CLEAN_PATH, "HOME": self.dir, "LANG": "C.UTF-8",
                "BENCH_MONITOR": self.args.monitor, "BENCH_PASS_LOG": self.pass_log}
+        if proc:  # the table read as with the system's ipvsadm: one read of (a synthetic) /proc/net/ip_vs a pass
+            env["BENCH_PROC_IP_VS"] = self.proc_file()
+            with open(self.conf) as handle:
+                text = handle.read()
+            text = text.replace("[monitor]\n", "[monitor]\ntable_source = proc\n", 1)
+            with open(self.conf, "w") as handle:
+                handle.write(text)
         self.out = open(os.path.join(self.dir, "monitor_rs.out"), "w")
         self.monitor = rb.spawn(argv, stdout=self.out, stderr=subprocess.STDOUT, env=env)
         self.passes = rb.Tail(self.pass_log, rb.parse_pass)
@@ -216,7 +240,6 @@ def mass(workdir, args, rng):
                 end = t0 + (out or 30)  # the monitor waits for each fake call in turn: time spent inside them
                 inside = sum(max(0.0, min(c["t1"], end) - max(c["tstart"], t0)) for c in calls)
                 world.passes.poll()
-                t1 = time.time()
                 back = settle(world, everyone, world.set_modes({ip: "ok" for ip in dying}), 30)
                 world.calls.poll()
                 first = min((c["t0"] for c in changes), default=None)
@@ -251,12 +274,19 @@ def fd_count(pid):
         return None
 
 
-def steady(workdir, args, label, check, pinned=False, profile=False):
+def schedstat(pid):
+    """(ns on a CPU, ns waiting in a run queue) of the process's main thread."""
+    with open(f"/proc/{pid}/schedstat") as handle:
+        run, wait = handle.read().split()[:2]
+    return int(run), int(wait)
+
+
+def steady(workdir, args, label, check, pinned=False, profile=False, proc=False):
     world = World(workdir, label, args.services, args.per, args, check)
     result = {"services": args.services, "per": args.per, "n": world.n, "pinned": pinned, "check": check,
-              "load_start": loadavg()}
+              "table": "/proc (synthetic)" if proc else "fake ipvsadm -Ln", "load_start": loadavg()}
     try:
-        world.start_monitor(pinned)
+        world.start_monitor(pinned, proc)
         pid = world.monitor.pid
         world.wait_passes(2, 120)  # warm-up: the first passes start every check fresh
         world.calls.poll()
@@ -268,7 +298,7 @@ def steady(workdir, args, label, check, pinned=False, profile=False):
             spy = rb.spawn([args.py_spy, "record", "--pid", str(pid), "--idle", "--rate", "50", "--format", "raw",
                             "--output", raw, "--duration", f"{args.window:g}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cpu0, t0 = rb.cpu_of(pid), time.time()
+        cpu0, t0, sched0 = rb.cpu_of(pid), time.time(), schedstat(pid)
         fds, failed, seen_time, smallest = [], [], None, world.n
         while time.time() < t0 + args.window:
             n = fd_count(pid)
@@ -286,7 +316,7 @@ def steady(workdir, args, label, check, pinned=False, profile=False):
             if table is not None:
                 smallest = min(smallest, sum(1 for w in table.values() if w > 0))
             time.sleep(0.05)
-        cpu1, t1 = rb.cpu_of(pid), time.time()
+        cpu1, t1, sched1 = rb.cpu_of(pid), time.time(), schedstat(pid)
         world.passes.poll()
         world.calls.poll()
         passes = [p for p in world.passes.items[first:] if t0 <= p["start"] and p["end"] <= t1]
@@ -304,11 +334,15 @@ def steady(workdir, args, label, check, pinned=False, profile=False):
             "fds_max": max(fds) if fds else None, "fds_min": min(fds) if fds else None,
             "snapshots": failed, "failed_probes_total": sum(s["failed"] for s in failed),
             "fewest_in_table": smallest, "change_calls": len(changes),
-            "listings": len(lists), "listings_per_pass": len(lists) / max(1, len(passes)),
+            "listings": len(lists),
+            "listings_per_pass": sum(p["start"] <= c["t0"] < p["end"] for p in passes for c in lists) / max(1, len(passes)),
             "fake_list_wall_median_s": med([c["t1"] - c["t0"] for c in lists]),
             "fake_list_cpu_median_s": med([c["cpu"] for c in lists]),
-            "fake_list_wall_per_pass_s": sum(c["t1"] - c["t0"] for c in lists) / max(1, len(passes)),
+            "fake_list_wall_per_pass_s": sum(c["t1"] - c["tstart"] for p in passes for c in lists
+                                             if p["start"] <= c["t0"] < p["end"]) / max(1, len(passes)),
             "load_end": loadavg(),
+            "oncpu_share": (sched1[0] - sched0[0]) / 1e9 / (t1 - t0),
+            "runqueue_wait_share": (sched1[1] - sched0[1]) / 1e9 / (t1 - t0),
         })
         with open(os.path.join(world.dir, "monitor_rs.log")) as handle:
             log = handle.read().splitlines()
@@ -348,9 +382,17 @@ BUCKETS = (
 )
 
 
+# Leaf frames where the monitor waits (a selector, a child process, its sleep) rather than computes.
+WAITS = ("Selector.select", "Popen._wait", "Popen._try_wait", "Popen.communicate", "Popen._communicate",
+         "Signals.sleep", "timed_sleep", "Event.wait", "Condition.wait")
+
+
 def summarize_profile(path):
-    """Share of py-spy's samples per part of the cycle (from its raw, collapsed stacks)."""
+    """Share of py-spy's samples per part of the cycle (from its raw, collapsed stacks): of all
+    samples (wall clock), and of those not waiting in a selector, a child or the sleep (computing:
+    on a CPU or waiting for one in a run queue)."""
     counts, total = collections.Counter(), 0
+    busy, busy_total = collections.Counter(), 0
     funcs = collections.Counter()
     with open(path) as handle:
         for line in handle:
@@ -366,10 +408,14 @@ def summarize_profile(path):
                     where = name
                     break
             counts[where] += n
-            if frames:
+            if frames and not any(w in frames[-1] for w in WAITS):
+                busy[where] += n
+                busy_total += n
                 funcs[frames[-1]] += n
     return {"samples": total, "share": {k: round(v / max(1, total), 3) for k, v in counts.most_common()},
-            "top_leaves": [(f, round(v / max(1, total), 3)) for f, v in funcs.most_common(12)]}
+            "busy_samples": busy_total,
+            "busy_share": {k: round(v / max(1, busy_total), 3) for k, v in busy.most_common()},
+            "top_leaves": [(f, round(v / max(1, busy_total), 3)) for f, v in funcs.most_common(12)]}
 
 
 # ------------------------------------------------------------------- /proc read
@@ -402,6 +448,9 @@ def enter_netns():
     os.execvp("unshare", ["unshare", "--net", "--", PY, os.path.abspath(__file__), *sys.argv[1:]])
 
 
+ANALYSIS = "<!-- analysis: by hand, kept by later runs -->"
+
+
 def render(results, info, args, elapsed):
     r = results
     L = ["# Scale bench: mass failure at 1000, 10,000 servers on one director", "",
@@ -409,21 +458,29 @@ def render(results, info, args, elapsed):
          f"Load average at start {info['load']}, at end {info['load_end']} (a shared machine: other "
          "developers' VMs ran at the same time; read the ratios and counts before the seconds).", "",
          f"Command: `{' '.join(args.command)}` ({elapsed / 60:.1f} min). Interval {INTERVAL:g} s, timeout "
-         f"{TIMEOUT:g} s, type g (HTTP GET), real servers on port 80 of 127.1.x.y (bench/servers.py, another "
-         "process), fake ipvsadm (tests/fake_ipvsadm.py, a Python process per call) behind bench/run.py's "
+         f"{TIMEOUT:g} s; the mass failure with check = http (a hung server answers the connect), the 10,000 with "
+         f"check = {args.check} unless the row says http; real servers on port 80 of 127.1.x.y (bench/servers.py, "
+         f"{PER_PROCESS} per process, other processes), fake ipvsadm (tests/fake_ipvsadm.py, a Python process per call) behind bench/run.py's "
          "wrapper; monitor_rs.py through bench/monwrap.py, unchanged.", ""]
     L += ["| figure | measured | target | met |", "|---|---|---|---|"]
     target_mass = INTERVAL + TIMEOUT + 0.5
     for s in r.get("mass", {}).get("samples", []):
         v = s["out_s"]
+        if v is None:
+            L.append(f"| 500 of 1000 {s['kind']}: table right after | never (30 s) | ≤ {target_mass:g} s | NO |")
+            continue
         L.append(f"| 500 of 1000 {('refusing' if s['kind'] == 'refuse' else 'hung')}: table right after | "
-                 f"{'never (30 s)' if v is None else f'{v:.2f} s'}: first change started after "
+                 f"{v:.2f} s: first change started after "
                  f"{s['first_change_start_s']:.2f} s; of the whole, {s['inside_fake_s']:.2f} s inside "
-                 f"{s['calls_in_path']} fake ipvsadm calls ({s['change_calls']} of them -R); "
+                 f"{s['calls_in_path']} fake ipvsadm calls ({s['change_calls']} of them -R), so about "
+                 f"{v - s['inside_fake_s'] + s['calls_in_path'] * REAL_CALL:.2f} s with calls of "
+                 f"{REAL_CALL * 1000:g} ms; "
                  f"all back in {s['back_s'] if s['back_s'] is None else round(s['back_s'], 2)} s | "
-                 f"≤ {target_mass:g} s | {'yes' if v is not None and v <= target_mass else 'NO'} |")
+                 f"≤ {target_mass:g} s | {'yes' if v <= target_mass else 'NO'} (without the fake's time: "
+                 f"{'yes' if v - s['inside_fake_s'] + s['calls_in_path'] * REAL_CALL <= target_mass else 'NO'}) |")
     for key, name in (("steady", "steady"), ("stress", "CPU contended (pinned to CPU 0 with a busy loop)"),
-                      ("profile", "under py-spy"), ("http", "steady")):
+                      ("profile", "under py-spy"), ("steadyproc", "steady, table from /proc"),
+                      ("stressproc", "CPU contended, table from /proc"), ("http", "steady")):
         s = r.get(key)
         if not s:
             continue
@@ -432,6 +489,9 @@ def render(results, info, args, elapsed):
         s["run_pass_s"] = s["run_pass_s"] or [float("nan")]
         s["pass_cpu_s"] = s["pass_cpu_s"] or [float("nan")]
         lim = TIMEOUT + 0.5
+        if not s["passes"]:
+            L.append(f"| {s['n']} servers ({s['services']} x {s['per']}), {name}: pass | no pass ended within the "
+                     f"{s['window_s']:.0f} s window | ≤ {TIMEOUT + 0.5:g} s | NO |")
         L.append(f"| {s['n']} servers ({s['services']} x {s['per']}), {name}: pass (run_pass to sleep) | "
                  f"median {med(cyc):.2f} s, max {max(cyc):.2f} s over {s['passes']} passes; run_pass alone median "
                  f"{med(s['run_pass_s']):.2f} s | ≤ {lim:g} s | {'yes' if max(cyc) <= lim else 'NO'} |")
@@ -439,11 +499,15 @@ def render(results, info, args, elapsed):
                  f"< 100 MB | {'yes' if s['vmhwm_kb'] < 100 * 1024 else 'NO'} |")
         L.append(f"| {name}: open descriptors | max {s['fds_max']} (min {s['fds_min']}), sampled every 50 ms | — | |")
         L.append(f"| {name}: CPU | {med(s['pass_cpu_s']):.2f} s per pass (own, median); own {s['own_cpu_per_s']:.2f} "
-                 f"CPU-s/s, ipvsadm children {s['children_cpu_per_s']:.2f} CPU-s/s | — | |")
+                 f"CPU-s/s, ipvsadm children {s['children_cpu_per_s']:.2f} CPU-s/s; main thread on a CPU "
+                 f"{s.get('oncpu_share', 0) * 100:.0f}% of the time, waiting in a run queue "
+                 f"{s.get('runqueue_wait_share', 0) * 100:.0f}% | — | |")
         L.append(f"| {name}: healthy servers failed | {s['failed_probes_total']} failed probe(s) in "
-                 f"{len(s['snapshots'])} state-file snapshots; fewest in the table {s['fewest_in_table']} of "
+                 f"the state files written in the window; {s['log_removals']} down/removal/FAILED line(s) "
+                 f"in the whole log; "
+                 f"{len(s['snapshots'])} snapshots; fewest in the table {s['fewest_in_table']} of "
                  f"{s['n']}; {s['change_calls']} ipvsadm change call(s) | 0 | "
-                 f"{'yes' if s['failed_probes_total'] == 0 and s['fewest_in_table'] == s['n'] else 'NO'} |")
+                 f"{'yes' if s['failed_probes_total'] == 0 and s['fewest_in_table'] == s['n'] and not s['log_removals'] else 'NO'} |")
     L.append("")
     s = r.get("steady") or r.get("stress")
     p = r.get("proc")
@@ -458,10 +522,12 @@ def render(results, info, args, elapsed):
                  f"{p['read_proc_median_s'] * 1000:.1f} ms (median).")
     prof = (r.get("profile") or {}).get("profile")
     if prof:
-        L += ["", f"Profile (py-spy, wall clock, idle included, {prof['samples']} samples, "
-                  f"{r['profile']['n']} servers):", "", "| part of the cycle | share of samples |", "|---|---:|"]
-        L += [f"| {k} | {v * 100:.0f}% |" for k, v in prof["share"].items()]
-        L += ["", "Top leaf frames: " + "; ".join(f"`{f}` {v * 100:.0f}%" for f, v in prof["top_leaves"][:8])]
+        L += ["", f"Profile (py-spy, {r['profile']['n']} servers, check = {r['profile']['check']}, table through the "
+                  f"fake ipvsadm; {prof['samples']} samples, {prof['busy_samples']} of them computing):", "",
+              "| part of the cycle | share of all samples (wall) | share of the computing samples |", "|---|---:|---:|"]
+        L += [f"| {k} | {v * 100:.0f}% | {prof['busy_share'].get(k, 0) * 100:.0f}% |" for k, v in prof["share"].items()]
+        L += ["", "Top leaf frames of the computing samples: "
+              + "; ".join(f"`{f}` {v * 100:.0f}%" for f, v in prof["top_leaves"][:10])]
     L.append("")
     return "\n".join(L)
 
@@ -482,7 +548,14 @@ def main():
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--out", default=os.path.join(HERE, "scale.md"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only write the .md again from the .json")
     args = parser.parse_args()
+    if args.render:
+        with open(os.path.splitext(args.out)[0] + ".json") as handle:
+            raw = json.load(handle)
+        args.command, args.check = raw["command"], raw.get("check", args.check)
+        write_md(args, render(raw["results"], raw["machine"], args, raw.get("elapsed", 0)))
+        return
     args.command = ["python3", "bench/scale.py", *sys.argv[1:]]
     parts = args.only.split(",")
     if "profile" in parts and not os.access(args.py_spy, os.X_OK):
@@ -504,6 +577,9 @@ def main():
             results["stress"] = steady(workdir, args, "stress", args.check, pinned=True)
         if "profile" in parts:
             results["profile"] = steady(workdir, args, "profile", args.check, profile=True)
+        if "proc" in parts:
+            results["steadyproc"] = steady(workdir, args, "steadyproc", args.check, proc=True)
+            results["stressproc"] = steady(workdir, args, "stressproc", args.check, pinned=True, proc=True)
         if "http" in parts:
             results["http"] = steady(workdir, args, "http", "http")
     finally:
@@ -513,12 +589,23 @@ def main():
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     info["load_end"] = loadavg()
-    text = render(results, info, args, time.time() - rb.T_START)
-    with open(args.out, "w") as handle:
-        handle.write(text)
+    elapsed = time.time() - rb.T_START
+    text = render(results, info, args, elapsed)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as handle:
-        json.dump({"machine": info, "command": args.command, "results": results}, handle, indent=1, default=str)
+        json.dump({"machine": info, "command": args.command, "check": args.check, "elapsed": elapsed,
+                   "results": results}, handle, indent=1, default=str)
+    write_md(args, text)
     print(text)
+
+
+def write_md(args, text):
+    try:  # the analysis written by hand below the marker stays (re-read it against the new figures)
+        with open(args.out) as handle:
+            kept = handle.read().partition(ANALYSIS)
+    except OSError:
+        kept = ("", "", "")
+    with open(args.out, "w") as handle:
+        handle.write(text + ("\n" + ANALYSIS + kept[2] if kept[1] else ""))
 
 
 if __name__ == "__main__":
