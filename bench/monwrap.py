@@ -6,7 +6,8 @@ wraps ``Monitor.run_pass`` and ``Signals.sleep`` so that every pass appends
 one line ``<start> <end of run_pass> <end of the cycle> <CPU s>`` to
 $BENCH_PASS_LOG (epoch seconds; the cycle ends when the loop goes to sleep, so
 it includes what the loop does after run_pass, e.g. writing a state file; CPU
-is this process's, over the cycle), then calls its CLI with this process's arguments. Nothing
+is this process's, over the cycle), then calls its CLI with this process's arguments. With
+$BENCH_PROC_IP_VS set, the table is read from that file instead of /proc/net/ip_vs. Nothing
 else is changed: same process, same code path as ``python3 monitor_rs.py``.
 """
 
@@ -53,5 +54,7 @@ if hasattr(module, "Signals"):
     original_sleep = module.Signals.sleep
     module.Signals.sleep = timed_sleep
 module.Monitor.run_pass = timed_run_pass
+if os.environ.get("BENCH_PROC_IP_VS"):  # a synthetic /proc/net/ip_vs (bench/scale.py): read instead of the kernel's
+    module.PROC_IP_VS = os.environ["BENCH_PROC_IP_VS"]
 sys.argv[0] = path
 module.main()
