@@ -1241,6 +1241,26 @@ def _ld_yes_no(path: str, line: int, said: str, value: str, key: str) -> str:
     return value
 
 
+def _ld_timing(path: str, line: int, said: str, text: str, put, fail, names) -> bool:
+    """The timing directives a global line and a virtual block's line share (ldirectord reads them
+    in both places, naming them a little differently in its errors: `names`, key -> its words, with
+    checkcount last); whether `text` was one of them."""
+    for key, what in names[:-1]:
+        m = re.match(key + r"\s*=\s*(.*)", text)
+        if m:
+            put(key, _ld_number(path, line, said, m.group(1), what))
+            return True
+    if re.match(r"connecttimeout\s*=", text):
+        raise fail("connecttimeout directive deprecated in favour of negotiatetimeout (ldirectord refuses it too)")
+    m = re.match(r"checkcount\s*=\s*(.*)", text)
+    if m:
+        if _ld_number(path, line, said, m.group(1), names[-1][1]) != "1":
+            raise fail("checkcount (deprecated in ldirectord: ping attempts within one check) is not "
+                       "supported: write failurecount=N instead")
+        return True  # 1, ldirectord's default: nothing to do
+    return False
+
+
 def _ld_block_line(path: str, line: int, rcmd: str, v: _LdVirtual) -> None:
     """One line of a virtual= block, `rcmd` without its indent: ldirectord's chain of regexes."""
     said = rcmd
@@ -1286,20 +1306,10 @@ def _ld_block_line(path: str, line: int, rcmd: str, v: _LdVirtual) -> None:
             raise fail("invalid check command")
         put("checkcommand", m.group(1))
         return
-    for key, what in (("checktimeout", "check timeout"), ("negotiatetimeout", "negotiate timeout"),
-                      ("failurecount", "failure count"), ("checkinterval", "checkinterval")):
-        m = re.match(key + r"\s*=\s*(.*)", rcmd)
-        if m:
-            put(key, _ld_number(path, line, said, m.group(1), what))
-            return
-    if re.match(r"connecttimeout\s*=", rcmd):
-        raise fail("connecttimeout directive deprecated in favour of negotiatetimeout (ldirectord refuses it too)")
-    m = re.match(r"checkcount\s*=\s*(.*)", rcmd)
-    if m:
-        if _ld_number(path, line, said, m.group(1), "check count") != "1":
-            raise fail("checkcount (deprecated in ldirectord: ping attempts within one check) is not "
-                       "supported: write failurecount=N instead")
-        return  # 1, ldirectord's default: nothing to do
+    if _ld_timing(path, line, said, rcmd, put, fail, (("checktimeout", "check timeout"),
+                  ("negotiatetimeout", "negotiate timeout"), ("failurecount", "failure count"),
+                  ("checkinterval", "checkinterval"), ("checkcount", "check count"))):
+        return
     m = re.match(r"checkport\s*=\s*(.*)", rcmd)
     if m:
         port = _ld_number(path, line, said, m.group(1), "port", zero=True)
@@ -1469,19 +1479,9 @@ def _ld_global_line(path: str, line: int, data: str, g: Dict[str, Tuple[str, int
     def fail(reason: str) -> ConfigError:
         return _ld_error(path, line, said, reason)
 
-    for key, what in (("checktimeout", "check timeout value"), ("negotiatetimeout", "negotiate timeout value"),
-                      ("checkinterval", "check interval value"), ("failurecount", "failure count value")):
-        m = re.match(key + r"\s*=\s*(.*)", data)
-        if m:
-            put(key, _ld_number(path, line, said, m.group(1), what))
-            return
-    if re.match(r"connecttimeout\s*=", data):
-        raise fail("connecttimeout directive deprecated in favour of negotiatetimeout (ldirectord refuses it too)")
-    m = re.match(r"checkcount\s*=\s*(.*)", data)
-    if m:
-        if _ld_number(path, line, said, m.group(1), "check count value") != "1":
-            raise fail("checkcount (deprecated in ldirectord: ping attempts within one check) is not "
-                       "supported: write failurecount=N instead")
+    if _ld_timing(path, line, said, data, put, fail, (("checktimeout", "check timeout value"),
+                  ("negotiatetimeout", "negotiate timeout value"), ("checkinterval", "check interval value"),
+                  ("failurecount", "failure count value"), ("checkcount", "check count value"))):
         return
     m = re.match(r"fallback(6)?\s*=\s*(.*)", data)
     if m:
