@@ -185,3 +185,23 @@ def processes_with_env(text):
         except OSError:
             pass
     return found
+
+
+def fill_table(ipvs, addresses):
+    """Every server in the fake's table at weight 1 (one file write, not N ipvsadm runs)."""
+    with open(ipvs.state) as handle:
+        state = json.load(handle)
+    (svc,) = state["services"]
+    for address in addresses:
+        ip, port = address.rsplit(":", 1)
+        svc["dests"].append({"af": 4, "addr": ip, "port": int(port), "forward": "Masq", "weight": 1,
+                             "activeconns": 0, "inactconns": 0})
+    with open(ipvs.state, "w") as handle:
+        json.dump(state, handle)
+
+
+def weights(ipvs):
+    """{RIP:PORT: weight} of the fake's one service, read from its state file."""
+    with open(ipvs.state) as handle:
+        (svc,) = json.load(handle)["services"]
+    return {f"{d['addr']}:{d['port']}": d["weight"] for d in svc["dests"]}

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from harness import MONITOR, SLOW, config
+from harness import MONITOR, SLOW, config, fill_table, weights
 
 N = 400
 HOGS = 16
@@ -58,25 +58,6 @@ def herd():
     yield make
     for h in made:
         h.close()
-
-
-def fill_table(ipvs, addresses):
-    """Every server in the fake's table at weight 1 (one file write, not N ipvsadm runs)."""
-    with open(ipvs.state) as handle:
-        state = json.load(handle)
-    (svc,) = state["services"]
-    for address in addresses:
-        ip, port = address.rsplit(":", 1)
-        svc["dests"].append({"af": 4, "addr": ip, "port": int(port), "forward": "Masq", "weight": 1,
-                             "activeconns": 0, "inactconns": 0})
-    with open(ipvs.state, "w") as handle:
-        json.dump(state, handle)
-
-
-def weights(ipvs):
-    with open(ipvs.state) as handle:
-        (svc,) = json.load(handle)["services"]
-    return {f"{d['addr']}:{d['port']}": d["weight"] for d in svc["dests"]}
 
 
 def monitor_argv(tmp_path, ipvs, addresses, timeout):
