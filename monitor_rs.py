@@ -4479,7 +4479,8 @@ def split_arrivals(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], 
     bind this pass (the spare capacity covers every such result at hand and every server in the pool
     still without one, `pending`); else it waits for the end of the wave, decided there with all of them.
     Without a fallback, the last servers of the pool wait too while a server out of it has no result
-    yet: it may be back this pass, and the whole pass would then never empty the pool."""
+    yet: it may be back this pass, and the whole pass would then never empty the pool.  With one, an
+    empty pool's failures wait likewise: the fallback comes in only if no server comes up this pass."""
     servers = {rs.endpoint: rs for rs in vs.servers}
 
     def in_pool(ep: Endpoint) -> bool:
@@ -4493,6 +4494,12 @@ def split_arrivals(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], 
                  {ep: r for ep, r in results.items() if ep in risky})
     if vs.fallback is None and losing and pool - losing <= 0 and any(not in_pool(ep) for ep in pending):
         return keep_back
+    if (vs.fallback is not None and not pool and vs.stored_endpoint(vs.fallback) not in table
+            and any(not in_pool(ep) for ep in pending)):
+        # Nothing serves yet (a first start, a service just created): a failure would only bring the
+        # fallback in, while a server still without a result may be up this pass; it waits for the
+        # wave's end (a good result goes at once), so the fallback does not come and go in one pass.
+        return keep_back
     if vs.depool_threshold <= 0:
         return dict(results), {}
     spare = math.floor(pool - vs.depool_threshold * len(vs.servers) + 1e-9)
@@ -4503,13 +4510,13 @@ def split_arrivals(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], 
 
 def holds_go_first(vs: VirtualService, table: Table, held: Mapping[Endpoint, "Hold"],
                    pending: Sequence[Endpoint]) -> bool:
-    """Whether the held servers may leave before any result of the pass: yes, unless that empties a
-    pool without a fallback while a server out of it may be back this pass (then they go with the
-    results, after it, as the whole-pass decision orders them)."""
+    """Whether the held servers may leave before any result of the pass: yes, unless no other server
+    serves while one out of the pool may be back this pass: then leaving first would empty the pool
+    (or bring the fallback in and out again), so they go with the results, as the whole pass orders them."""
     def in_pool(ep: Endpoint) -> bool:
         return table.get(vs.stored_endpoint(ep), _ABSENT).weight > 0
 
-    if vs.fallback is not None or any(in_pool(rs.endpoint) for rs in vs.servers if rs.endpoint not in held):
+    if any(in_pool(rs.endpoint) for rs in vs.servers if rs.endpoint not in held):
         return True
     return not any(not in_pool(ep) for ep in pending)
 
@@ -5719,7 +5726,10 @@ class Monitor:
         """Decide one service on the results at hand and the table as it now stands, carry the
         changes out at once, then bring the pass's view (table, health) up to what they did."""
         vs = view.vs
-        decision = decide(vs, results, view.table, view.health, now, view.held)
+        # held servers go with these results, unless that would empty the pool before a server still
+        # without a result may be back (holds_go_first): then with the wave's last decision
+        held = view.held if holds_go_first(vs, view.table, view.held, list(view.pending)) else {}
+        decision = decide(vs, results, view.table, view.health, now, held)
         view.decided = True
         view.events.extend(decision.events)
         for event in decision.events:

@@ -323,8 +323,9 @@ def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambd
     (cut at `cuts`) as it arrives, then what was kept back; every change holds."""
     state = {"table": table, "health": health, "decided": False}
 
-    def step(now_results):
-        decision = m.decide(vs, now_results, state["table"], state["health"], 0.0, held)
+    def step(now_results, pending=()):
+        holds = held if m.holds_go_first(vs, state["table"], held, list(pending)) else {}
+        decision = m.decide(vs, now_results, state["table"], state["health"], 0.0, holds)
         for action in decision.actions:
             before = state["table"]
             state["table"] = apply(vs, before, [action])
@@ -335,7 +336,7 @@ def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambd
 
     pending = [ep for ep in order if ep not in held]
     if held and m.holds_go_first(vs, state["table"], held, pending):
-        step({})
+        step({}, pending)
     servers = {rs.endpoint: rs for rs in vs.servers}
     kept, quiet = {}, {}
     bounds = sorted(set(c % (len(pending) + 1) for c in cuts)) + [len(pending)]
@@ -353,7 +354,7 @@ def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambd
             continue
         now_results, kept = m.split_arrivals(vs, kept, state["table"], state["health"], pending)
         if now_results:
-            step(now_results)
+            step(now_results, pending)
     if kept or quiet or not state["decided"]:
         step({**quiet, **kept})
     return state["table"], state["health"]
@@ -406,7 +407,15 @@ def test_deciding_as_results_arrive_ends_as_the_whole_pass_decision_in_any_order
 
         whole = m.decide(vs, results, whole_table, whole_health, 0.0, held)
         whole_table, whole_health = apply(vs, whole_table, whole.actions), whole.health
-        table, health = arrival_pass(vs, table, health, results, order, step["cuts"], held, after_each)
+        serving_at_start = any(d.weight > 0 for ep, d in table.items() if ep != fallback)
+        fallback_at_start = fallback is not None and fallback in table
+        seen_fallback = []
+        table, health = arrival_pass(vs, table, health, results, order, step["cuts"], held,
+                                     lambda before, now: (after_each(before, now),
+                                                          seen_fallback.append(fallback in now)))
+        if fallback is not None and not serving_at_start and not fallback_at_start and fallback not in whole_table:
+            # an empty pool: the fallback does not come and go within the pass when the whole pass keeps it out
+            assert not any(seen_fallback), "the fallback came and went within one pass"
         assert weights(table) == weights(whole_table), (step, table, whole_table)
         assert {ep: (h.up, h.good, h.bad, h.kept, h.quiesced) for ep, h in health.items()} == {
             ep: (h.up, h.good, h.bad, h.kept, h.quiesced) for ep, h in whole_health.items()}
