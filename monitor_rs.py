@@ -46,7 +46,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, AbstractSet, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:  # ssl is loaded by the first https probe (tls_context), not at start
     import ssl
@@ -1736,9 +1736,12 @@ def load_ldirectord(path: str, text: str) -> Config:
     timeout = float(checktimeout)
     if timeout > 3600:
         raise top.fail("checktimeout" if "checktimeout" in g else "negotiatetimeout", "must be 3600 at most")
+    interval = float(value("checkinterval", "10"))  # ldirectord's default: 10
+    if interval > 86400:  # as monitorRS.conf's interval (a sleep the system can make)
+        raise top.fail("checkinterval", "must be 86400 at most")
     return Config(
         path=path,
-        interval=float(value("checkinterval", "10")),  # ldirectord's default: 10
+        interval=interval,
         timeout=timeout,
         log=log,
         lock=default_run_path(path, "lock"),
@@ -4240,14 +4243,17 @@ def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiesce
 
 def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
            health: Mapping[Endpoint, Health], now: float = 0.0,
-           held: Optional[Mapping[Endpoint, Hold]] = None) -> Decision:
+           held: Optional[Mapping[Endpoint, Hold]] = None, postponed: AbstractSet[Endpoint] = frozenset()
+           ) -> Decision:
     """What to change in one virtual service, from this pass's probes and table.
 
     `results`, `health` and `held` are keyed by each real server's configured endpoint;
     a server without a result this pass keeps its health and is not touched, but for a
     held one (an operator's act: `held`), which goes out (weight 0 in a quiescent service,
     else deleted) whatever its result and the depool threshold, and is down with no
-    streak once the hold goes, so that it comes back through `rise` good checks.
+    streak once the hold goes, so that it comes back through `rise` good checks.  A held
+    server whose leaving waits for a later decision of the pass (`postponed`, see
+    holds_go_first) is left as it is: neither held anew nor released.
     """
     new: Dict[Endpoint, Health] = {}
     events: List[Event] = []
@@ -4261,6 +4267,11 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         old = health.get(ep, Health())
         result = results.get(ep)
         stored = table.get(vs.stored_endpoint(ep))
+        if ep in postponed:
+            new[ep] = old
+            if stored is not None:  # in the pool until it leaves
+                serving[ep] = stored.weight
+            continue
         hold = held.get(ep)
         if hold is not None:
             seen = _observe(rs, old, stored, vs.quiescent)
@@ -5213,7 +5224,10 @@ class MaintenanceDir:
             when, name = self.reverse.get(ip, (None, ""))
             if (when is None or time.monotonic() - when > self.RESOLVE_EVERY) and ip not in self.pending:
                 self.pending.add(ip)
-                threading.Thread(target=self._look_up, args=(ip,), daemon=True).start()
+                try:
+                    threading.Thread(target=self._look_up, args=(ip,), daemon=True).start()
+                except RuntimeError:  # no thread to be had now (a limit): looked up at a later pass
+                    self.pending.discard(ip)
         if not name:
             return []
         short = re.match(r"([a-z][a-z0-9-]+)\.", name)
@@ -5345,6 +5359,7 @@ class _PassView:
     events: List[Event] = field(default_factory=list)
     done: Dict[str, str] = field(default_factory=dict)
     after: Dict[Endpoint, Optional[int]] = field(default_factory=dict)
+    failed: set = field(default_factory=set)  # the args of changes that failed this pass: not made again in it
     decided: bool = False
 
     def __post_init__(self):
@@ -5728,8 +5743,9 @@ class Monitor:
         vs = view.vs
         # held servers go with these results, unless that would empty the pool before a server still
         # without a result may be back (holds_go_first): then with the wave's last decision
-        held = view.held if holds_go_first(vs, view.table, view.held, list(view.pending)) else {}
-        decision = decide(vs, results, view.table, view.health, now, held)
+        now_held = holds_go_first(vs, view.table, view.held, list(view.pending))
+        decision = decide(vs, results, view.table, view.health, now, view.held if now_held else {},
+                          postponed=frozenset() if now_held else frozenset(view.held))
         view.decided = True
         view.events.extend(decision.events)
         for event in decision.events:
@@ -5741,19 +5757,23 @@ class Monitor:
             if vs.on_change and not self.dry_run and event.state not in OPERATORS_ACTS:
                 self.hooks.start(vs.on_change, vs, event)
         made: List[Action] = []
-        view.health = self.carry_out(vs, decision, report, view.done, view.after, made)
+        view.health = self.carry_out(vs, decision, report, view.done, view.after, made, view.failed)
         view.table = changed_table(vs, view.table, made)
         for rs in vs.servers:
             self.health[(vs.ipvs_key, rs.endpoint)] = view.health[rs.endpoint]
 
     def carry_out(self, vs: VirtualService, decision: Decision, report: PassReport, done: Dict[str, str],
-                  after: Dict[Endpoint, Optional[int]], made: List[Action]) -> Dict[Endpoint, Health]:
+                  after: Dict[Endpoint, Optional[int]], made: List[Action],
+                  failed: Optional[set] = None) -> Dict[Endpoint, Health]:
         """Make one decision's changes (the one place a set of them is carried out): what each showed
-        goes to `done`, the weights set to `after`, the changes that held to `made`; returns the health."""
+        goes to `done`, the weights set to `after`, the changes that held to `made`; returns the health.
+        A change that failed earlier in the pass (`failed`) is not made again in it: the next pass
+        retries it (a hung ipvsadm costs its timeout once a pass, not once a decision)."""
+        failed = set() if failed is None else failed
 
         def make(action: Action) -> bool:
-            if self.stop_requested():
-                return False  # asked to stop: no new change is started
+            if self.stop_requested() or action.args in failed:
+                return False  # asked to stop: no new change is started; or failed already (said then)
             return tell(action, functools.partial(self._apply, vs, action, report))
 
         def tell(action: Action, outcome: Callable[[], Tuple[bool, str]]) -> bool:
@@ -5762,6 +5782,8 @@ class Monitor:
                 made.append(action)
                 if action.endpoint is not None and not self.dry_run:
                     after[action.endpoint] = None if action.kind == Change.DELETE else action.weight
+            else:
+                failed.add(action.args)
             return ok
 
         def hold(action: Action) -> None:
@@ -5769,6 +5791,8 @@ class Monitor:
                 done[action.server] = self._hold(vs, action)
 
         def batch(actions: Sequence[Action]) -> List[Callable[[], bool]]:
+            if any(a.args in failed for a in actions):  # (rare) each on its own, the failed ones skipped
+                return [functools.partial(make, a) for a in actions]
             outcomes = None if self.stop_requested() else self._apply_batch(vs, actions, report)
             if outcomes is None:  # one process per change (or none: asked to stop)
                 return [functools.partial(make, a) for a in actions]
@@ -5938,7 +5962,9 @@ class Monitor:
                         "fallback-delete" if serving else "fallback-add")
         env = dict(os.environ, MONITOR_RS_SERVICE=vs.address, MONITOR_RS_SERVICE_NAME=vs.name,
                    MONITOR_RS_STATE=status)
-        self.fallback_ran[key] = (status, self.hooks.launch(words, env, vs.label(), "fallbackcommand"))
+        proc = self.hooks.launch(words, env, vs.label(), "fallbackcommand")
+        # one that could not start (said by launch) is not taken as run: tried again next pass
+        self.fallback_ran[key] = (status if proc is not None else last, proc)
 
     def _mail(self, vs: VirtualService, subject: str, server: str, state: str, reason: str, phase: Phase,
               now: float) -> None:

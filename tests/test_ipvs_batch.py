@@ -441,3 +441,28 @@ def test_dry_run_still_says_one_would_run_line_per_change(ipvs, run, backends):
     assert len(said) == 3 and all(any(line.endswith(f"-a -t 127.0.0.1:80 -r {b.address} -m -w {w}") for line in said)
                                   for b, w in zip(servers, (1, 2, 3))), proc.stdout  # in the order results came
     assert changes(ipvs) == [] and ipvs.dests("127.0.0.1:80") == {}
+
+
+def test_a_change_that_failed_is_not_made_again_in_the_same_pass(ipvs, run, backends):
+    """Results are decided as they arrive, so one pass may decide a service several times: a
+    change that failed in it (the fallback's add, refused) is made again next pass, not at each
+    later decision of the same pass (with a hung ipvsadm, each try would cost its timeout)."""
+    a, sorry = backends(ip="127.0.0.11"), backends(ip="127.0.0.13")
+    late = backends(ip="127.0.0.12", mode="hang")  # never up: its result comes at the deadline, after a's
+    names = [a.address, late.address]
+    text = monitor_text(names, [3, 1], extra=f"fallback = {sorry.address}").replace(
+        "timeout = 0.5", "timeout = 0.6")
+    monitor = run(ipvs, text).start()
+    wait_until(lambda: ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 3)}, what="a in")
+    ipvs.fault("fail-add")
+    a.stop()  # refused at once; the hung server's timeout comes later in the same pass
+    vs = "127.0.0.1:80 (web)"
+    monitor.wait_log(f"{sorry.address} fallback-add FAILED in {vs}")
+    start = len(ipvs.listing_calls())
+    wait_until(lambda: sum(c[:1] == ["-Ln"] for c in ipvs.listing_calls()[start:]) >= 4, what="four more passes")
+    monitor.stop()
+    window = ipvs.listing_calls()[start:]
+    passes = sum(c[:1] == ["-Ln"] for c in window)
+    tries = sum(c[:1] == ["-a"] and sorry.address in c for c in window)
+    assert 1 <= tries <= passes + 1, (tries, passes)  # before: two a pass (a's decision, then the late one's)
+    assert set(ipvs.dests("127.0.0.1:80")) == {names[0]}  # never an empty pool

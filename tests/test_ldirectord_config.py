@@ -185,6 +185,7 @@ def test_timeouts_are_each_others_defaults_as_ld_setup_makes_them(tmp_path):
     ("  checktimeout=3", "checktimeout=3", "an indented line belongs to a virtual= block"),
     ("supervised=maybe", "supervised=maybe", "supervised must be 'yes' or 'no'"),
     ("checktimeout=5000", "checktimeout=5000", "must be between 0.01 and 3600"),
+    ("checkinterval=99999999999", "checkinterval=99999999999", "must be 86400 at most"),  # select() would overflow
 ])
 def test_a_bad_or_refused_global_is_one_line_naming_its_line(tmp_path, line, said, why):
     text = "checkinterval=1\n" + line + "\n" + block("real=192.0.2.2 gate")

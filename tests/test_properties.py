@@ -324,8 +324,11 @@ def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambd
     state = {"table": table, "health": health, "decided": False}
 
     def step(now_results, pending=()):
-        holds = held if m.holds_go_first(vs, state["table"], held, list(pending)) else {}
-        decision = m.decide(vs, now_results, state["table"], state["health"], 0.0, holds)
+        now_held = m.holds_go_first(vs, state["table"], held, list(pending))
+        decision = m.decide(vs, now_results, state["table"], state["health"], 0.0, held if now_held else {},
+                            postponed=frozenset() if now_held else frozenset(held))
+        released = {e.server for e in decision.events if e.state == m.Seen.RELEASED}
+        assert not released & {str(ep) for ep in held}, "a server still held was said released"
         for action in decision.actions:
             before = state["table"]
             state["table"] = apply(vs, before, [action])
