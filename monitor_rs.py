@@ -1073,6 +1073,9 @@ class _IniParser(configparser.ConfigParser):
     (``request@10.0.0.1:80 = ...``) keeps its colon: only `=` ends it."""
 
     OPTCRE = re.compile(r"(?P<option>re(?:quest|ceive)@[^\s=]+(?=\s*=)|.*?)\s*(?P<vi>=|:)\s*(?P<value>.*)$")
+    # the whole bracketed line is the section's name, ``[virtual [2001:db8::5]:119]`` too (Python
+    # before 3.11 stopped at the first ``]``)
+    SECTCRE = re.compile(r"\[(?P<header>.+)\]\s*$")
 
 
 def load_ini(path: str, text: str) -> Config:
