@@ -15,6 +15,7 @@ import pytest
 
 import monitor_rs as m
 from harness import SLOW, wait_until
+from test_check_tcp import free_port, stop
 from test_check_tcp import redis, smtp, talkers  # noqa: F401  (fixtures: servers in other processes)
 from test_trust_stall import herd  # noqa: F401  (fixture: tests/herd.py)
 
@@ -40,22 +41,6 @@ def probe(targets, timeout=3.0):
     return [(results[t].ok, results[t].reason) for t in targets]
 
 
-def free_port(ip="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 ###############################################################################
 # httpmethod = HEAD, against a real nginx ####################################
 ###############################################################################
@@ -72,7 +57,7 @@ def nginx(tmp_path):
         pytest.skip("nginx is not installed here (apt-get install nginx)")
     www = tmp_path / "www"
     www.mkdir()
-    port = free_port()
+    port = free_port("127.0.0.1")
     conf = tmp_path / "nginx.conf"
     temp = "".join(f"{kind}_temp_path {tmp_path}/{kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
