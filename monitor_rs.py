@@ -113,6 +113,7 @@ MONITOR_KEYS = {"interval", "timeout", "log", "ipvsadm", "ipvsadm_timeout", "loc
                 "prometheus_file", "autoreload", "callback", "cleanstop", "maintenancedir", "syslog", "smtp",
                 "emailalertfrom"}
 MONITOR_KEYS.add("table_source")  # /proc/net/ip_vs or ipvsadm -Ln (TableSource)
+MONITOR_KEYS.add("listen")  # the status endpoint, host:port (issue 15)
 SERVICE_KEYS = {
     "vip", "vport", "protocol", "fwmark", "rs", "rw", "rport", "type",
     "request", "receive", "expect", "checkport", "host", "check",
@@ -120,6 +121,7 @@ SERVICE_KEYS = {
     "checkcommand", "dynamic_weight",
     "scheduler", "persistent", "netmask", "ops", "httpmethod", "receive_regex", "fallbackcommand",
     "emailalert", "emailalertfreq", "emailalertstatus",
+    "slowstart", "fastinter", "downinter", "drain_timeout",  # issue 15: operator control
 }
 # A [virtual]'s own timeout and interval: in [monitor] these two are the loop's (and so every service's
 # unless it says its own), never merged into a service as a default of its own.
@@ -201,6 +203,11 @@ class VirtualService:
     emailalert: Tuple[str, ...] = ()  # addresses mailed on each state change of a real server
     emailalertfreq: float = 0.0  # seconds between repeated mails while a server stays down; 0: never
     emailalertstatus: Tuple[str, ...] = ("all",)  # ldirectord's: all|none|starting|running|stopping|reloading
+    # Operator control (issue 15, HAProxy's names)
+    slowstart: float = 0.0  # seconds a server (re)entering the pool takes to ramp to its weight; 0: at once
+    fastinter: Optional[float] = None  # seconds to the next check while a server's checks disagree with its state
+    downinter: Optional[float] = None  # seconds between checks of a server that is down (None: the interval)
+    drain_timeout: Optional[float] = None  # a drained server leaves after this at the latest (None: at 0 connections)
 
     @functools.cached_property
     def family(self) -> int:
@@ -265,6 +272,7 @@ class Config:
     smtp: str = ""  # the mail relay, host[:port], for emailalert ("" : localhost:25)
     emailalertfrom: str = ""  # the From of alert mails ("": root@ this host's name)
     table_source: str = "auto"  # where a pass reads the IPVS table: auto | proc | ipvsadm (TableSource)
+    listen: str = ""  # the status endpoint (GET /metrics, GET /status), host:port; "" off
 
 
 class _Section:
@@ -716,6 +724,10 @@ def _service_extras(sec: _Section, protocol: str, family: int, check: CheckKind,
         emailalert=emailalert,
         emailalertfreq=sec.number("emailalertfreq", 0.0, 0.0, 31536000.0),
         emailalertstatus=status,
+        slowstart=sec.number("slowstart", 0.0, 0.0, 86400.0),
+        fastinter=sec.number("fastinter", 0.0, 0.1, 86400.0) if sec.has("fastinter") else None,
+        downinter=sec.number("downinter", 0.0, 0.1, 86400.0) if sec.has("downinter") else None,
+        drain_timeout=sec.number("drain_timeout", 0.0, 0.0, 31536000.0) if sec.has("drain_timeout") else None,
     )
 
 
@@ -1154,6 +1166,13 @@ def _monitor_extras(top: _Section) -> dict:
     sender = top.text("emailalertfrom")
     if CONTROL.search(sender):
         raise top.fail("emailalertfrom", "control character in the address")
+    listen = top.text("listen")
+    if listen:
+        try:
+            where = parse_endpoint(listen, None)
+        except ValueError as exc:
+            raise top.fail("listen", f"must be ADDRESS:PORT (an IPv6 address in brackets): {exc}") from None
+        listen = str(where)
     return dict(
         syslog=top.choice("syslog", "", {name: name for name in SYSLOG_FACILITIES}),
         autoreload=top.boolean("autoreload", False),
@@ -1162,6 +1181,7 @@ def _monitor_extras(top: _Section) -> dict:
         maintenancedir=maintenancedir,
         smtp=smtp,
         emailalertfrom=sender,
+        listen=listen,
     )
 
 
@@ -6513,6 +6533,10 @@ def _ini_service(vs: VirtualService) -> str:
         ("emailalert", ", ".join(vs.emailalert)),
         ("emailalertfreq", _ini_number(vs.emailalertfreq) if vs.emailalertfreq else ""),
         ("emailalertstatus", "" if vs.emailalertstatus == ("all",) else ",".join(vs.emailalertstatus)),
+        ("slowstart", _ini_number(vs.slowstart) if vs.slowstart else ""),
+        ("fastinter", "" if vs.fastinter is None else _ini_number(vs.fastinter)),
+        ("downinter", "" if vs.downinter is None else _ini_number(vs.downinter)),
+        ("drain_timeout", "" if vs.drain_timeout is None else _ini_number(vs.drain_timeout)),
     ]
     for rs in vs.servers:
         keys += [(f"request@{rs.name}", rs.request or ""), (f"receive@{rs.name}", rs.receive or "")]
@@ -6535,7 +6559,8 @@ def render_ini(config: Config) -> str:
             ("callback", shlex.join(config.callback)), ("cleanstop", "yes" if config.cleanstop else "no"),
             ("maintenancedir", config.maintenancedir), ("smtp", config.smtp),
             ("emailalertfrom", config.emailalertfrom),
-            ("table_source", "" if config.table_source == "auto" else config.table_source)]
+            ("table_source", "" if config.table_source == "auto" else config.table_source),
+            ("listen", config.listen)]
     out += [_ini_line(key, value) for key, value in keys if value]
     for vs in config.services:
         out += ["\n", _ini_service(vs)]
@@ -6557,7 +6582,7 @@ def show_config(config: Config) -> None:
           f"callback={shlex.join(config.callback) if config.callback else '-'} "
           f"cleanstop={'yes' if config.cleanstop else 'no'} maintenancedir={config.maintenancedir or '-'} "
           f"smtp={config.smtp or '-'} emailalertfrom={config.emailalertfrom or '-'} "
-          f"table_source={config.table_source}")
+          f"table_source={config.table_source} listen={config.listen or '-'}")
     forwards = {"-g": "g", "-m": "m", "-i": "i"}
     for vs in config.services:
         print(f"[virtual {vs.name}] {vs.protocol} {vs.address} type={forwards[vs.forward]} check={vs.check} "
@@ -6570,7 +6595,10 @@ def show_config(config: Config) -> None:
               f"persistent={vs.persistent or '-'} netmask={vs.netmask or '-'} ops={'yes' if vs.ops else 'no'} "
               f"fallbackcommand={shlex.join(vs.fallbackcommand) if vs.fallbackcommand else '-'} "
               f"emailalert={','.join(vs.emailalert) or '-'} emailalertfreq={vs.emailalertfreq:g} "
-              f"emailalertstatus={','.join(vs.emailalertstatus)}")
+              f"emailalertstatus={','.join(vs.emailalertstatus)} slowstart={vs.slowstart:g} "
+              f"fastinter={'-' if vs.fastinter is None else f'{vs.fastinter:g}'} "
+              f"downinter={'-' if vs.downinter is None else f'{vs.downinter:g}'} "
+              f"drain_timeout={'-' if vs.drain_timeout is None else f'{vs.drain_timeout:g}'}")
         for rs in vs.servers:
             print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, "
                   f"probe {ProbeTarget.of(vs, rs).url()}")
