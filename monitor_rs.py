@@ -4144,6 +4144,7 @@ class Change(str, enum.Enum):
     ADD = "add"
     RESTORE = "restore"  # the weight back after a quiesce of ours
     REWEIGHT = "reweight"  # the weight we set is no longer the configured one
+    RAMP = "ramp"  # a step of a slow start (logged with --verbose only; its start and end always are)
     QUIESCE = "quiesce"
     DELETE = "delete"
     FALLBACK_ADD = "fallback-add"
@@ -4188,6 +4189,7 @@ class Health:
     reason: str = ""
     since: float = 0.0  # when `up` last changed (wall clock, for display)
     held: str = ""  # the state of the operator's hold on it (Hold.state), "" when not held
+    ramp: Optional[float] = None  # when its slow start began (wall clock, remembered): below its weight till done
 
 
 def configured_weight(rs: "RealServer", h: Health) -> int:
@@ -4198,6 +4200,36 @@ def configured_weight(rs: "RealServer", h: Health) -> int:
 def intended_weight(rs: "RealServer", h: Health) -> int:
     """The weight a healthy server should have: the operator's, else the configured (or asked) one."""
     return configured_weight(rs, h) if h.operator is None else h.operator
+
+
+def slow_start(vs: "VirtualService", h: Health, target: int, entering: bool, others: bool,
+               now: float) -> Tuple[int, Optional[float]]:
+    """The weight an up server is given now (its `target` at last), and when its slow start
+    began (None: not ramping, or done).
+
+    HAProxy's slowstart: a server the monitor puts (back) into the pool (an add, a restore after
+    its quiesce: `entering`) while another real server already serves there (`others`) would get
+    every new connection of a wlc/lc scheduler at once; it starts at weight 1 and climbs, at each
+    of its checks, to ceil(target x elapsed / slowstart).  Into an empty pool (a first start, all
+    servers back together, only the fallback serving) it comes at its weight at once: there is
+    nobody to spare, the newcomers take every connection anyway, and a ramp would only hold
+    capacity back (nor does HAProxy ramp at its own start).  The weight never goes down during a
+    ramp (a clock stepped back holds it, and the ramp goes on from then), never above its target
+    (the configured weight, or the one its check asks for), never to 0 (that would be a quiesce).
+    An operator's weight is theirs: never ramped over.  A server kept in by the depool threshold
+    goes on with its ramp when it is up again; one that leaves the pool ends it."""
+    if vs.slowstart <= 0 or h.operator is not None or target <= 1:
+        return target, None
+    if entering:
+        if not others:
+            return target, None
+        start, floor = now, 1
+    elif h.ramp is not None:
+        start, floor = min(h.ramp, now), h.weight or 1
+    else:
+        return target, None
+    weight = min(target, max(1, floor, math.ceil(target * (now - start) / vs.slowstart - 1e-9)))
+    return (target, None) if weight >= target else (weight, start)
 
 
 @dataclass(frozen=True)
@@ -4212,6 +4244,7 @@ class Action:
     endpoint: Optional[Endpoint] = None  # the real server's configured endpoint; None for the fallback
     unchanged: Optional[Health] = None  # the server's health should the change fail or not be made
     needs: Tuple[int, ...] = ()  # made only if one of these earlier actions succeeded
+    note: str = ""  # said after the change's own line (the start of a slow start)
 
 
 @dataclass(frozen=True)
@@ -4266,8 +4299,8 @@ def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiesce
 
 def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
            health: Mapping[Endpoint, Health], now: float = 0.0,
-           held: Optional[Mapping[Endpoint, Hold]] = None, postponed: AbstractSet[Endpoint] = frozenset()
-           ) -> Decision:
+           held: Optional[Mapping[Endpoint, Hold]] = None, postponed: AbstractSet[Endpoint] = frozenset(),
+           start: Optional[Table] = None) -> Decision:
     """What to change in one virtual service, from this pass's probes and table.
 
     `results`, `health` and `held` are keyed by each real server's configured endpoint;
@@ -4277,6 +4310,12 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     streak once the hold goes, so that it comes back through `rise` good checks.  A held
     server whose leaving waits for a later decision of the pass (`postponed`, see
     holds_go_first) is left as it is: neither held anew nor released.
+
+    A server (re)entering the pool ramps up to its weight over `slowstart` seconds (see
+    slow_start) when another real server served in `start`, the table as read at the pass's
+    start (default: `table`): a pass decided in parts as results arrive decides it as the whole
+    pass would, whatever the order of arrival.  `now` is wall-clock time (the ramp outlives
+    a restart of the monitor, in its memory).
     """
     new: Dict[Endpoint, Health] = {}
     events: List[Event] = []
@@ -4285,6 +4324,9 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     serving: Dict[Endpoint, int] = {}  # weight of each server up after this pass
     forced: set = set()  # removals of held servers: not the depool threshold's to keep
     held = held or {}
+    before = table if start is None else start
+    served = {rs.endpoint for rs in vs.servers if before.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0
+              } if vs.slowstart > 0 else set()  # who served at the pass's start: a newcomer ramps beside them
     for rs in vs.servers:
         ep = rs.endpoint
         old = health.get(ep, Health())
@@ -4340,9 +4382,14 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                                 kept=old.kept and not up and stored is not None)
         if up != was_up or (old.up is None and not up and not result.ok):
             events.append(Event(str(rs), Seen.UP if up else Seen.DOWN, result.reason))
+        if not up and (stored is None or stored.weight == 0):
+            h = dataclasses.replace(h, ramp=None)  # out of the pool: a slow start is over
         new[ep] = h
         if up:
-            weight = intended_weight(rs, h)
+            target = intended_weight(rs, h)
+            weight, ramp = slow_start(vs, h, target, stored is None or h.quiesced, bool(served - {ep}), now)
+            ramped, h = h.ramp, dataclasses.replace(h, ramp=ramp)
+            new[ep] = h
             done = dataclasses.replace(h, quiesced=False, weight=weight)
             kind = None
             if stored is None:
@@ -4350,23 +4397,29 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             elif h.quiesced:
                 kind, flag = Change.RESTORE, "-e"
             elif h.operator is None and stored.weight != weight:
-                kind, flag = Change.REWEIGHT, "-e"
+                kind, flag = (Change.REWEIGHT if ramp is None else Change.RAMP), "-e"
             serving[ep] = stored.weight if kind is None else weight
             if kind is not None:
-                why = result.reason
+                why, note = result.reason, ""
                 if kind == Change.REWEIGHT:
                     why = "the configured weight" if h.asked is None else f"asked by its check ({result.reason})"
+                    if ramped is not None:
+                        why = f"slow start done ({vs.slowstart:g} s)"
+                elif kind == Change.RAMP:
+                    why = f"slow start, {now - ramp:.0f} s of {vs.slowstart:g} s"
+                elif ramp is not None:
+                    note = f"slow start to weight {target} over {vs.slowstart:g} s"
                 gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), why, weight,
-                                    ep, dataclasses.replace(h, tried=(weight,))))
+                                    ep, dataclasses.replace(h, tried=(weight,)), note=note))
                 new[ep] = done
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:
                 action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep,
                                 dataclasses.replace(h, tried=(0,)))
-                removals.append((rs, action, dataclasses.replace(h, quiesced=True), True))
+                removals.append((rs, action, dataclasses.replace(h, quiesced=True, ramp=None), True))
             elif not vs.quiescent:
                 action = Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), result.reason, None, ep, h)
-                removals.append((rs, action, h, stored.weight > 0))
+                removals.append((rs, action, dataclasses.replace(h, ramp=None), stored.weight > 0))
 
     # Depool threshold: never shrink the pool (real servers in IPVS with a
     # weight above 0) below threshold x configured servers by our own decision.
@@ -4589,11 +4642,12 @@ def remembered(h: Health) -> Health:
     """What of a server's health survives a restart of the monitor: what it did
     and what it saw an operator do (the streaks start again from the table)."""
     return Health(up=False if h.quiesced else None, quiesced=h.quiesced, weight=h.weight, operator=h.operator,
-                  tried=h.tried)
+                  tried=h.tried, ramp=h.ramp)
 
 
 def memory_of(h: Health) -> dict:
-    return {"quiesced": h.quiesced, "weight": h.weight, "operator": h.operator, "tried": list(h.tried)}
+    return {"quiesced": h.quiesced, "weight": h.weight, "operator": h.operator, "tried": list(h.tried),
+            "ramp": h.ramp}
 
 
 INTENT = ".intent"  # beside the state file: the weights a pass is about to set, written before it sets them
@@ -4636,6 +4690,12 @@ def _weight_or_none(value) -> Optional[int]:
     return value if type(value) is int and 0 <= value <= MAX_WEIGHT else None
 
 
+def _time_or_none(value) -> Optional[float]:
+    """A wall-clock time as remembered (a slow start's beginning), or None."""
+    ok = type(value) in (int, float) and math.isfinite(value) and value >= 0
+    return float(value) if ok else None
+
+
 def _weights(value) -> Tuple[int, ...]:
     """A list of weights as remembered (one bare weight, as written before, too)."""
     values = value if isinstance(value, list) else [value]
@@ -4661,7 +4721,8 @@ def read_memory(path: str) -> Memory:
             key = (str(s.get("protocol")), str(s.get("address")), str(r.get("server")))
             memory[key] = remembered(Health(
                 quiesced=kept.get("quiesced") is True, weight=_weight_or_none(kept.get("weight")),
-                operator=_weight_or_none(kept.get("operator")), tried=_weights(kept.get("tried"))))
+                operator=_weight_or_none(kept.get("operator")), tried=_weights(kept.get("tried")),
+                ramp=_time_or_none(kept.get("ramp"))))
     intent = _trusted_json(path + INTENT)
     entries = intent.get("tried") if isinstance(intent, dict) else None
     for entry in entries if isinstance(entries, list) else ():
@@ -4858,6 +4919,7 @@ class LogFile:
 
 
 STYLES = {"up": "green", "add": "green", "restore": "green", "reweight": "green", "fallback-delete": "green",
+          "ramp": "green",
           "hand": "yellow",
           "down": "red", "delete": "red", "quiesce": "yellow", "kept": "yellow",
           "fallback-add": "magenta", "failed": "bold red", "problem": "bold red", "info": "cyan"}
@@ -5320,6 +5382,7 @@ MESSAGES = {
     "add": "{server} has been added to work in {vs} (weight {weight})",
     "restore": "{server} weight restored to {weight} in {vs}",
     "reweight": "{server} weight set to {weight} in {vs}: {reason}",
+    "ramp": "{server} weight set to {weight} in {vs}: {reason}",
     "quiesce": "{server} is out of work, weight set to 0 in {vs} (quiescent)",
     "delete": "{server} is out of work, deleted from {vs}",
     "fallback-add": "{server} fallback added to {vs}: no real server is up",
@@ -5327,7 +5390,7 @@ MESSAGES = {
 }
 CHANGES = {  # the short form, for the "last change" of the status table
     "add": "added (weight {weight})", "restore": "weight restored to {weight}", "quiesce": "weight set to 0",
-    "reweight": "weight set to {weight}", "hand": "{reason}: set by hand",
+    "reweight": "weight set to {weight}", "ramp": "weight set to {weight} (slow start)", "hand": "{reason}: set by hand",
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
     "held": "held out: {reason}", "released": "{reason}",
@@ -5704,7 +5767,10 @@ class Monitor:
             self.failing.pop(key, None)
             message = MESSAGES[kind].format(server=action.server, vs=vs.label(), weight=action.weight,
                                             reason=action.reason)
-            self.output.say(message, kind)
+            if action.note:
+                message += f"; {action.note}"
+            if action.kind != Change.RAMP or self.verbose:  # a slow start's steps: its start and end suffice
+                self.output.say(message, kind)
             self.changes[(vs.ipvs_key, action.server)] = (time.time(), CHANGES[kind].format(weight=action.weight))
             return True, kind
         report.failed += 1
@@ -5768,7 +5834,7 @@ class Monitor:
         # without a result may be back (holds_go_first): then with the wave's last decision
         now_held = holds_go_first(vs, view.table, view.held, list(view.pending))
         decision = decide(vs, results, view.table, view.health, now, view.held if now_held else {},
-                          postponed=frozenset() if now_held else frozenset(view.held))
+                          postponed=frozenset() if now_held else frozenset(view.held), start=view.start)
         view.decided = True
         view.events.extend(decision.events)
         for event in decision.events:
@@ -6209,11 +6275,20 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
     }
 
 
+def _ramping(r: dict) -> bool:
+    """A server's entry in a snapshot: in its slow start, in IPVS at a weight on the way to its own."""
+    memory = r.get("memory") if isinstance(r.get("memory"), dict) else {}
+    weight = r["ipvs_weight"]
+    return memory.get("ramp") is not None and weight is not None and 0 < weight < r.get("intended_weight", 0)
+
+
 def in_place(snap: dict) -> bool:
     """Every server up and in IPVS at the weight it should have, every table readable: what --status exits 0 on.
-    A server an operator holds out (maintenance) is in place when it is out (absent, or at weight 0)."""
+    A server an operator holds out (maintenance) is in place when it is out (absent, or at weight 0);
+    one in its slow start, at the weight the ramp has reached."""
     return all(not s["problem"] and all((r["state"] == "up" and r["ipvs_weight"] is not None
-                                         and r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"]))
+                                         and (r["ipvs_weight"] == r.get("intended_weight", r["ipvs_weight"])
+                                              or _ramping(r)))
                                         or (r.get("held") and not r["ipvs_weight"])
                                         for r in s["servers"])
                for s in snap["services"])
