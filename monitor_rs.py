@@ -4409,8 +4409,10 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                     why = f"slow start, {now - ramp:.0f} s of {vs.slowstart:g} s"
                 elif ramp is not None:
                     note = f"slow start to weight {target} over {vs.slowstart:g} s"
+                # should it fail: a ramp begins once in the pool; a step (or the last) is made again
+                failed = dataclasses.replace(h, tried=(weight,), ramp=None if flag == "-a" or h.quiesced else ramped)
                 gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), why, weight,
-                                    ep, dataclasses.replace(h, tried=(weight,)), note=note))
+                                    ep, failed, note=note))
                 new[ep] = done
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:

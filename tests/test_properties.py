@@ -14,12 +14,12 @@ OK = m.ProbeResult(True, "HTTP 200", 0.0)
 BAD = m.ProbeResult(False, "refused", 0.0)
 
 
-def make_service(n, fall, rise, quiescent, fallback, threshold, forward):
+def make_service(n, fall, rise, quiescent, fallback, threshold, forward, slowstart=0.0):
     servers = tuple(m.RealServer(ipaddress.ip_address(f"10.1.0.{i + 1}"), 8080, i % 3 + 1, i) for i in range(n))
     return m.VirtualService(
         "prop", "tcp", ipaddress.ip_address("10.0.0.1"), 80, 0, servers, forward, fall=fall, rise=rise,
         quiescent=quiescent, depool_threshold=threshold,
-        fallback=m.parse_endpoint("127.0.0.1:8000", None) if fallback else None)
+        fallback=m.parse_endpoint("127.0.0.1:8000", None) if fallback else None, slowstart=slowstart)
 
 
 def apply(vs, table, actions):
@@ -318,15 +318,16 @@ def weights(table):
     return {ep: d.weight for ep, d in table.items()}
 
 
-def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambda before, table: None):
+def arrival_pass(vs, table, health, results, order, cuts, held, after_each=lambda before, table: None, now=0.0):
     """One pass as Monitor.run_pass drives it: held servers first, then each batch of `order`
     (cut at `cuts`) as it arrives, then what was kept back; every change holds."""
     state = {"table": table, "health": health, "decided": False}
+    start = table  # as read at the pass's start
 
     def step(now_results, pending=()):
         now_held = m.holds_go_first(vs, state["table"], held, list(pending))
-        decision = m.decide(vs, now_results, state["table"], state["health"], 0.0, held if now_held else {},
-                            postponed=frozenset() if now_held else frozenset(held))
+        decision = m.decide(vs, now_results, state["table"], state["health"], now, held if now_held else {},
+                            postponed=frozenset() if now_held else frozenset(held), start=start)
         released = {e.server for e in decision.events if e.state == m.Seen.RELEASED}
         assert not released & {str(ep) for ep in held}, "a server still held was said released"
         for action in decision.actions:
@@ -374,7 +375,8 @@ arrivals = st.fixed_dictionaries({
 @settings(max_examples=600, deadline=None)
 @given(vs=st.builds(make_service, n=st.integers(1, 5), fall=st.integers(1, 2), rise=st.integers(1, 2),
                     quiescent=st.booleans(), fallback=st.booleans(),
-                    threshold=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), forward=st.sampled_from(["-g", "-m"])),
+                    threshold=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), forward=st.sampled_from(["-g", "-m"]),
+                    slowstart=st.sampled_from([0.0, 0.0, 4.0])),  # a ramp spans several passes, 1 s apart
        start_present=st.lists(st.booleans(), min_size=5, max_size=5),
        passes=st.lists(arrivals, min_size=1, max_size=8))
 def test_deciding_as_results_arrive_ends_as_the_whole_pass_decision_in_any_order(vs, start_present, passes):
@@ -384,7 +386,7 @@ def test_deciding_as_results_arrive_ends_as_the_whole_pass_decision_in_any_order
     health = {}
     floor = vs.depool_threshold * len(vs.servers)
     fallback = vs.stored_endpoint(vs.fallback) if vs.fallback is not None else None
-    for step in passes:
+    for clock, step in enumerate(passes):
         n = len(vs.servers)
         results = {rs.endpoint: asked_result(v) for rs, v in zip(vs.servers, step["verdicts"])}
         held = {rs.endpoint: HOLD for rs, h in zip(vs.servers, step["held"]) if h}
@@ -408,20 +410,20 @@ def test_deciding_as_results_arrive_ends_as_the_whole_pass_decision_in_any_order
                 real = sum(1 for ep, d in now.items() if (d.weight > 0 or ep in forced) and ep != fallback)
                 assert real >= floor - 1e-9, (before, now)
 
-        whole = m.decide(vs, results, whole_table, whole_health, 0.0, held)
+        whole = m.decide(vs, results, whole_table, whole_health, float(clock), held)
         whole_table, whole_health = apply(vs, whole_table, whole.actions), whole.health
         serving_at_start = any(d.weight > 0 for ep, d in table.items() if ep != fallback)
         fallback_at_start = fallback is not None and fallback in table
         seen_fallback = []
         table, health = arrival_pass(vs, table, health, results, order, step["cuts"], held,
                                      lambda before, now: (after_each(before, now),
-                                                          seen_fallback.append(fallback in now)))
+                                                          seen_fallback.append(fallback in now)), float(clock))
         if fallback is not None and not serving_at_start and not fallback_at_start and fallback not in whole_table:
             # an empty pool: the fallback does not come and go within the pass when the whole pass keeps it out
             assert not any(seen_fallback), "the fallback came and went within one pass"
         assert weights(table) == weights(whole_table), (step, table, whole_table)
-        assert {ep: (h.up, h.good, h.bad, h.kept, h.quiesced) for ep, h in health.items()} == {
-            ep: (h.up, h.good, h.bad, h.kept, h.quiesced) for ep, h in whole_health.items()}
+        assert {ep: (h.up, h.good, h.bad, h.kept, h.quiesced, h.ramp) for ep, h in health.items()} == {
+            ep: (h.up, h.good, h.bad, h.kept, h.quiesced, h.ramp) for ep, h in whole_health.items()}
 
 
 @settings(max_examples=300, deadline=None)
@@ -463,3 +465,101 @@ def test_with_no_threshold_a_failure_is_acted_on_in_its_own_batch(n, data):
     decision = m.decide(vs, now, table, {})
     after = apply(vs, table, decision.actions)
     assert vs.stored_endpoint(first) not in after and pool(after)
+
+
+# Issue 15 (slow start): a server (re)entering a pool where another serves ramps to its weight
+# over `slowstart` seconds; with changes that fail, restarts of the monitor (its memory only),
+# asked weights, any depool threshold, and a clock that moves on by any amount between passes.
+
+ramping = st.fixed_dictionaries({
+    "verdicts": st.lists(st.sampled_from(["bad", "ok", "ask 2", "ask 9", "ask 9"]), min_size=4, max_size=4),
+    "failures": st.lists(st.booleans(), max_size=8),
+    "restart": st.booleans(),
+    "later": st.sampled_from([0.0, 0.5, 1.0, 2.5, 7.0]),  # seconds since the last pass
+})
+
+
+@settings(max_examples=500, deadline=None)
+@given(vs=st.builds(make_service, n=st.integers(1, 4), fall=st.integers(1, 2), rise=st.integers(1, 2),
+                    quiescent=st.booleans(), fallback=st.booleans(),
+                    threshold=st.sampled_from([0.0, 0.5, 1.0]), forward=st.sampled_from(["-g", "-m"]),
+                    slowstart=st.sampled_from([3.0, 10.0])),
+       start_present=st.lists(st.booleans(), min_size=4, max_size=4),
+       passes=st.lists(ramping, min_size=1, max_size=14))
+def test_a_ramping_server_is_never_above_its_weight_never_at_0_and_only_climbs(vs, start_present, passes):
+    table = {vs.stored_endpoint(rs.endpoint): m.Destination(vs.stored_endpoint(rs.endpoint), "Masq", rs.weight)
+             for rs, present in zip(vs.servers, start_present) if present}
+    health, now = {}, 1000.0
+    asked = {}
+    for step in passes:
+        now += step["later"]
+        if step["restart"]:
+            health = {ep: m.remembered(h) for ep, h in health.items()}
+        results = {rs.endpoint: asked_result(v) for rs, v in zip(vs.servers, step["verdicts"])}
+        for rs in vs.servers:
+            if results[rs.endpoint].ok:
+                asked[rs.endpoint] = results[rs.endpoint].weight
+        before, old = dict(table), dict(health)
+        decision = m.decide(vs, results, table, health, now)
+        outcome, made = iter(step["failures"]), []
+
+        def make(action):
+            ok = not next(outcome, False)
+            if ok:
+                made.append(action)
+            return ok
+
+        health = m.carry_out(decision, make)
+        table = apply(vs, table, made)
+        if vs.fallback is not None and pool(before):
+            assert pool(table), "the pool was emptied although a fallback is configured"
+        for rs in vs.servers:
+            h, d = health[rs.endpoint], table.get(vs.stored_endpoint(rs.endpoint))
+            target = rs.weight if asked.get(rs.endpoint) is None else asked[rs.endpoint]
+            if h.ramp is not None:  # ramping: in the pool (up, kept in, or its removal failed)
+                assert d is not None and d.weight > 0 and (h.up or h.kept or step["failures"]), (rs, h, d)
+            was = old.get(rs.endpoint)
+            d0 = before.get(vs.stored_endpoint(rs.endpoint))
+            if (was is not None and was.ramp is not None and was.ramp == h.ramp and was.up and h.up
+                    and d0 is not None and d is not None and d0.weight <= target):
+                assert d.weight >= d0.weight, ("a ramp went down", rs, was, h, d0, d)  # only climbs
+        if any(step["failures"][:len(decision.actions)]):
+            continue
+        for rs in vs.servers:  # every change held
+            h, d = health[rs.endpoint], table.get(vs.stored_endpoint(rs.endpoint))
+            target = rs.weight if asked.get(rs.endpoint) is None else asked[rs.endpoint]
+            if h.up and results[rs.endpoint].ok:
+                assert d is not None and 1 <= d.weight <= target, (rs, h, d, target)  # never 0, never above
+                if h.ramp is None:
+                    assert d.weight == target, (rs, h, d, target)  # done, or never ramped
+                else:
+                    assert now - vs.slowstart < h.ramp <= now and d.weight < target, (rs, h, d, now)
+        real = [sum(in_pool(vs, t, rs) for rs in vs.servers) for t in (before, table)]
+        if vs.depool_threshold and real[1] < real[0]:  # the pool floor: a ramping server counts as in
+            assert real[1] >= vs.depool_threshold * len(vs.servers) - 1e-9, (before, table)
+        if vs.fallback is not None and not vs.depool_threshold:
+            serving = any(d.weight > 0 for ep, d in table.items() if ep != vs.stored_endpoint(vs.fallback))
+            assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(2, 4), slowstart=st.sampled_from([3.0, 10.0, 60.0]), data=st.data())
+def test_a_server_back_beside_others_starts_at_1_and_reaches_its_weight_when_slowstart_is_over(n, slowstart, data):
+    vs = make_service(n, 1, 1, data.draw(st.booleans()), data.draw(st.booleans()), 0.0, "-m", slowstart)
+    table = apply(vs, {}, m.decide(vs, {rs.endpoint: OK for rs in vs.servers}, {}, {}).actions)
+    back = data.draw(st.sampled_from(vs.servers))
+    health = m.decide(vs, {back.endpoint: BAD}, table, {}, 0.0).health
+    table = apply(vs, table, m.decide(vs, {back.endpoint: BAD}, table, {}, 0.0).actions)
+    now, weights_seen = 100.0, []
+    for later in data.draw(st.lists(st.floats(0.0, slowstart / 2), min_size=1, max_size=20)) + [slowstart]:
+        d = m.decide(vs, {rs.endpoint: OK for rs in vs.servers}, table, health, now)
+        table, health = apply(vs, table, d.actions), d.health
+        weights_seen.append(table[vs.stored_endpoint(back.endpoint)].weight)
+        now += later
+    if back.weight > 1:
+        assert weights_seen[0] == 1  # back into a pool that serves: from 1
+    assert weights_seen == sorted(weights_seen) and weights_seen[-1] <= back.weight
+    d = m.decide(vs, {rs.endpoint: OK for rs in vs.servers}, table, health, now)
+    table = apply(vs, table, d.actions)
+    assert table[vs.stored_endpoint(back.endpoint)].weight == back.weight  # slowstart over: at its weight
+    assert d.health[back.endpoint].ramp is None
