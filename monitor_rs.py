@@ -4325,8 +4325,10 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     forced: set = set()  # removals of held servers: not the depool threshold's to keep
     held = held or {}
     before = table if start is None else start
-    served = {rs.endpoint for rs in vs.servers if before.get(vs.stored_endpoint(rs.endpoint), _ABSENT).weight > 0
-              } if vs.slowstart > 0 else set()  # who served at the pass's start: a newcomer ramps beside them
+    # who served at the pass's start (any destination but the fallback, monitored or not): a newcomer ramps beside them
+    served = {stored for stored, d in before.items() if d.weight > 0} if vs.slowstart > 0 else set()
+    if vs.fallback is not None:
+        served.discard(vs.stored_endpoint(vs.fallback))
     for rs in vs.servers:
         ep = rs.endpoint
         old = health.get(ep, Health())
@@ -4387,7 +4389,8 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         new[ep] = h
         if up:
             target = intended_weight(rs, h)
-            weight, ramp = slow_start(vs, h, target, stored is None or h.quiesced, bool(served - {ep}), now)
+            weight, ramp = slow_start(vs, h, target, stored is None or h.quiesced,
+                                      bool(served - {vs.stored_endpoint(ep)}), now)
             ramped, h = h.ramp, dataclasses.replace(h, ramp=ramp)
             new[ep] = h
             done = dataclasses.replace(h, quiesced=False, weight=weight)
@@ -4404,7 +4407,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                 if kind == Change.REWEIGHT:
                     why = "the configured weight" if h.asked is None else f"asked by its check ({result.reason})"
                     if ramped is not None:
-                        why = f"slow start done ({vs.slowstart:g} s)"
+                        why = f"slow start done ({vs.slowstart:g} s)" if vs.slowstart > 0 else "slow start off"
                 elif kind == Change.RAMP:
                     why = f"slow start, {now - ramp:.0f} s of {vs.slowstart:g} s"
                 elif ramp is not None:

@@ -108,6 +108,15 @@ def test_no_ramp_into_an_empty_pool_nor_beside_only_the_fallback():
     assert [(a.kind, a.weight) for a in d.actions] == [(m.Change.ADD, 10), (m.Change.ADD, 2), (m.Change.FALLBACK_DELETE, None)]
 
 
+def test_a_server_not_monitored_that_serves_is_another_server():
+    """A destination of the service the config no longer names (left as it is at a reload) serves:
+    a newcomer beside it ramps; the fallback is no such server."""
+    vs = service(weights=(10,))
+    other = ep("192.168.1.99:8080")
+    d, _, _ = step(vs, {other: m.Destination(other, "Masq", 5)}, {}, T, (OK,))
+    assert [(a.kind, a.weight) for a in d.actions] == [(m.Change.ADD, 1)]
+
+
 def test_servers_found_in_the_table_at_start_are_not_ramped():
     vs = service()
     d, _, health = step(vs, table(vs, s0=10, s1=2), {}, T)
@@ -184,6 +193,16 @@ def test_a_restart_in_the_middle_goes_on_with_the_ramp_not_an_operators_weight()
     assert not d.events  # no "set by hand", no up/down
     assert [(a.kind, a.weight) for a in d.actions] == [(m.Change.RAMP, 6)]
     assert health[vs.servers[0].endpoint].ramp == T
+
+
+def test_slowstart_turned_off_by_a_reload_ends_a_ramp_at_once():
+    import dataclasses
+    vs = service()
+    tbl, health = back(vs)
+    _, tbl, health = step(vs, tbl, health, T)
+    d, tbl, health = step(dataclasses.replace(vs, slowstart=0.0), tbl, health, T + 1)
+    assert [(a.kind, a.weight, a.reason) for a in d.actions] == [(m.Change.REWEIGHT, 10, "slow start off")]
+    assert health[vs.servers[0].endpoint].ramp is None
 
 
 def test_the_ramp_is_remembered_in_the_state_file(tmp_path):
