@@ -4208,7 +4208,7 @@ def slow_start(vs: "VirtualService", h: Health, target: int, entering: bool, oth
     began (None: not ramping, or done).
 
     HAProxy's slowstart: a server the monitor puts (back) into the pool (an add, a restore after
-    its quiesce: `entering`) while another real server already serves there (`others`) would get
+    its quiesce: `entering`) while another server already serves there (`others`) would get
     every new connection of a wlc/lc scheduler at once; it starts at weight 1 and climbs, at each
     of its checks, to ceil(target x elapsed / slowstart).  Into an empty pool (a first start, all
     servers back together, only the fallback serving) it comes at its weight at once: there is
@@ -4312,10 +4312,10 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     holds_go_first) is left as it is: neither held anew nor released.
 
     A server (re)entering the pool ramps up to its weight over `slowstart` seconds (see
-    slow_start) when another real server served in `start`, the table as read at the pass's
-    start (default: `table`): a pass decided in parts as results arrive decides it as the whole
-    pass would, whatever the order of arrival.  `now` is wall-clock time (the ramp outlives
-    a restart of the monitor, in its memory).
+    slow_start) when another server (not the fallback) served in `start`, the table as read at
+    the pass's start (default: `table`): a pass decided in parts as results arrive decides it as
+    the whole pass would, whatever the order of arrival.  `now` is wall-clock time (the ramp
+    outlives a restart of the monitor, in its memory).
     """
     new: Dict[Endpoint, Health] = {}
     events: List[Event] = []
@@ -4413,9 +4413,9 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                 elif ramp is not None:
                     note = f"slow start to weight {target} over {vs.slowstart:g} s"
                 # should it fail: a ramp begins once in the pool; a step (or the last) is made again
-                failed = dataclasses.replace(h, tried=(weight,), ramp=None if flag == "-a" or h.quiesced else ramped)
+                undone = dataclasses.replace(h, tried=(weight,), ramp=None if flag == "-a" or h.quiesced else ramped)
                 gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), why, weight,
-                                    ep, failed, note=note))
+                                    ep, undone, note=note))
                 new[ep] = done
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:
@@ -5395,7 +5395,8 @@ MESSAGES = {
 }
 CHANGES = {  # the short form, for the "last change" of the status table
     "add": "added (weight {weight})", "restore": "weight restored to {weight}", "quiesce": "weight set to 0",
-    "reweight": "weight set to {weight}", "ramp": "weight set to {weight} (slow start)", "hand": "{reason}: set by hand",
+    "reweight": "weight set to {weight}", "ramp": "weight set to {weight} (slow start)",
+    "hand": "{reason}: set by hand",
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
     "held": "held out: {reason}", "released": "{reason}",

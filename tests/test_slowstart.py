@@ -105,7 +105,8 @@ def test_no_ramp_into_an_empty_pool_nor_beside_only_the_fallback():
     vs = service(fallback=sorry)
     tbl = {vs.stored_endpoint(sorry): m.Destination(vs.stored_endpoint(sorry), "Masq", 1)}
     d, _, _ = step(vs, tbl, {}, T)
-    assert [(a.kind, a.weight) for a in d.actions] == [(m.Change.ADD, 10), (m.Change.ADD, 2), (m.Change.FALLBACK_DELETE, None)]
+    assert [(a.kind, a.weight) for a in d.actions] == [(m.Change.ADD, 10), (m.Change.ADD, 2),
+                                                       (m.Change.FALLBACK_DELETE, None)]
 
 
 def test_a_server_not_monitored_that_serves_is_another_server():
