@@ -1,0 +1,391 @@
+"""The status endpoint (issue 15): listen = ADDR:PORT, GET /metrics and GET /status.
+
+1. /metrics passes `promtool check metrics`; /status is the snapshot --status --json
+   prints (and the state file holds); HEAD, 404, 405, 400, 431; IPv6.
+2. The address is bound at start: one taken is one line and exit 2; a reload to
+   one taken keeps the old one (said once), a reload to a free one moves it.
+3. Hostile clients (slowloris, a flood of connections, garbage, huge headers,
+   readers that never read), in another process, while a real server in a third
+   fails and recovers: the passes keep their interval, the failure and the
+   recovery are acted on within their usual bound, the monitor's descriptors
+   stay bounded, every scrape ends at once (200 or 503), and afterwards
+   /metrics answers with the truth.
+
+The clients and the backend run in their own processes (tests/listen_peers.py):
+in this process they would share no GIL with the monitor, but a thread here
+would share one with the test's own polling.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import monitor_rs as m
+from harness import SLOW, config, wait_until
+
+VIP = "127.0.0.1:80"
+IN_CI = os.environ.get("CI") == "true"
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "listen_peers.py")
+
+
+def free_port(ip="127.0.0.1"):
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def with_listen(text, address):
+    return text.replace("[monitor]\n", f"[monitor]\nlisten = {address}\n", 1)
+
+
+def http(ip, port, request, timeout=10.0):
+    """Send `request` (bytes), read until the server closes: (status code, headers, body)."""
+    with socket.create_connection((ip, port), timeout=timeout * SLOW) as s:
+        s.sendall(request)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("ascii").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def get(port, path, ip="127.0.0.1", method="GET"):
+    return http(ip, port, f"{method} {path} HTTP/1.1\r\nHost: monitor\r\n\r\n".encode())
+
+
+def served(port, ip="127.0.0.1"):
+    """Wait until the endpoint answers /status with a pass; its snapshot."""
+    def answer():
+        try:
+            code, _, body = get(port, "/status", ip)
+        except OSError:
+            return None
+        return json.loads(body) if code == 200 else None
+    return wait_until(answer, what=f"GET /status on {ip}:{port}")
+
+
+def promtool_check(text):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is not installed (.ci/run installs Debian's prometheus package)")
+        pytest.skip("promtool is not installed here (apt-get install prometheus)")
+    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+
+
+###############################################################################
+# 1. What it serves ###########################################################
+###############################################################################
+
+
+def test_metrics_pass_promtool_and_status_is_the_snapshot(ipvs, run, backends):
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    b.stop()
+    port = free_port()
+    # one pass a minute: the endpoint, the state file and --status all hold the first one
+    monitor = run(ipvs, with_listen(config(VIP, [a.address, b.address], [3, 1], interval=60), f"127.0.0.1:{port}"))
+    monitor.start()
+    snap = served(port)
+    code, headers, body = get(port, "/metrics")
+    assert code == 200 and headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert int(headers["Content-Length"]) == len(body) and headers["Connection"] == "close"
+    text = body.decode()
+    promtool_check(text)
+    assert f'monitor_rs_server_up{{service="{VIP}",name="web",server="{a.address}"}} 1' in text
+    assert f'monitor_rs_server_up{{service="{VIP}",name="web",server="{b.address}"}} 0' in text
+    assert f'monitor_rs_build_info{{version="{m.__version__}"}} 1' in text
+    assert 'monitor_rs_status_connections_total{outcome="answered"}' in text
+    assert snap["source"] == "monitor" and snap["pid"] == monitor.proc.pid
+    assert snap == json.loads(monitor.state.read_text())
+    code, status = monitor.status()
+    assert code == 1  # b is down
+    assert status == snap
+    code, headers, body = get(port, "/status")
+    assert code == 200 and headers["Content-Type"] == "application/json" and json.loads(body) == snap
+
+
+def test_what_is_not_a_scrape_is_told_so(ipvs, run, backends):
+    a = backends(ip="127.0.0.11")
+    port = free_port()
+    monitor = run(ipvs, with_listen(config(VIP, [a.address]), f"127.0.0.1:{port}")).start()
+    served(port)
+    code, headers, body = get(port, "/metrics", method="HEAD")
+    assert code == 200 and body == b"" and int(headers["Content-Length"]) > 100
+    assert get(port, "/metrics?name[]=x")[0] == 200  # a query is ignored
+    for path in ("/", "/metric", "/metrics/", "/status.json", "/../etc/passwd"):
+        assert get(port, path)[0] == 404, path
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        code, headers, _ = get(port, "/metrics", method=method)
+        assert (code, headers["Allow"]) == (405, "GET, HEAD"), method
+    for request in (b"garbage\r\n\r\n", b"GET /metrics\r\n\r\n", b"GET /metrics HTTP/2.0\r\n\r\n",
+                    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", b"GET  /metrics HTTP/1.1\r\n\r\n"):
+        assert http("127.0.0.1", port, request)[0] == 400, request
+    assert http("127.0.0.1", port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")[0] == 431
+    assert http("127.0.0.1", port, b"GET /status HTTP/1.0\n\n")[0] == 200  # bare newlines: still HTTP
+    assert monitor.proc.poll() is None
+    assert "Traceback" not in "".join(monitor.lines())
+
+
+def test_ipv6(ipvs, run, backends):
+    a = backends(ip="127.0.0.11")
+    port = free_port("::1")
+    monitor = run(ipvs, with_listen(config(VIP, [a.address]), f"[::1]:{port}")).start()
+    snap = served(port, "::1")
+    assert snap["pid"] == monitor.proc.pid
+    assert monitor.wait_log(f"status endpoint on http://[::1]:{port}/")
+
+
+def test_before_the_first_pass_it_says_so():
+    """Bound at start, before the first pass: 503 until a pass is published, then the pass."""
+    port = free_port()
+    server = m.StatusServer(f"127.0.0.1:{port}")
+    try:
+        code, headers, _ = get(port, "/metrics")
+        assert (code, headers["Retry-After"]) == (503, "1")
+        snap = {"monitor_rs": m.__version__, "source": "monitor", "pid": os.getpid(), "config": "c", "time": 1.0,
+                "interval": 3, "pass_seconds": 0.1, "services": []}
+        server.publish(snap)
+        assert json.loads(get(port, "/status")[2]) == snap
+    finally:
+        server.close()
+
+
+###############################################################################
+# 2. Binding: at start, at reload #############################################
+###############################################################################
+
+
+def test_a_port_taken_at_start_is_one_line_and_exit_2(ipvs, run, backends):
+    a = backends(ip="127.0.0.11")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        monitor = run(ipvs, with_listen(config(VIP, [a.address]), address)).start()
+        out, err = monitor.proc.communicate(timeout=30 * SLOW)
+    assert monitor.proc.returncode == 2
+    assert err == f"monitor_rs: cannot listen on {address} (listen): Address already in use\n"
+    assert listings(ipvs) == []  # before any pass
+
+
+def test_a_reload_to_a_taken_port_keeps_the_old_one(ipvs, run, backends):
+    a = backends(ip="127.0.0.11")
+    first, third = free_port(), free_port()
+    text = config(VIP, [a.address])
+    monitor = run(ipvs, with_listen(text, f"127.0.0.1:{first}")).start()
+    served(first)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        second = f"127.0.0.1:{taken.getsockname()[1]}"
+        monitor.config.write_text(with_listen(text, second))
+        monitor.signal(signal.SIGHUP)
+        monitor.wait_log(f"status endpoint: cannot listen on {second} (listen): Address already in use; "
+                         f"still serving on 127.0.0.1:{first}; monitoring goes on")
+        assert served(first)["pid"] == monitor.proc.pid
+        # said once, not at every pass: three more passes' worth of state files
+        passes = json.loads(monitor.state.read_text())["time"]
+        wait_until(lambda: json.loads(monitor.state.read_text())["time"] >= passes + 3 * 0.3, what="three passes")
+        assert monitor.count(f"cannot listen on {second}") == 1
+    monitor.config.write_text(with_listen(text, f"127.0.0.1:{third}"))
+    monitor.signal(signal.SIGHUP)
+    served(third)
+    with pytest.raises(OSError):  # the old one is closed
+        get(first, "/status")
+    monitor.config.write_text(text)
+    monitor.signal(signal.SIGHUP)
+    monitor.wait_log(f"status endpoint on 127.0.0.1:{third} closed (listen is off)")
+    with pytest.raises(OSError):
+        get(third, "/status")
+    assert monitor.proc.poll() is None
+
+
+###############################################################################
+# 3. Hostile clients ##########################################################
+###############################################################################
+
+
+class Peer:
+    """tests/listen_peers.py in its own process."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([sys.executable, PEERS, *map(str, args)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.first = json.loads(self.proc.stdout.readline())
+
+    def send(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def close(self):
+        """quit; the last line it printed (JSON), if any."""
+        try:
+            out, _ = self.proc.communicate("quit\n", timeout=30)
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+
+
+@pytest.fixture
+def peers():
+    made = []
+
+    def make(*args):
+        made.append(Peer(*args))
+        return made[-1]
+
+    yield make
+    for peer in made:
+        if peer.proc.poll() is None:
+            peer.close()
+
+
+def listings(ipvs):
+    """Wall-clock times of the ipvsadm -Ln runs: one a pass (the fake logs each run)."""
+    if not os.path.exists(ipvs.calls):
+        return []
+    with open(ipvs.calls) as handle:
+        runs = [json.loads(line) for line in handle if line.strip()]
+    return [r["t"] for r in runs if r["argv"][:1] == ["-Ln"]]
+
+
+def change_time(ipvs, flag, server, since=0.0):
+    """When the first ipvsadm run with `flag` for `server` (alone or in a -R) came after `since`, or None."""
+    if not os.path.exists(ipvs.calls):
+        return None
+    with open(ipvs.calls) as handle:
+        for line in handle:
+            run = json.loads(line)
+            for argv in run.get("stdin", []) if run["argv"] == ["-R"] else [run["argv"]]:
+                if run["t"] >= since and argv[:1] == [flag] and server in argv:
+                    return run["t"]
+    return None
+
+
+INTERVAL, TIMEOUT = 0.5, 0.5
+
+
+class PassTimes:
+    """The start of every pass (the state file's `time`, the monitor's own clock), polled by a
+    thread of the test; and whether one was missed (a poll that saw two passes later)."""
+
+    def __init__(self, path):
+        self.path, self.times, self.stop = path, [], False
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self):
+        while not self.stop:
+            try:
+                t = json.loads(self.path.read_text())["time"]
+            except (OSError, ValueError, KeyError):
+                t = None
+            if t is not None and (not self.times or t != self.times[-1]):
+                self.times.append(t)
+            time.sleep(0.01)
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        return self.times
+
+
+def test_hostile_clients_never_delay_a_probe_or_a_change(ipvs, run, backends, peers):
+    """Slowloris, a flood, garbage, huge heads and readers that never read, from another process,
+    against the endpoint of a monitor whose real server (in a third process) fails and recovers."""
+    steady = backends(ip="127.0.0.11")
+    backend = peers("backend", "127.0.0.12")
+    flaky = f"127.0.0.12:{backend.first['port']}"
+    port = free_port()
+    text = config(VIP, [steady.address, flaky], [1, 1], interval=INTERVAL, timeout=TIMEOUT,
+                  extra="fall = 1\nrise = 1\n")
+    monitor = run(ipvs, with_listen(text, f"127.0.0.1:{port}")).start()
+    wait_until(lambda: all(r["ipvs_weight"] == 1 for r in served(port)["services"][0]["servers"]),
+               what="both servers in")
+    pid = monitor.proc.pid
+    fds_before = len(os.listdir(f"/proc/{pid}/fd"))
+
+    passes = PassTimes(monitor.state)
+    attack = peers("clients", "127.0.0.1", port)
+    assert attack.first == {"ready": True}
+    fds, scrapes = [], []
+
+    def scrape():
+        """A scrape while the clients are at it: it must end, answered or turned away (never hang)."""
+        try:
+            code = get(port, "/metrics")[0]
+        except ConnectionResetError:  # turned away at once: closed with the request unread
+            code = "reset"
+        scrapes.append(code)
+        fds.append(len(os.listdir(f"/proc/{pid}/fd")))
+
+    def scrape_for(seconds):
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            scrape()
+            time.sleep(0.05)
+
+    scrape_for(1.0)  # the clients' first burst (their process's own start loads this small machine)
+    started = time.time()
+    scrape_for(1.0)  # the attack in full swing
+    failed_at = time.time()
+    backend.send("fail")
+    deleted = wait_until(lambda: change_time(ipvs, "-d", flaky, failed_at) or scrape(), what="the delete")
+    scrape_for(1.0)
+    recovered_at = time.time()
+    backend.send("ok")
+    added = wait_until(lambda: change_time(ipvs, "-a", flaky, recovered_at) or scrape(), what="the add")
+    scrape_for(1.0)
+    ended = time.time()
+    done = attack.close()
+    times = [t for t in passes.close() if started <= t <= ended]
+    assert done is not None and all(done["connections"].values()), done  # every kind of client got in
+    # the endpoint kept cycling: no slowloris held a connection beyond its head deadline
+    assert done["longest_slowloris"] < m.LISTEN_HEAD_SECONDS + 1.0 * SLOW, done
+
+    # the passes kept their pace: each on its turn (monotonic, an interval apart), none skipped
+    turns = [(t - times[0]) / INTERVAL for t in times]
+    phase = [(turn - round(turn)) * INTERVAL for turn in turns]
+    usual = sorted(phase)[len(phase) // 2]
+    late = [round(p - usual, 3) for p in phase]
+    assert max(abs(x) for x in late) < 0.1 * SLOW, late
+    assert round(turns[-1]) + 1 - len(turns) <= 1, turns  # a pass missed by this test's polling at most
+    assert len(times) >= (ended - started) / INTERVAL - 2, times
+    # the failure and the recovery acted on within their usual bound: the next probe (interval + timeout)
+    bound = INTERVAL + TIMEOUT + 0.3 * SLOW
+    assert deleted - failed_at < bound and added - recovered_at < bound, (deleted - failed_at, added - recovered_at)
+    # no scrape hung (each ended: 200, or turned away); the monitor's descriptors stayed bounded
+    assert scrapes and set(scrapes) <= {200, 503, "reset"}, scrapes
+    assert max(fds) <= fds_before + m.LISTEN_MAX_CONNECTIONS + 8, (fds_before, max(fds))
+
+    # afterwards: /metrics answers with the truth, and says what became of the clients
+    def settled():
+        code, _, body = get(port, "/metrics")
+        text = body.decode()
+        return code == 200 and f'monitor_rs_server_up{{service="{VIP}",name="web",server="{flaky}"}} 1' in text \
+            and text
+    text = wait_until(settled, what="/metrics after the attack")
+    promtool_check(text)
+    outcomes = {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+                if line.startswith("monitor_rs_status_connections_total{")}
+    assert outcomes["busy"] > 0 and outcomes["timed_out"] > 0 and outcomes["answered"] > 0, outcomes
+    assert monitor.proc.poll() is None
+    assert monitor.count("status endpoint") == 1  # its start only: nothing failed
+    assert "Traceback" not in "".join(monitor.lines())
