@@ -239,6 +239,10 @@ def main():
         return
     attack = Attack(sys.argv[2], int(sys.argv[3]))
     attack.run()
+    now = time.monotonic()  # the slowloris connections still open count too
+    for key in list(attack.sel.get_map().values()):
+        if key.data and "since" in key.data:
+            attack.longest = max(attack.longest, now - key.data["since"])
     print(json.dumps({"connections": attack.count, "closed_by_server": attack.closed_by_server,
                       "bytes_sent": attack.bytes_sent, "longest_slowloris": round(attack.longest, 3)}),
           flush=True)
