@@ -6717,6 +6717,59 @@ class Listening:
             self.server = None
 
 
+def lock_holder(path: str) -> Optional[int]:
+    """The PID that holds the flock of the lock file `path` (the kernel's /proc/locks), or None."""
+    try:
+        inode = os.lstat(path).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("1: -> FLOCK ..." waits: skipped)
+        words = line.split()
+        if len(words) >= 6 and words[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and words[4].isdigit():
+            if words[5].rsplit(":", 1)[-1] == str(inode):
+                return int(words[4])
+    return None
+
+
+def endpoint_status(config: Config, timeout: float = 2.0) -> Optional[dict]:
+    """--status from the running monitor's endpoint (listen), or None (then the state file).
+
+    Taken only from the monitor that holds this config's lock: any user may listen on a free
+    port while the monitor is down, and --status (root's, or a check's) must not show what
+    such a process says."""
+    if not config.listen:
+        return None
+    family, (host, port) = listen_address(config.listen)
+    if ipaddress.ip_address(host).is_unspecified:  # listening on every address: ask loopback
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    deadline = time.monotonic() + timeout
+    body = bytearray()
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+            sock.sendall(b"GET /status HTTP/1.1\r\nHost: monitor_rs\r\nConnection: close\r\n\r\n")
+            while len(body) < STATUS_MAX_BYTES:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        head, _, data = bytes(body).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200 "):
+            return None
+        snap = json.loads(data)
+        pid = int(snap["pid"]) if isinstance(snap, dict) and isinstance(snap.get("services"), list) else 0
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+        return None
+    return snap if pid > 0 and lock_holder(config.lock) == pid else None
+
+
+STATUS_MAX_BYTES = 256 * 1024 * 1024  # what --status reads of /status at most
+
+
 STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow", MAINTENANCE: "blue"}
 
 
@@ -6986,7 +7039,9 @@ def show_config(config: Config) -> None:
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
     """--status: a running monitor's state, else one pass of probes that changes nothing."""
     now = time.time()
-    snap = next((s for s in (read_state(path, now) for path in state_files(config)) if s is not None), None)
+    snap = endpoint_status(config)  # the running monitor's own answer, when it has an endpoint
+    if snap is None:
+        snap = next((s for s in (read_state(path, now) for path in state_files(config)) if s is not None), None)
     if snap is None:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)

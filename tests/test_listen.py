@@ -164,6 +164,46 @@ def test_before_the_first_pass_it_says_so():
         server.close()
 
 
+def test_status_asks_the_running_monitor(ipvs, run, backends):
+    """--status asks the endpoint of the monitor holding the config's lock: the state file gone
+    (a tmpfs emptied, a cleanup job), it still shows that monitor's pass, not a pass of its own."""
+    a = backends(ip="127.0.0.11")
+    port = free_port()
+    monitor = run(ipvs, with_listen(config(VIP, [a.address], interval=60), f"127.0.0.1:{port}")).start()
+    snap = served(port)
+    monitor.state.unlink()
+    code, status = monitor.status()
+    assert (code, status) == (0, snap)
+    assert status["source"] == "monitor" and status["pid"] == monitor.proc.pid
+
+
+def test_status_believes_no_impostor(ipvs, run, backends, tmp_path):
+    """With no monitor running, whoever listens on its port is not believed, whatever PID it claims:
+    --status makes its own pass."""
+    a = backends(ip="127.0.0.11")
+    with socket.socket() as impostor:
+        impostor.bind(("127.0.0.1", 0))
+        impostor.listen(8)
+        port = impostor.getsockname()[1]
+        lie = {"monitor_rs": m.__version__, "source": "monitor", "pid": os.getpid(), "config": "x", "time": time.time(),
+               "interval": 3, "pass_seconds": 0.0, "services": []}
+        body = json.dumps(lie).encode()
+
+        def answer():
+            for _ in range(4):
+                try:
+                    conn, _ = impostor.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        threading.Thread(target=answer, daemon=True).start()
+        monitor = run(ipvs, with_listen(config(VIP, [a.address]), f"127.0.0.1:{port}"))
+        code, status = monitor.status()
+    assert status["source"] == "probe" and status["services"][0]["servers"][0]["server"] == a.address
+
+
 ###############################################################################
 # 2. Binding: at start, at reload #############################################
 ###############################################################################
