@@ -6452,7 +6452,8 @@ class StatusServer:
         self.pages: Dict[str, Tuple[bytes, bytes]] = {}  # path -> (GET, HEAD) answers; replaced whole
         self.served: Dict[str, int] = {o.value: 0 for o in ListenOutcome}
         self.news: "collections.deque[Tuple[str, str]]" = collections.deque()
-        self.failed = False
+        self.failed = False  # the thread ended on a failure (said in news): the endpoint is closed
+        self.faulted = False  # a connection met a failure (said in news once)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -6535,10 +6536,19 @@ class StatusServer:
                     continue
                 budget -= 1
                 client = key.data
-                if events & selectors.EVENT_READ and client.answer is None:
-                    self._read(sel, client)
-                elif events & selectors.EVENT_WRITE:
-                    self._write(sel, client)
+                try:
+                    if events & selectors.EVENT_READ and client.answer is None:
+                        self._read(sel, client)
+                    elif events & selectors.EVENT_WRITE:
+                        self._write(sel, client)
+                except Exception as exc:  # a bug one request meets: that connection ends, serving goes on
+                    if client.sock.fileno() >= 0:
+                        self._end(sel, client, ListenOutcome.CLOSED)
+                    if not self.faulted:
+                        self.news.append((f"status endpoint on {self.address}: a connection failed: "
+                                          f"{type(exc).__name__}: {exc}; it was closed, serving goes on "
+                                          "(said once)", "problem"))
+                    self.faulted = True
             now = time.monotonic()
             for client in [c for c in self._clients.values() if c.deadline() <= now]:
                 self._end(sel, client, ListenOutcome.TIMED_OUT)

@@ -62,6 +62,22 @@ def http(ip, port, request, timeout=10.0):
     return int(lines[0].split()[1]), headers, body
 
 
+def raw(port, request):
+    """What the server sends to `request` before it closes (b"" when it closes, or resets, at once)."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW) as s:
+        try:
+            s.sendall(request)
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return data
+
+
 def get(port, path, ip="127.0.0.1", method="GET"):
     return http(ip, port, f"{method} {path} HTTP/1.1\r\nHost: monitor\r\n\r\n".encode())
 
@@ -202,6 +218,45 @@ def test_status_believes_no_impostor(ipvs, run, backends, tmp_path):
         monitor = run(ipvs, with_listen(config(VIP, [a.address]), f"127.0.0.1:{port}"))
         code, status = monitor.status()
     assert status["source"] == "probe" and status["services"][0]["servers"][0]["server"] == a.address
+
+
+def test_a_failure_in_the_thread_is_said_once_and_never_the_loops(monkeypatch):
+    """A request that meets a bug: that connection ends, the next ones are served, said once.  A
+    failure of the thread itself: the endpoint closes, said once; the loop only hears of it."""
+    said = []
+    listening = m.Listening(lambda message, kind="info": said.append((message, kind)))
+    port = free_port()
+    listening.start(f"127.0.0.1:{port}")
+    snap = {"monitor_rs": m.__version__, "source": "monitor", "pid": os.getpid(), "config": "c", "time": 1.0,
+            "interval": 3, "pass_seconds": 0.1, "services": []}
+    listening.publish(snap)
+    route = m.StatusServer._route
+
+    def buggy(self, head):
+        if b"/boom" in head:
+            raise ZeroDivisionError("a bug")
+        return route(self, head)
+    monkeypatch.setattr(m.StatusServer, "_route", buggy)
+    for _ in range(3):
+        assert raw(port, b"GET /boom HTTP/1.1\r\n\r\n") == b""  # closed without an answer
+    assert get(port, "/status")[0] == 200
+    listening.publish(snap)
+    listening.publish(snap)
+    assert said == [(f"status endpoint on 127.0.0.1:{port}: a connection failed: ZeroDivisionError: a bug; "
+                     "it was closed, serving goes on (said once)", "problem")]
+
+    def broken(self, sel, budget):
+        raise RuntimeError("the loop broke")
+    monkeypatch.setattr(m.StatusServer, "_accept", broken)
+    assert raw(port, b"GET /status HTTP/1.1\r\n\r\n") == b""
+    wait_until(lambda: listening.server.failed, what="the thread's end")
+    listening.publish(snap)
+    listening.publish(snap)
+    assert said[1:] == [(f"status endpoint on 127.0.0.1:{port} failed: RuntimeError: the loop broke; it is closed, "
+                         "monitoring goes on", "problem")]
+    with pytest.raises(OSError):
+        get(port, "/status")
+    listening.close()
 
 
 ###############################################################################
