@@ -6314,21 +6314,25 @@ class Publisher:
         self.warn = warn
         self.problem = ""
         self.state_written = False  # by the last publish: the state file holds that pass
+        self.rendered: Dict[str, str] = {}  # by the last publish: "state" (JSON), "metrics" (text), as written
 
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
         path = state_path  # named in the warning: not exc.filename, which is the temporary file's
         self.state_written = False
+        self.rendered = {}
         try:
             if state_path:
                 folder = os.path.dirname(state_path)
                 why = make_run_dir(folder) if folder in run_dirs() else ""  # a default one: its folder made, checked
                 if why:
                     raise OSError(errno.EACCES, why, state_path)
-                write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
+                text = self.rendered["state"] = json.dumps(snap, separators=(",", ":")) + "\n"  # C encoder: compact
+                write_atomically(state_path, text)
                 self.state_written = True
             path = metrics_path
             if metrics_path:
-                write_atomically(metrics_path, metrics_text(snap))
+                text = self.rendered["metrics"] = metrics_text(snap)
+                write_atomically(metrics_path, text)
         except OSError as exc:
             problem = f"monitor_rs: cannot write {path}: {exc.strerror or exc}; monitoring goes on"
             if problem != self.problem:
@@ -6388,9 +6392,10 @@ class ListenOutcome(str, enum.Enum):
     CLOSED = "closed"  # the client closed or reset before the whole answer
 
 
-def scrape_metrics(snap: dict, served: Mapping[str, int], started: float) -> str:
-    """/metrics: the textfile's metrics, and what only a scrape needs: the version, when the
-    monitor started, and what the endpoint did with its connections (as of this pass)."""
+def scrape_metrics(snap: dict, served: Mapping[str, int], started: float, textfile: Optional[str] = None) -> str:
+    """/metrics: the textfile's metrics (`textfile`, when already rendered), and what only a scrape
+    needs: the version, when the monitor started, what the endpoint did with its connections (as
+    of this pass)."""
     lines = [
         "# HELP monitor_rs_build_info The monitor's version (always 1).",
         "# TYPE monitor_rs_build_info gauge",
@@ -6403,7 +6408,7 @@ def scrape_metrics(snap: dict, served: Mapping[str, int], started: float) -> str
     ]
     lines += [f'monitor_rs_status_connections_total{{outcome="{o.value}"}} {served.get(o.value, 0)}'
               for o in ListenOutcome]
-    return metrics_text(snap) + "\n".join(lines) + "\n"
+    return (metrics_text(snap) if textfile is None else textfile) + "\n".join(lines) + "\n"
 
 
 class _Client:
@@ -6462,10 +6467,12 @@ class StatusServer:
         self.thread = threading.Thread(target=self._run, name="monitor_rs status", daemon=True)
         self.thread.start()
 
-    def publish(self, snap: dict) -> None:
-        """Render this pass's answers (in the loop: the thread only sends bytes) and swap them in."""
-        metrics = scrape_metrics(snap, dict(self.served), self.started).encode("utf-8")
-        status = (json.dumps(snap, separators=(",", ":")) + "\n").encode("utf-8")
+    def publish(self, snap: dict, rendered: Optional[Mapping[str, str]] = None) -> None:
+        """Render this pass's answers (in the loop: the thread only sends bytes) and swap them in;
+        what the Publisher `rendered` of the same snapshot is not rendered again."""
+        rendered = rendered or {}
+        metrics = scrape_metrics(snap, dict(self.served), self.started, rendered.get("metrics")).encode("utf-8")
+        status = (rendered.get("state") or json.dumps(snap, separators=(",", ":")) + "\n").encode("utf-8")
         self.pages = {"/metrics": _http_answer(200, "OK", metrics, METRICS_TYPE),
                       "/status": _http_answer(200, "OK", status, JSON_TYPE)}
 
@@ -6712,14 +6719,14 @@ class Listening:
         kept = f"still serving on {current}" if current else "not serving"
         self.say(f"status endpoint: {listen_error(wanted, exc)}; {kept}; monitoring goes on", "problem")
 
-    def publish(self, snap: dict) -> None:
+    def publish(self, snap: dict, rendered: Optional[Mapping[str, str]] = None) -> None:
         server = self.server
         if server is None:
             return
         while server.news:
             self.say(*server.news.popleft())
         if not server.failed:
-            server.publish(snap)
+            server.publish(snap, rendered)
 
     def close(self) -> None:
         if self.server is not None:
@@ -7188,7 +7195,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
                 forget_intent(monitor.config.state_file)  # the state file now holds what the pass did
             if not once:
                 listening.follow(monitor.config.listen)  # a reload may have moved it
-                listening.publish(snap)
+                listening.publish(snap, publisher.rendered)
         if live is not None:
             from rich.console import Group
             output.show(lambda: live.update(Group(*status_tables(snap)), refresh=True))
