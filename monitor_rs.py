@@ -6353,6 +6353,7 @@ class Publisher:
 
 import selectors  # noqa: E402  (kept beside the code that uses it: the status endpoint)
 
+STARTED = time.time()  # when the monitor started (this module was loaded): monitor_rs_start_time_seconds
 LISTEN_MAX_CONNECTIONS = 64
 LISTEN_MAX_HEAD = 8192  # bytes of request line and headers
 LISTEN_HEAD_SECONDS = 2.0  # from accept to the end of the request head
@@ -6403,7 +6404,8 @@ def scrape_metrics(snap: dict, served: Mapping[str, int], started: float, textfi
         "# HELP monitor_rs_start_time_seconds When the monitor started (Unix time).",
         "# TYPE monitor_rs_start_time_seconds gauge",
         f"monitor_rs_start_time_seconds {started:.3f}",
-        "# HELP monitor_rs_status_connections_total Connections to the status endpoint, by how they ended.",
+        "# HELP monitor_rs_status_connections_total Connections to the status endpoint since it was opened, "
+        "by how they ended.",
         "# TYPE monitor_rs_status_connections_total counter",
     ]
     lines += [f'monitor_rs_status_connections_total{{outcome="{o.value}"}} {served.get(o.value, 0)}'
@@ -6453,7 +6455,6 @@ class StatusServer:
         except BaseException:
             self.listener.close()
             raise
-        self.started = time.time()
         self.pages: Dict[str, Tuple[bytes, bytes]] = {}  # path -> (GET, HEAD) answers; replaced whole
         self.served: Dict[str, int] = {o.value: 0 for o in ListenOutcome}
         self.news: "collections.deque[Tuple[str, str]]" = collections.deque()
@@ -6471,7 +6472,7 @@ class StatusServer:
         """Render this pass's answers (in the loop: the thread only sends bytes) and swap them in;
         what the Publisher `rendered` of the same snapshot is not rendered again."""
         rendered = rendered or {}
-        metrics = scrape_metrics(snap, dict(self.served), self.started, rendered.get("metrics")).encode("utf-8")
+        metrics = scrape_metrics(snap, dict(self.served), STARTED, rendered.get("metrics")).encode("utf-8")
         status = (rendered.get("state") or json.dumps(snap, separators=(",", ":")) + "\n").encode("utf-8")
         self.pages = {"/metrics": _http_answer(200, "OK", metrics, METRICS_TYPE),
                       "/status": _http_answer(200, "OK", status, JSON_TYPE)}

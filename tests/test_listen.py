@@ -114,6 +114,7 @@ def test_metrics_pass_promtool_and_status_is_the_snapshot(ipvs, run, backends):
     port = free_port()
     # one pass a minute: the endpoint, the state file and --status all hold the first one
     monitor = run(ipvs, with_listen(config(VIP, [a.address, b.address], [3, 1], interval=60), f"127.0.0.1:{port}"))
+    before = time.time()
     monitor.start()
     snap = served(port)
     code, headers, body = get(port, "/metrics")
@@ -125,6 +126,8 @@ def test_metrics_pass_promtool_and_status_is_the_snapshot(ipvs, run, backends):
     assert f'monitor_rs_server_up{{service="{VIP}",name="web",server="{b.address}"}} 0' in text
     assert f'monitor_rs_build_info{{version="{m.__version__}"}} 1' in text
     assert 'monitor_rs_status_connections_total{outcome="answered"}' in text
+    (started,) = [float(line.split()[1]) for line in text.splitlines() if line.startswith("monitor_rs_start_time_seconds ")]
+    assert before <= started <= snap["time"]
     assert snap["source"] == "monitor" and snap["pid"] == monitor.proc.pid
     assert snap == json.loads(monitor.state.read_text())
     code, status = monitor.status()
