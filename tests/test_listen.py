@@ -457,7 +457,7 @@ def test_hostile_clients_never_delay_a_probe_or_a_change(ipvs, run, backends, pe
 
     scrape_for(1.0)  # the clients' first burst (their process's own start loads this small machine)
     started = time.time()
-    scrape_for(1.0)  # the attack in full swing
+    scrape_for(3.0)  # the attack in full swing (longer than any connection may be kept)
     failed_at = time.time()
     backend.send("fail")
     deleted = wait_until(lambda: change_time(ipvs, "-d", flaky, failed_at) or scrape(), what="the delete")
@@ -470,8 +470,9 @@ def test_hostile_clients_never_delay_a_probe_or_a_change(ipvs, run, backends, pe
     done = attack.close()
     times = [t for t in passes.close() if started <= t <= ended]
     assert done is not None and all(done["connections"].values()), done  # every kind of client got in
-    # the endpoint kept cycling: no slowloris held a connection beyond its head deadline
-    assert done["longest_slowloris"] < m.LISTEN_HEAD_SECONDS + 1.0 * SLOW, done
+    # the endpoint kept cycling: no slowloris kept much beyond its head deadline (a blocking server
+    # keeps the first for the whole attack); the slack: a wait in the kernel's backlog, a loaded machine
+    assert done["longest_slowloris"] < m.LISTEN_HEAD_SECONDS + 2.5 * SLOW, done
 
     # the passes kept their pace: none skipped (one ipvsadm -Ln each: the fake's log counts them
     # exactly), and each started on its turn, an interval after the one before (the monitor's own
