@@ -1,19 +1,22 @@
 """The status endpoint (issue 15): listen = ADDR:PORT, GET /metrics and GET /status.
 
 1. /metrics passes `promtool check metrics`; /status is the snapshot --status --json
-   prints (and the state file holds); HEAD, 404, 405, 400, 431; IPv6.
+   prints (and the state file holds); HEAD, 404, 405, 400, 431; IPv6; 503 before
+   the first pass.  --status asks the endpoint of the monitor holding the config's
+   lock, and believes no other.  A bug a request meets closes that connection
+   only; a failure of the thread closes the endpoint; each said once.
 2. The address is bound at start: one taken is one line and exit 2; a reload to
    one taken keeps the old one (said once), a reload to a free one moves it.
 3. Hostile clients (slowloris, a flood of connections, garbage, huge headers,
    readers that never read), in another process, while a real server in a third
-   fails and recovers: the passes keep their interval, the failure and the
-   recovery are acted on within their usual bound, the monitor's descriptors
-   stay bounded, every scrape ends at once (200 or 503), and afterwards
-   /metrics answers with the truth.
+   fails and recovers: the passes keep their pace, the failure and the recovery
+   are acted on within their usual bound, the monitor's descriptors stay
+   bounded, no slowloris is kept past its deadline, no scrape that got in hangs,
+   and afterwards /metrics answers with the truth.
 
-The clients and the backend run in their own processes (tests/listen_peers.py):
-in this process they would share no GIL with the monitor, but a thread here
-would share one with the test's own polling.
+The clients and the backend run in their own processes (tests/listen_peers.py),
+the monitor in another: none shares a GIL with another, so a stall measured is
+the monitor's own, and the clients are never slowed by the test's polling.
 """
 
 import json
