@@ -23,9 +23,8 @@ longest the server kept a slowloris connection, from its first line):
     readers     whole GET /metrics requests whose answers are never read, each
                 connection dropped unread after 3 s
 
-Another process on purpose: clients in the test process would share its GIL
-with nothing of the monitor, but the monitor's own stalls must be measured
-against clients it cannot slow down, and vice versa.
+Another process on purpose: the attack must go on at its own pace, whatever
+the monitor and the test do, and a stall of the monitor must be its own.
 """
 
 import json
