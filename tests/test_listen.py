@@ -484,8 +484,8 @@ def test_hostile_clients_never_delay_a_probe_or_a_change(ipvs, run, backends, pe
     listed = [t for t in listings(ipvs) if started <= t <= ended]
     assert len(listed) >= (ended - started) / INTERVAL - 2, listed
     gaps = [b - a for a, b in zip(times, times[1:])]
-    late = [round(gap - max(1, round(gap / INTERVAL)) * INTERVAL, 3) for gap in gaps]
-    assert max(abs(x) for x in late) < 0.3 * SLOW, str(gaps)
+    late = [round(gap - max(1, round(gap / INTERVAL)) * INTERVAL, 3) for gap in gaps]  # (early is no stall)
+    assert max(late) < 0.3 * SLOW, str(gaps)
     # the failure and the recovery acted on within their usual bound: the next probe (interval + timeout)
     bound = INTERVAL + TIMEOUT + 0.3 * SLOW
     assert deleted - failed_at < bound and added - recovered_at < bound, (deleted - failed_at, added - recovered_at)
