@@ -6395,21 +6395,25 @@ class Publisher:
         self.warn = warn
         self.problem = ""
         self.state_written = False  # by the last publish: the state file holds that pass
+        self.rendered: Dict[str, str] = {}  # by the last publish: "state" (JSON), "metrics" (text), as written
 
     def publish(self, snap: dict, state_path: str, metrics_path: str) -> None:
         path = state_path  # named in the warning: not exc.filename, which is the temporary file's
         self.state_written = False
+        self.rendered = {}
         try:
             if state_path:
                 folder = os.path.dirname(state_path)
                 why = make_run_dir(folder) if folder in run_dirs() else ""  # a default one: its folder made, checked
                 if why:
                     raise OSError(errno.EACCES, why, state_path)
-                write_atomically(state_path, json.dumps(snap, separators=(",", ":")) + "\n")  # C encoder: compact
+                text = self.rendered["state"] = json.dumps(snap, separators=(",", ":")) + "\n"  # C encoder: compact
+                write_atomically(state_path, text)
                 self.state_written = True
             path = metrics_path
             if metrics_path:
-                write_atomically(metrics_path, metrics_text(snap))
+                text = self.rendered["metrics"] = metrics_text(snap)
+                write_atomically(metrics_path, text)
         except OSError as exc:
             problem = f"monitor_rs: cannot write {path}: {exc.strerror or exc}; monitoring goes on"
             if problem != self.problem:
@@ -6417,6 +6421,452 @@ class Publisher:
             self.problem = problem
             return
         self.problem = ""
+
+
+# The status endpoint (listen = ADDR:PORT): GET /metrics and GET /status, served by one daemon
+# thread of the monitor's own process that does nothing but I/O.  The loop renders both answers
+# as bytes once per pass (StatusServer.publish) and swaps them in whole; the thread only sends
+# them.  What a client may cost is bounded, whatever it does: at most LISTEN_MAX_CONNECTIONS at
+# once (one more is told 503 and closed at once), its request head within LISTEN_HEAD_SECONDS and
+# LISTEN_MAX_HEAD bytes, its whole answer within LISTEN_CONNECTION_SECONDS, and the thread handles
+# at most LISTEN_EVENTS_PER_TICK socket events per LISTEN_TICK (a flood waits in the kernel's
+# backlog, not in the monitor): probes and changes never wait for a client.
+
+import selectors  # noqa: E402  (kept beside the code that uses it: the status endpoint)
+
+STARTED = time.time()  # when the monitor started (this module was loaded): monitor_rs_start_time_seconds
+LISTEN_MAX_CONNECTIONS = 64
+LISTEN_MAX_HEAD = 8192  # bytes of request line and headers
+LISTEN_HEAD_SECONDS = 2.0  # from accept to the end of the request head
+LISTEN_CONNECTION_SECONDS = 10.0  # from accept to the last byte of the answer
+LISTEN_TICK = 0.1  # seconds
+LISTEN_EVENTS_PER_TICK = 200  # accepts, reads and writes: the thread's share of the CPU stays small
+LISTEN_BACKLOG = 64
+LISTEN_METHODS = ("GET", "HEAD")
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition format
+JSON_TYPE = "application/json"
+
+
+def _http_answer(code: int, reason: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                 extra: str = "") -> Tuple[bytes, bytes]:
+    """(answer to GET, answer to HEAD): whole HTTP/1.1 answers, the connection closed after each."""
+    head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n{extra}Connection: close\r\n\r\n"
+            ).encode("ascii")
+    return head + body, head
+
+
+LISTEN_NO_PASS = _http_answer(503, "Service Unavailable", b"no pass yet\n", extra="Retry-After: 1\r\n")
+LISTEN_NOT_FOUND = _http_answer(404, "Not Found", b"not found: try /metrics or /status\n")
+LISTEN_NOT_ALLOWED = _http_answer(405, "Method Not Allowed", b"only GET and HEAD\n", extra="Allow: GET, HEAD\r\n")
+LISTEN_BAD = _http_answer(400, "Bad Request", b"bad request\n")
+LISTEN_TOO_LARGE = _http_answer(431, "Request Header Fields Too Large", b"request head too large\n")
+LISTEN_BUSY = _http_answer(503, "Service Unavailable", b"busy\n", extra="Retry-After: 1\r\n")[0]
+LISTEN_REQUEST = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/1\.[01]\r?\n")
+
+
+class ListenOutcome(str, enum.Enum):
+    """How a connection to the status endpoint ended (monitor_rs_status_connections_total)."""
+
+    ANSWERED = "answered"  # the whole answer sent (any status code)
+    BUSY = "busy"  # over LISTEN_MAX_CONNECTIONS: 503 and closed at once
+    TIMED_OUT = "timed_out"  # head or answer not done within its deadline
+    CLOSED = "closed"  # the client closed or reset before the whole answer
+
+
+def scrape_metrics(snap: dict, served: Mapping[str, int], started: float, textfile: Optional[str] = None) -> str:
+    """/metrics: the textfile's metrics (`textfile`, when already rendered), and what only a scrape
+    needs: the version, when the monitor started, what the endpoint did with its connections (as
+    of this pass)."""
+    lines = [
+        "# HELP monitor_rs_build_info The monitor's version (always 1).",
+        "# TYPE monitor_rs_build_info gauge",
+        f'monitor_rs_build_info{{version="{_label(__version__)}"}} 1',
+        "# HELP monitor_rs_start_time_seconds When the monitor started (Unix time).",
+        "# TYPE monitor_rs_start_time_seconds gauge",
+        f"monitor_rs_start_time_seconds {started:.3f}",
+        "# HELP monitor_rs_status_connections_total Connections to the status endpoint since it was opened, "
+        "by how they ended.",
+        "# TYPE monitor_rs_status_connections_total counter",
+    ]
+    lines += [f'monitor_rs_status_connections_total{{outcome="{o.value}"}} {served.get(o.value, 0)}'
+              for o in ListenOutcome]
+    return (metrics_text(snap) if textfile is None else textfile) + "\n".join(lines) + "\n"
+
+
+class _Client:
+    """One connection: its request head as it comes, then the answer as it goes."""
+
+    __slots__ = ("sock", "head", "answer", "sent", "head_by", "done_by")
+
+    def __init__(self, sock: socket.socket, now: float):
+        self.sock = sock
+        self.head = bytearray()
+        self.answer: Optional[memoryview] = None  # set once the head is read
+        self.sent = 0
+        self.head_by = now + LISTEN_HEAD_SECONDS
+        self.done_by = now + LISTEN_CONNECTION_SECONDS
+
+    def deadline(self) -> float:
+        return self.done_by if self.answer is not None else min(self.head_by, self.done_by)
+
+
+def listen_address(text: str) -> Tuple[int, Tuple[str, int]]:
+    """(family, sockaddr) of a `listen` value (str(Endpoint): IPv6 in brackets)."""
+    ep = parse_endpoint(text, None)
+    return (socket.AF_INET6 if ep.ip.version == 6 else socket.AF_INET), (str(ep.ip), ep.port)
+
+
+class StatusServer:
+    """The status endpoint: the listening socket, bound at start, and the thread that serves it.
+
+    The loop calls publish() after each pass and says what is in `news` (the thread never
+    writes to the log or the console); close() ends it.  A failure of the thread ends the
+    endpoint, said once; monitoring goes on."""
+
+    def __init__(self, address: str):
+        self.address = address
+        family, where = listen_address(address)
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind(where)
+            self.listener.listen(LISTEN_BACKLOG)
+            self.listener.setblocking(False)
+        except BaseException:
+            self.listener.close()
+            raise
+        self.pages: Dict[str, Tuple[bytes, bytes]] = {}  # path -> (GET, HEAD) answers; replaced whole
+        self.served: Dict[str, int] = {o.value: 0 for o in ListenOutcome}
+        self.news: "collections.deque[Tuple[str, str]]" = collections.deque()
+        self.failed = False  # the thread ended on a failure (said in news): the endpoint is closed
+        self.faulted = False  # a connection met a failure (said in news once)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop = False
+        self._clients: Dict[int, _Client] = {}
+        self.thread = threading.Thread(target=self._run, name="monitor_rs status", daemon=True)
+        self.thread.start()
+
+    def publish(self, snap: dict, rendered: Optional[Mapping[str, str]] = None) -> None:
+        """Render this pass's answers (in the loop: the thread only sends bytes) and swap them in;
+        what the Publisher `rendered` of the same snapshot is not rendered again."""
+        rendered = rendered or {}
+        metrics = scrape_metrics(snap, dict(self.served), STARTED, rendered.get("metrics")).encode("utf-8")
+        status = (rendered.get("state") or json.dumps(snap, separators=(",", ":")) + "\n").encode("utf-8")
+        self.pages = {"/metrics": _http_answer(200, "OK", metrics, METRICS_TYPE),
+                      "/status": _http_answer(200, "OK", status, JSON_TYPE)}
+
+    def close(self) -> None:
+        self._stop = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(1.0)
+        for sock in (self.listener, self._wake_w):
+            sock.close()
+
+    # The thread ###################################################################
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        try:
+            self._serve(sel)
+        except Exception as exc:  # never the monitor's trouble: said once by the loop, the endpoint ends
+            self.failed = True
+            self.news.append((f"status endpoint on {self.address} failed: {type(exc).__name__}: {exc}; it is "
+                              "closed, monitoring goes on", "problem"))
+        finally:
+            for client in list(self._clients.values()):
+                client.sock.close()
+            self._clients.clear()
+            sel.close()
+            self._wake_r.close()
+            if self.failed:
+                self.listener.close()
+
+    def _serve(self, sel: selectors.BaseSelector) -> None:
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        listening = False
+        budget, tick = LISTEN_EVENTS_PER_TICK, time.monotonic() + LISTEN_TICK
+        rest_until = 0.0  # the listener is not watched before then (no descriptor left to accept with)
+        while not self._stop:
+            now = time.monotonic()
+            if now >= tick:
+                budget, tick = LISTEN_EVENTS_PER_TICK, now + LISTEN_TICK
+            if budget <= 0:  # this tick's share is spent: the clients wait (in the kernel) for the next
+                select.select([self._wake_r], [], [], tick - now)
+                continue
+            if not listening and now >= rest_until:
+                sel.register(self.listener, selectors.EVENT_READ)
+                listening = True
+            wait = min([c.deadline() for c in self._clients.values()] + [now + 1.0]
+                       + [rest_until] * (not listening)) - now
+            for key, events in sel.select(max(wait, 0.0)):
+                if key.fileobj is self._wake_r:
+                    try:
+                        self._wake_r.recv(64)
+                    except OSError:
+                        pass
+                    continue
+                if budget <= 0:
+                    break  # what is left is ready again at the next select
+                if key.fileobj is self.listener:
+                    taken, paused = self._accept(sel, budget)
+                    budget -= max(taken, 1)
+                    if paused:
+                        rest_until = time.monotonic() + LISTEN_TICK
+                    if paused or budget <= 0:
+                        sel.unregister(self.listener)
+                        listening = False
+                    continue
+                budget -= 1
+                client = key.data
+                try:
+                    if events & selectors.EVENT_READ and client.answer is None:
+                        self._read(sel, client)
+                    elif events & selectors.EVENT_WRITE:
+                        self._write(sel, client)
+                except Exception as exc:  # a bug one request meets: that connection ends, serving goes on
+                    if client.sock.fileno() >= 0:
+                        self._end(sel, client, ListenOutcome.CLOSED)
+                    if not self.faulted:
+                        self.news.append((f"status endpoint on {self.address}: a connection failed: "
+                                          f"{type(exc).__name__}: {exc}; it was closed, serving goes on "
+                                          "(said once)", "problem"))
+                    self.faulted = True
+            now = time.monotonic()
+            for client in [c for c in self._clients.values() if c.deadline() <= now]:
+                self._end(sel, client, ListenOutcome.TIMED_OUT)
+
+    def _accept(self, sel: selectors.BaseSelector, budget: int) -> Tuple[int, bool]:
+        """Accept what waits, up to `budget`: (how many were taken, whether the listener must rest)."""
+        taken = 0
+        while taken < budget:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # never spin on a listener that stays readable
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return taken, True
+                taken += 1
+                continue  # ECONNABORTED and the like: that one is gone, the next may wait
+            taken += 1
+            if len(self._clients) >= LISTEN_MAX_CONNECTIONS:
+                self._busy(sock)
+                continue
+            sock.setblocking(False)
+            client = _Client(sock, time.monotonic())
+            self._clients[sock.fileno()] = client
+            sel.register(sock, selectors.EVENT_READ, client)
+        return taken, False
+
+    def _busy(self, sock: socket.socket) -> None:
+        """Over the limit: what fits of a 503 at once, never waited for, and closed."""
+        try:
+            sock.setblocking(False)
+            sock.send(LISTEN_BUSY)
+        except OSError:
+            pass
+        sock.close()
+        self.served[ListenOutcome.BUSY.value] += 1
+
+    def _read(self, sel: selectors.BaseSelector, client: _Client) -> None:
+        try:
+            data = client.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._end(sel, client, ListenOutcome.CLOSED)
+            return
+        client.head += data
+        ends = [at for at in (client.head.find(b"\n\r\n"), client.head.find(b"\n\n")) if at >= 0]
+        if not ends:
+            if len(client.head) >= LISTEN_MAX_HEAD:
+                self._answer(sel, client, LISTEN_TOO_LARGE[0])
+            return
+        self._answer(sel, client, self._route(bytes(client.head[:min(ends) + 1])))
+
+    def _route(self, head: bytes) -> bytes:
+        """The answer to a request head (its request line; headers are not read)."""
+        match = LISTEN_REQUEST.match(head)
+        if match is None:
+            return LISTEN_BAD[0]
+        method, target = match.group(1).decode("ascii"), match.group(2)
+        head_only = method == "HEAD"
+        if method not in LISTEN_METHODS:
+            return LISTEN_NOT_ALLOWED[0]
+        path = target.split(b"?", 1)[0].decode("ascii", "replace")
+        pages = self.pages  # one read: the loop may swap in a new pass meanwhile
+        if path in ("/metrics", "/status"):
+            page = pages.get(path, LISTEN_NO_PASS)
+        else:
+            page = LISTEN_NOT_FOUND
+        return page[1] if head_only else page[0]
+
+    def _answer(self, sel: selectors.BaseSelector, client: _Client, answer: bytes) -> None:
+        client.answer = memoryview(answer)
+        client.head = bytearray()
+        sel.modify(client.sock, selectors.EVENT_WRITE, client)
+        self._write(sel, client)
+
+    def _write(self, sel: selectors.BaseSelector, client: _Client) -> None:
+        assert client.answer is not None
+        try:
+            client.sent += client.sock.send(client.answer[client.sent:])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._end(sel, client, ListenOutcome.CLOSED)
+            return
+        if client.sent >= len(client.answer):
+            try:
+                client.sock.shutdown(socket.SHUT_WR)  # the answer ends here; the rest of the request is unread
+            except OSError:
+                pass
+            self._end(sel, client, ListenOutcome.ANSWERED)
+
+    def _end(self, sel: selectors.BaseSelector, client: _Client, outcome: ListenOutcome) -> None:
+        self._clients.pop(client.sock.fileno(), None)
+        try:
+            sel.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        client.sock.close()
+        self.served[outcome.value] += 1
+
+
+def listen_error(address: str, exc: OSError) -> str:
+    return f"cannot listen on {address} (listen): {exc.strerror or exc}"
+
+
+class Listening:
+    """The status endpoint across reloads, for the loop: bound at start (a failure there is the
+    caller's, exit 2); a reload that moves it to an address that cannot be bound keeps the old
+    one, said once; `listen` emptied closes it.  What the thread has to say is said here."""
+
+    def __init__(self, say):
+        self.say = say
+        self.server: Optional[StatusServer] = None
+        self.refused = ""  # the address last refused: not tried again until the config changes it
+
+    def start(self, address: str) -> None:
+        """Bind `address` (OSError when it cannot be: the caller says so and exits)."""
+        self.server = StatusServer(address)
+
+    def follow(self, wanted: str) -> None:
+        """After a pass: the config's `listen` (a reload may have changed it)."""
+        old = self.server
+        current = old.address if old is not None else ""
+        if wanted == current or (wanted and wanted == self.refused):
+            return
+        self.refused = ""
+        if not wanted:
+            old.close()
+            self.server = None
+            self.say(f"status endpoint on {current} closed (listen is off)", "info")
+            return
+        try:
+            self.server = StatusServer(wanted)
+        except OSError as exc:
+            same_port = old is not None and listen_address(wanted)[1][1] == listen_address(current)[1][1]
+            if not same_port or exc.errno != errno.EADDRINUSE:
+                self._refuse(wanted, exc, current)
+                return
+            old.close()  # the same port on another address of this host: the old one must go first
+            try:
+                self.server = StatusServer(wanted)
+            except OSError as exc:
+                self._refuse(wanted, exc, "")
+                try:
+                    self.server = StatusServer(current)
+                except OSError:
+                    self.server = None
+                    return
+                self.say(f"status endpoint back on {current}", "info")
+                return
+        else:
+            if old is not None:
+                old.close()
+        self.say(f"status endpoint on http://{wanted}/ (GET /metrics, GET /status)", "info")
+
+    def _refuse(self, wanted: str, exc: OSError, current: str) -> None:
+        self.refused = wanted
+        kept = f"still serving on {current}" if current else "not serving"
+        self.say(f"status endpoint: {listen_error(wanted, exc)}; {kept}; monitoring goes on", "problem")
+
+    def publish(self, snap: dict, rendered: Optional[Mapping[str, str]] = None) -> None:
+        server = self.server
+        if server is None:
+            return
+        while server.news:
+            self.say(*server.news.popleft())
+        if not server.failed:
+            server.publish(snap, rendered)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+def lock_holder(path: str) -> Optional[int]:
+    """The PID that holds the flock of the lock file `path` (the kernel's /proc/locks), or None."""
+    try:
+        inode = os.lstat(path).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("1: -> FLOCK ..." waits: skipped)
+        words = line.split()
+        if len(words) >= 6 and words[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and words[4].isdigit():
+            if words[5].rsplit(":", 1)[-1] == str(inode):
+                return int(words[4])
+    return None
+
+
+def endpoint_status(config: Config, timeout: float = 2.0) -> Optional[dict]:
+    """--status from the running monitor's endpoint (listen), or None (then the state file).
+
+    Taken only from the monitor that holds this config's lock: any user may listen on a free
+    port while the monitor is down, and --status (root's, or a check's) must not show what
+    such a process says."""
+    if not config.listen:
+        return None
+    family, (host, port) = listen_address(config.listen)
+    if ipaddress.ip_address(host).is_unspecified:  # listening on every address: ask loopback
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    deadline = time.monotonic() + timeout
+    body = bytearray()
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+            sock.sendall(b"GET /status HTTP/1.1\r\nHost: monitor_rs\r\nConnection: close\r\n\r\n")
+            while len(body) < STATUS_MAX_BYTES:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        head, _, data = bytes(body).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200 "):
+            return None
+        snap = json.loads(data)
+        pid = int(snap["pid"]) if isinstance(snap, dict) and isinstance(snap.get("services"), list) else 0
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+        return None
+    return snap if pid > 0 and lock_holder(config.lock) == pid else None
+
+
+STATUS_MAX_BYTES = 256 * 1024 * 1024  # what --status reads of /status at most
 
 
 STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow", MAINTENANCE: "blue"}
@@ -6688,7 +7138,9 @@ def show_config(config: Config) -> None:
 def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
     """--status: a running monitor's state, else one pass of probes that changes nothing."""
     now = time.time()
-    snap = next((s for s in (read_state(path, now) for path in state_files(config)) if s is not None), None)
+    snap = endpoint_status(config)  # the running monitor's own answer, when it has an endpoint
+    if snap is None:
+        snap = next((s for s in (read_state(path, now) for path in state_files(config)) if s is not None), None)
     if snap is None:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
@@ -6806,6 +7258,13 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     signals = Signals()
     monitor.stop_requested = lambda: signals.stop
     publisher = Publisher(output.log.warn)
+    listening = Listening(output.say)
+    if config.listen and not (once or dry_run):  # bound before the first pass: a port taken is said at once
+        try:
+            listening.start(config.listen)
+        except OSError as exc:
+            click.echo(f"monitor_rs: {listen_error(config.listen, exc)}", err=True)
+            sys.exit(EXIT_CONFIG)
     live = None
 
     def after_pass(report: PassReport) -> Optional[dict]:
@@ -6816,6 +7275,9 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             publisher.publish(snap, monitor.config.state_file, monitor.config.prometheus_file)
             if monitor.intent and publisher.state_written:
                 forget_intent(monitor.config.state_file)  # the state file now holds what the pass did
+            if not once:
+                listening.follow(monitor.config.listen)  # a reload may have moved it
+                listening.publish(snap, publisher.rendered)
         if live is not None:
             from rich.console import Group
             output.show(lambda: live.update(Group(*status_tables(snap)), refresh=True))
@@ -6825,6 +7287,8 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         output.say(f"monitor_rs {__version__} started (PID {os.getpid()}): {len(config.services)} virtual "
                    f"service(s), {sum(len(vs.servers) for vs in config.services)} real server(s), every "
                    f"{config.interval:g} s")
+    if listening.server is not None:
+        output.say(f"status endpoint on http://{listening.server.address}/ (GET /metrics, GET /status)")
     try:
         report = monitor.run_pass()  # the first pass also tells whether ipvsadm and IPVS work here
     except Exception as exc:  # as any later pass: said, and monitoring goes on (no crash loop)
@@ -6862,6 +7326,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         removed = monitor.clean_stop()
         stopped = "cleanstop: " + (f"removed from IPVS: {', '.join(removed)}" if removed
                                    else "no virtual service removed from IPVS")
+    listening.close()
     monitor.close()  # the stopping phase: queued mail gets its few seconds
     output.say(f"monitor_rs stopped (PID {os.getpid()}); {stopped}")
     sys.exit(EXIT_OK)
