@@ -4584,6 +4584,7 @@ def changed_table(vs: VirtualService, table: Table, made: Sequence[Action]) -> T
 TUG_UNDONE = 3  # changes of ours to one real server undone by someone else ...
 TUG_INTERVALS = 10  # ... within this many of the service's intervals,
 TUG_WINDOW_MIN = 60.0  # and within a minute at least (an other manager slower than us is still caught)
+SERVICE_SETTINGS = "the scheduler and persistence"  # what an -E of ours set (a service the monitor manages)
 
 
 def tug_window(interval: float) -> float:
@@ -5477,6 +5478,7 @@ class Monitor:
         self.expected: Dict[Tuple[str, str], Dict[str, Action]] = {}
         self.undone: Dict[Tuple[str, str], List[Tuple[float, str]]] = {}
         self.contested: Dict[Tuple[str, str], str] = {}
+        self.corrected: set = set()  # services whose settings (scheduler, persistence) our last -E set
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
@@ -5586,7 +5588,7 @@ class Monitor:
         for vs in self.config.services:
             if vs.ipvs_key in self.contested:
                 self.output.say(f"{vs.label()}: repaired again (it was left to another manager until this reload)")
-        self.expected, self.undone, self.contested = {}, {}, {}
+        self.expected, self.undone, self.contested, self.corrected = {}, {}, {}, set()
 
     def _command(self, args: Sequence[str]) -> str:
         return " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *args))
@@ -5622,6 +5624,12 @@ class Monitor:
         if not said:
             self.failing.pop(key, None)
             return
+        if vs.ipvs_key in self.corrected:  # our last correction held, and is undone: counted (Monitor._tug)
+            self.corrected.discard(vs.ipvs_key)
+            now, undone = time.monotonic(), self.undone.setdefault(vs.ipvs_key, [])
+            undone.append((now, SERVICE_SETTINGS))
+            if tug_of_war(undone, now, tug_window(self.interval(vs))):
+                return  # not corrected again: said by _tug at the end of this read
         args = ("-E", *service_spec(vs))
         if self.dry_run:
             self.output.say(f"would run: {self._command(args)}", "reweight", log=False)
@@ -5629,6 +5637,7 @@ class Monitor:
         result = self.ipvsadm.run(args)
         if result.ok:
             self.failing.pop(key, None)
+            self.corrected.add(vs.ipvs_key)
             self.output.say(f"virtual service {vs.label()}: {'; '.join(said)}: corrected", "reweight")
             return
         report.failed += 1

@@ -169,8 +169,13 @@ while True:
         present = any(f"{d['addr']}:{d['port']}" == server for d in svc["dests"])
     except (OSError, ValueError):
         present = None
-    if present is not None and present != (want == "in"):
+    if want.startswith("scheduler ") and present is not None and svc["scheduler"] != want.split()[1]:
+        args = ["-E", "-t", vip, "-s", want.split()[1]]
+    elif present is not None and not want.startswith("scheduler ") and present != (want == "in"):
         args = ["-a", "-t", vip, "-r", server, "-m", "-w", "1"] if want == "in" else ["-d", "-t", vip, "-r", server]
+    else:
+        args = None
+    if args:
         subprocess.run([ipvsadm, *args], capture_output=True)
         with open(acts, "a") as handle:
             handle.write(" ".join(args) + "\n")
@@ -181,7 +186,7 @@ while True:
 @pytest.fixture
 def other_manager(tmp_path):
     """Start another manager of VIP (a process) that wants `server` in (`want` = "in") or out of
-    its table, and puts it so whenever it is not; it reads the fake's state file, changes it with
+    its table (or the service's scheduler to be S: "scheduler S"), and puts it so whenever it is not; it reads the fake's state file, changes it with
     the fake ipvsadm.  Returns (process, file of its acts); killed at the end of the test."""
     started = []
 
@@ -301,3 +306,19 @@ def test_a_reload_with_the_other_manager_still_there_is_caught_again(ipvs, run, 
     assert changes(ipvs, mark) == [] and dests(ipvs) == {a.address: 3}
     assert monitor.stop()[0] == 0
     assert monitor.count("another manager keeps undoing") == 2
+
+
+def test_a_scheduler_set_back_again_and_again_is_a_tug_of_war_too(ipvs, run, backends, other_manager):
+    a = backends(ip="127.0.0.11")
+    monitor = run(ipvs, config(VIP, [a.address], [3], extra="scheduler = wrr")).start()
+    monitor.wait_log(f"{a.address} has been added to work")
+    other_manager(ipvs, a.address, "scheduler rr")  # keepalived's lb_algo rr, say
+    contest = ("127.0.0.1:80 (web): another manager keeps undoing the monitor's changes (the scheduler and "
+               "persistence: 3 times in ")
+    monitor.wait_log(contest)
+    assert monitor.count("scheduler rr in IPVS, wrr configured: corrected") == 3
+    mark, passes = len(calls(ipvs)), listings(ipvs)
+    wait_until(lambda: listings(ipvs) >= passes + 4, what="four more passes")
+    assert [argv for argv in calls(ipvs)[mark:] if argv[:1] == ["-E"]] == []
+    assert monitor.stop()[0] == 0
+    assert monitor.count("another manager keeps undoing") == 1
