@@ -10,14 +10,17 @@ the loop runs monitor_rs.py against the fake ipvsadm, with another process as
 the other manager.  (The real-kernel scenario with keepalived is in the VM tier.)
 """
 
+import io
 import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
+import types
 
 import pytest
+import rich.console
 
 import monitor_rs as m
 from harness import config, wait_until
@@ -153,6 +156,24 @@ def test_an_operators_single_act_is_repaired_and_is_no_tug_of_war():
     undone = fight(vs, (OK, OK, OK), operator, 8)
     assert undone == [(3.0, "192.168.1.10:8080")]
     assert m.tug_of_war(undone, 7.0, 60.0) == {}
+
+
+def test_status_of_a_contested_service_shows_the_table_as_read_and_is_not_in_place(capsys):
+    why = "another manager keeps undoing the monitor's changes (10.0.0.2:80: 3 times in 2 s): not repairing it"
+    row = m.ServerRow("10.0.0.2:80", 2, 1, m.Health(up=False, operator=1, reason="refused"), BAD, "")
+    report = m.PassReport(services=[m.ServiceReport("web", "127.0.0.1:80", "tcp", contested=why, rows=[row])])
+    snap = m.snapshot(report, types.SimpleNamespace(path="monitorRS.conf", interval=1.0), "monitor")
+    (svc,) = snap["services"]
+    assert svc["problem"] == why and svc["contested"] is True and not m.in_place(snap)
+    m.show_status(snap, None)  # not a terminal: plain lines
+    out = capsys.readouterr().out
+    assert f"127.0.0.1:80 (web) problem={why!r}" in out and "10.0.0.2:80 weight=2 ipvs=1 state=down" in out
+    console = rich.console.Console(width=200, file=io.StringIO(), color_system=None)
+    for table in m.status_tables(snap):
+        console.print(table)
+    drawn = console.file.getvalue()
+    assert why[:60] in drawn and "unknown" not in drawn  # the weights in IPVS are known: the other manager's
+    assert 'monitor_rs_service_contested{service="127.0.0.1:80",name="web"} 1' in m.metrics_text(snap)
 
 
 ###############################################################################
