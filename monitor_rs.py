@@ -5786,6 +5786,8 @@ class Monitor:
                 else:
                     why = None if table is None or _in_effect(vs, action, table) else (
                         "not in effect when read back after ipvsadm -R")
+                    if why is not None:  # made, said nothing, and undone since: someone else's doing (_tug)
+                        self.undone.setdefault(vs.ipvs_key, []).append((time.monotonic(), action.server))
             elif result.returncode < 0:  # -R killed (its stderr is lost): the table says
                 why = None if table is not None and _in_effect(vs, action, table) else unread
             else:  # this line ended the run: its words and -R's status are its own

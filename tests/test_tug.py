@@ -343,3 +343,45 @@ def test_a_scheduler_set_back_again_and_again_is_a_tug_of_war_too(ipvs, run, bac
     assert [argv for argv in calls(ipvs)[mark:] if argv[:1] == ["-E"]] == []
     assert monitor.stop()[0] == 0
     assert monitor.count("another manager keeps undoing") == 1
+
+
+class Said:
+    """Stands for the monitor's Output: keeps what was said, as (kind, message)."""
+
+    def __init__(self):
+        self.lines = []
+        self.log = types.SimpleNamespace(path=None, facility="")
+
+    def say(self, message, kind="info", log=True):
+        self.lines.append((kind, message))
+
+
+def test_a_change_undone_between_its_ipvsadm_r_and_the_read_back_counts_too(tmp_path):
+    """Another manager quick enough to undo a line of a batch before the monitor reads the service
+    back: that change is FAILED as before (made again next pass), and counted as undone."""
+    from harness import Ipvs
+    ipvs = Ipvs("fake", tmp_path)
+    ipvs.service(VIP)
+    servers = ["127.0.0.11:80", "127.0.0.12:80"]
+    quick = tmp_path / "ipvsadm-and-another-manager"  # after each -R, the other manager deletes .12
+    quick.write_text(f"#!/bin/sh\nif [ \"$1\" = -R ]; then '{ipvs.path}' \"$@\"; s=$?; "
+                     f"'{ipvs.path}' -d -t {VIP} -r {servers[1]} 2>/dev/null; exit $s; fi\n"
+                     f"exec '{ipvs.path}' \"$@\"\n")
+    os.chmod(quick, 0o755)
+    (tmp_path / "c.conf").write_text(config(VIP, servers, [1, 1]))
+    cfg = m.load_config(str(tmp_path / "c.conf"))
+    said = Said()
+    monitor = m.Monitor(cfg, m.Ipvsadm(str(quick), 5.0), said)
+    (vs,) = cfg.services
+    adds = [m.Action(m.Change.ADD, s, m._change_args(vs, "-a", rs.endpoint, 1), "", 1, rs.endpoint, m.Health())
+            for s, rs in zip(servers, vs.servers)]
+    for _ in range(3):
+        outcomes = monitor._apply_batch(vs, adds, m.PassReport())
+        assert [outcome()[0] for outcome in outcomes] == [True, False]
+        ipvs.run("-d", "-t", VIP, "-r", servers[0])  # (so that it can be added again)
+    service = m.ServiceReport(vs.name, vs.address, vs.protocol)
+    assert monitor._read(vs, m.PassReport(), service) == {}
+    assert service.contested.startswith("another manager keeps undoing the monitor's changes (127.0.0.12:80: 3 "
+                                        "times in ")
+    assert [line for kind, line in said.lines if "another manager" in line] == [
+        f"127.0.0.1:80 (web): {service.contested}"]
