@@ -4583,7 +4583,7 @@ def changed_table(vs: VirtualService, table: Table, made: Sequence[Action]) -> T
 
 TUG_UNDONE = 3  # changes of ours to one real server undone by someone else ...
 TUG_INTERVALS = 10  # ... within this many of the service's intervals,
-TUG_WINDOW_MIN = 60.0  # and within a minute at least (an other manager slower than us is still caught)
+TUG_WINDOW_MIN = 60.0  # and within a minute at least (another manager slower than the monitor is still caught)
 SERVICE_SETTINGS = "the scheduler and persistence"  # what an -E of ours set (a service the monitor manages)
 
 
