@@ -4629,6 +4629,55 @@ def changed_table(vs: VirtualService, table: Table, made: Sequence[Action]) -> T
     return table
 
 
+# Another manager of the same virtual service (keepalived's virtual_server blocks, ldirectord, a
+# second monitor) undoes the monitor's changes as fast as it makes them: each pass would make
+# them again, for ever.  A change of ours is undone when a later read of the table no longer
+# shows it (a server we added or set a weight on: absent or at another weight; one we deleted:
+# back), counted once per change.  The same server's changes undone TUG_UNDONE times within the
+# window is a tug of war: the monitor stops changing that service (until a reload or a restart).
+# Counted per server, so that one act, however broad (`ipvsadm -C`, a keepalived reload), counts
+# once; over a window of time, not of passes, as the other manager acts on its own clock
+# (ldirectord's checkinterval, keepalived's delay_loop), not on ours.
+
+TUG_UNDONE = 3  # changes of ours to one real server undone by someone else ...
+TUG_INTERVALS = 10  # ... within this many of the service's intervals,
+TUG_WINDOW_MIN = 60.0  # and within a minute at least (another manager slower than the monitor is still caught)
+SERVICE_SETTINGS = "the scheduler and persistence"  # what an -E of ours set (a service the monitor manages)
+
+
+def tug_window(interval: float) -> float:
+    """Seconds within which TUG_UNDONE undone changes of one server are a tug of war."""
+    return max(TUG_INTERVALS * interval, TUG_WINDOW_MIN)
+
+
+def undone_changes(vs: VirtualService, expected: Mapping[str, Action], table: Table) -> List[str]:
+    """The servers whose last change of ours (`expected`: the change that held, by server)
+    the table read now no longer shows: someone else undid it."""
+    return [server for server, action in expected.items() if not _in_effect(vs, action, table)]
+
+
+def tug_of_war(undone: Sequence[Tuple[float, str]], now: float, window: float,
+               limit: int = TUG_UNDONE) -> Dict[str, Tuple[int, float]]:
+    """Of the changes of ours someone else undid (when, server), the servers fought over: those
+    undone `limit` times or more within the `window` seconds up to `now`, each with (how many
+    times, over how many seconds).  Empty: no tug of war (one act undoes a change once)."""
+    times: Dict[str, List[float]] = {}
+    for when, server in undone:
+        if now - window < when <= now:
+            times.setdefault(server, []).append(when)
+    return {server: (len(seen), now - min(seen)) for server, seen in times.items() if len(seen) >= limit}
+
+
+def untouched(decision: Decision) -> Decision:
+    """The decision with no change made (a contested service): the health as if each change
+    had not been decided (never tried), so the probes' verdicts go on and nothing is changed."""
+    health = dict(decision.health)
+    for action in decision.actions:
+        if action.endpoint is not None:
+            health[action.endpoint] = dataclasses.replace(action.unchanged, tried=())
+    return Decision(health, (), decision.events)
+
+
 ###############################################################################
 # Memory: what the monitor did, across its restarts ###########################
 ###############################################################################
@@ -5008,6 +5057,7 @@ class ServiceReport:
     address: str
     protocol: str
     problem: str = ""  # why the table could not be read; nothing was changed then
+    contested: str = ""  # why the monitor no longer changes this service (another manager: Monitor._tug)
     rows: List[ServerRow] = field(default_factory=list)
 
 
@@ -5492,6 +5542,12 @@ class Monitor:
         self.next_tick = 0.0  # the next pass at the latest (the config's interval): status, autoreload, holds
         self.last: Dict[Tuple[str, str], ServiceReport] = {}  # each service's rows of its last probing
         self.held_seen: Dict[Tuple[str, str], frozenset] = {}  # the holds each service was last decided with
+        # a tug of war with another manager (tug_of_war): each service's last change that held, by server;
+        # the changes of ours undone since (when, server); the services no longer repaired, and why
+        self.expected: Dict[Tuple[str, str], Dict[str, Action]] = {}
+        self.undone: Dict[Tuple[str, str], List[Tuple[float, str]]] = {}
+        self.contested: Dict[Tuple[str, str], str] = {}
+        self.corrected: set = set()  # services whose settings (scheduler, persistence) our last -E set
         self._plan(config)
 
     def _plan(self, config: Config) -> None:
@@ -5522,6 +5578,7 @@ class Monitor:
         self.fallback_ran = {k: v for k, v in self.fallback_ran.items() if k in commands}
         self.output.say(f"config reloaded from {config.path}: {len(config.services)} virtual service(s), "
                         f"{len(keep)} real server(s), every {config.interval:g} s")
+        self._resume()
 
     def recall(self, memory: Memory) -> None:
         """Take back what an earlier run did (read_memory), for the servers still configured."""
@@ -5542,11 +5599,11 @@ class Monitor:
             try:
                 table = self._listed(vs)
             except ServiceNotDefined:
-                if not vs.scheduler:  # not the monitor's to create: it must exist, as in the original
+                if not vs.scheduler or vs.ipvs_key in self.contested:  # not the monitor's to create (or not now)
                     raise
                 table = self._create(vs)
             else:
-                if vs.scheduler:
+                if vs.scheduler and vs.ipvs_key not in self.contested:
                     self._correct(vs, table, report)
         except IpvsStopped:
             return None
@@ -5564,7 +5621,43 @@ class Monitor:
             return None
         if self.problems.pop(vs.ipvs_key, None):
             self.output.say(f"virtual service {vs.label()} can be read again")
+        self._tug(vs, table, service)
         return table
+
+    def _tug(self, vs: VirtualService, table: Table, service: ServiceReport) -> None:
+        """At each read of a service's table: count the changes of ours someone else undid since
+        (undone_changes); when they are a tug of war (tug_of_war), stop changing the service, and
+        say so once.  It stays so until a reload or a restart (_resume), never by itself after a
+        quiet spell: the table is then quiet because the other manager has it its way, and taking
+        it back would only start the fight again, slowly."""
+        key = vs.ipvs_key
+        if key not in self.contested:
+            now, window = time.monotonic(), tug_window(self.interval(vs))
+            expected = self.expected.get(key, {})
+            undone = [(now, server) for server in undone_changes(vs, expected, table)]
+            for _, server in undone:
+                del expected[server]  # each change is undone once
+            history = [u for u in self.undone.get(key, []) if u[0] > now - window] + undone
+            self.undone[key] = history
+            fought = tug_of_war(history, now, window)
+            if not fought:
+                return
+            counts = "; ".join(f"{server}: {times} times in {round(span, 1):g} s"
+                               for server, (times, span) in fought.items())
+            self.contested[key] = (f"another manager keeps undoing the monitor's changes ({counts}): not "
+                                   "repairing it; reload (SIGHUP) or restart once the other manager is gone")
+            self.expected.pop(key, None)
+            self.undone.pop(key, None)
+            self.output.say(f"{vs.label()}: {self.contested[key]}", "problem")
+        service.contested = self.contested[key]
+
+    def _resume(self) -> None:
+        """A reload (or a restart, which remembers none of it) ends every contest: the operator
+        says the other manager is gone.  Should it still be there, it is caught again."""
+        for vs in self.config.services:
+            if vs.ipvs_key in self.contested:
+                self.output.say(f"{vs.label()}: repaired again (it was left to another manager until this reload)")
+        self.expected, self.undone, self.contested, self.corrected = {}, {}, {}, set()
 
     def _command(self, args: Sequence[str]) -> str:
         return " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *args))
@@ -5600,6 +5693,12 @@ class Monitor:
         if not said:
             self.failing.pop(key, None)
             return
+        if vs.ipvs_key in self.corrected:  # our last correction held, and is undone: counted (Monitor._tug)
+            self.corrected.discard(vs.ipvs_key)
+            now, undone = time.monotonic(), self.undone.setdefault(vs.ipvs_key, [])
+            undone.append((now, SERVICE_SETTINGS))
+            if tug_of_war(undone, now, tug_window(self.interval(vs))):
+                return  # not corrected again: said by _tug at the end of this read
         args = ("-E", *service_spec(vs))
         if self.dry_run:
             self.output.say(f"would run: {self._command(args)}", "reweight", log=False)
@@ -5607,6 +5706,7 @@ class Monitor:
         result = self.ipvsadm.run(args)
         if result.ok:
             self.failing.pop(key, None)
+            self.corrected.add(vs.ipvs_key)
             self.output.say(f"virtual service {vs.label()}: {'; '.join(said)}: corrected", "reweight")
             return
         report.failed += 1
@@ -5755,6 +5855,8 @@ class Monitor:
                 else:
                     why = None if table is None or _in_effect(vs, action, table) else (
                         "not in effect when read back after ipvsadm -R")
+                    if why is not None:  # made, said nothing, and undone since: someone else's doing (_tug)
+                        self.undone.setdefault(vs.ipvs_key, []).append((time.monotonic(), action.server))
             elif result.returncode < 0:  # -R killed (its stderr is lost): the table says
                 why = None if table is not None and _in_effect(vs, action, table) else unread
             else:  # this line ended the run: its words and -R's status are its own
@@ -5865,6 +5967,8 @@ class Monitor:
         A change that failed earlier in the pass (`failed`) is not made again in it: the next pass
         retries it (a hung ipvsadm costs its timeout once a pass, not once a decision)."""
         failed = set() if failed is None else failed
+        if vs.ipvs_key in self.contested:
+            decision = untouched(decision)  # another manager has it (Monitor._tug): no change at all
 
         def make(action: Action) -> bool:
             if self.stop_requested() or action.args in failed:
@@ -5901,7 +6005,10 @@ class Monitor:
                 write_intent(self.config.state_file, self.intent)
             except OSError:
                 pass  # the state file's own trouble is said when it is written
-        return carry_out(decision, make, hold, batch)
+        health = carry_out(decision, make, hold, batch)
+        if not self.dry_run:  # what held, to tell at the next read whether someone else undid it (_tug)
+            self.expected.setdefault(vs.ipvs_key, {}).update((a.server, a) for a in made)
+        return health
 
     def run_pass(self) -> PassReport:
         now = time.time()
@@ -6263,7 +6370,8 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
         "monitor_rs": __version__, "source": source, "pid": os.getpid(), "config": config.path,
         "time": round(report.started, 3), "interval": config.interval, "pass_seconds": round(report.duration, 3),
         "services": [{
-            "name": s.name, "address": s.address, "protocol": s.protocol, "problem": s.problem or None,
+            "name": s.name, "address": s.address, "protocol": s.protocol, "problem": s.problem or s.contested or None,
+            "contested": bool(s.contested and not s.problem),  # the problem is another manager's (the table was read)
             "servers": [{
                 "server": r.server, "weight": r.weight, "ipvs_weight": r.ipvs_weight,
                 "state": server_state(r.health), "probe": "ok" if r.result.ok else "failed",
@@ -6377,6 +6485,11 @@ def metrics_text(snap: dict) -> str:
     for name, help_text, value in METRICS:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         lines += [f"{name}{{{labels}}} {value(r)}" for labels, r in servers]
+    lines += ["# HELP monitor_rs_service_contested 1 when another manager keeps undoing the monitor's changes to "
+              "the virtual service: not repaired until a reload or restart.",
+              "# TYPE monitor_rs_service_contested gauge"]
+    lines += [f'monitor_rs_service_contested{{service="{_label(s["address"])}",name="{_label(s["name"])}"}} '
+              f'{int(bool(s.get("contested")))}' for s in snap["services"]]
     lines += [
         "# HELP monitor_rs_last_pass_timestamp_seconds When the last pass started.",
         "# TYPE monitor_rs_last_pass_timestamp_seconds gauge",
@@ -6896,7 +7009,8 @@ class _ServiceTable:
         s = service
         self.rows = [{
             "Real server": r["server"], "Weight": str(r["weight"]),
-            "In IPVS": _ipvs(r["ipvs_weight"], not s["problem"]), "State": r["state"], "Reason": r["reason"],
+            "In IPVS": _ipvs(r["ipvs_weight"], not s["problem"] or s.get("contested")), "State": r["state"],
+            "Reason": r["reason"],
             "Latency": f"{r['latency_ms']:.0f} ms", "Action": r["action"] or "",
             "Last change": f"{timestamp(r['last_change']['time'])} {r['last_change']['what']}"
                            if r["last_change"] else "",
@@ -6958,8 +7072,8 @@ def show_status(snap: dict, console) -> None:
             print(f"{s['address']} ({s['name']}) problem={s['problem']!r}")
         for r in s["servers"]:
             print(f"{s['address']} ({s['name']}) {r['server']} weight={r['weight']} "
-                  f"ipvs={_ipvs(r['ipvs_weight'], not s['problem'])} state={r['state']} reason={r['reason']!r} "
-                  f"latency_ms={r['latency_ms']:.0f} action={r['action'] or '-'}", flush=True)
+                  f"ipvs={_ipvs(r['ipvs_weight'], not s['problem'] or s.get('contested'))} state={r['state']} "
+                  f"reason={r['reason']!r} latency_ms={r['latency_ms']:.0f} action={r['action'] or '-'}", flush=True)
 
 
 ###############################################################################

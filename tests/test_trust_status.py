@@ -204,7 +204,7 @@ def realistic_snapshot():
 
 
 FAMILIES = ["monitor_rs_server_up", "monitor_rs_server_held", "monitor_rs_server_weight", "monitor_rs_probe_latency_seconds",
-            "monitor_rs_last_pass_timestamp_seconds", "monitor_rs_pass_duration_seconds"]
+            "monitor_rs_service_contested", "monitor_rs_last_pass_timestamp_seconds", "monitor_rs_pass_duration_seconds"]
 
 
 def family_of(line):
