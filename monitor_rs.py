@@ -6689,9 +6689,9 @@ class StatusServer:
         try:
             self._serve(sel)
         except Exception as exc:  # never the monitor's trouble: said once by the loop, the endpoint ends
-            self.failed = True
             self.news.append((f"status endpoint on {self.address} failed: {type(exc).__name__}: {exc}; it is "
                               "closed, monitoring goes on", "problem"))
+            self.failed = True  # after the news: whoever sees it failed finds the reason said
         finally:
             for client in list(self._clients.values()):
                 client.sock.close()
