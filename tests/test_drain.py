@@ -146,13 +146,14 @@ def test_a_maintenance_file_and_a_drain_in_one_folder(tmp_path):
 
 
 @pytest.mark.parametrize("key, name", [
-    (m.DrainKey("10.0.0.1", 80, None), "drain@10.0.0.1:80"),
-    (m.DrainKey("10.0.0.1", None, None), "drain@10.0.0.1"),
-    (m.DrainKey("2001:db8::1", 8080, "web"), "drain@[2001:db8::1]:8080@web"),
-    (m.DrainKey("2001:db8::1", None, None), "drain@[2001:db8::1]"),
-    (m.DrainKey("10.0.0.1", 80, "a/b@c d"), "drain@10.0.0.1:80@a%2Fb%40c%20d"),
+    (("10.0.0.1", 80, None), "drain@10.0.0.1:80"),
+    (("10.0.0.1", None, None), "drain@10.0.0.1"),
+    (("2001:db8::1", 8080, "web"), "drain@[2001:db8::1]:8080@web"),
+    (("2001:db8::1", None, None), "drain@[2001:db8::1]"),
+    (("10.0.0.1", 80, "a/b@c d"), "drain@10.0.0.1:80@a%2Fb%40c%20d"),
 ])
 def test_drain_names(key, name):
+    key = m.DrainKey(*key)
     assert m.drain_name(key) == name
     assert m.drain_key(name) == key
 
