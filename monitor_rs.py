@@ -5295,7 +5295,7 @@ class MaintenanceDir:
         self.resolve = resolve or (lambda ip: socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0])
         self.problem = ""  # said once while it lasts
         self.names: Dict[Tuple[str, Optional[int]], str] = {}  # what the folder names -> the file's name
-        self.drains: Dict[str, Tuple[DrainKey, float]] = {}  # a drain's name -> (what it drains, since)
+        self.drains: Dict[str, List[Tuple[float, str, DrainKey]]] = {}  # address -> its drains (since, name, key)
         self.drains_only = False  # the folder is the drains' own (no maintenancedir): its absence is no news
         self.reverse: Dict[str, Tuple[float, str]] = {}  # address -> (when looked up, its name or "")
         self.pending: set = set()
@@ -5328,18 +5328,18 @@ class MaintenanceDir:
         if self.problem:
             self.output.say(f"{what} {folder} is read again")
             self.problem = ""
-        drains = {}
+        drains: Dict[str, List[Tuple[float, str, DrainKey]]] = {}
         for name in listed:
             key = drain_key(name)
             if key is None:
                 continue
             try:  # lstat: the entry itself, never what a symlink points to; its content is never read
-                drains[name] = (key, os.lstat(os.path.join(folder, name)).st_mtime)
+                drains.setdefault(key.ip, []).append((os.lstat(os.path.join(folder, name)).st_mtime, name, key))
             except OSError:
                 pass  # undrained as we looked
         self.drains = drains
         self.names = {} if self.drains_only else {
-            key: name for name in sorted(listed) if name not in drains for key in _maintenance_keys(name)}
+            key: name for name in sorted(listed) if drain_key(name) is None for key in _maintenance_keys(name)}
 
     def _host_names(self, ip: str) -> List[str]:
         """The reverse name of `ip` and its first label, as far as known now; a lookup is started
@@ -5373,7 +5373,8 @@ class MaintenanceDir:
 
     def _drained(self, folder: str, rs: RealServer, service: str) -> Optional[Hold]:
         """The earliest drain of this real server in the folder, or None."""
-        found = [(since, name) for name, (key, since) in self.drains.items() if key.covers(str(rs.ip), rs.port, service)]
+        ip = str(rs.ip)
+        found = [(since, name) for since, name, key in self.drains.get(ip, ()) if key.covers(ip, rs.port, service)]
         if not found:
             return None
         since, name = min(found)

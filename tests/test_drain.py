@@ -393,3 +393,37 @@ def test_as_root_a_drain_folder_others_may_write_is_refused(ipvs, run, drains):
     assert os.listdir(drains) == []
     assert monitor.once().returncode == 2  # the monitor refuses it at start too
 
+
+
+def test_a_drain_whose_weight_change_fails_is_retried_never_deleted_instead(ipvs, run, backends, drains):
+    """ipvsadm -e fails (fault): the server keeps its weight and its connections, the drain is said FAILED
+    once and made at a later pass; it is never deleted while it still has connections."""
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 4]), "--drain-dir", str(drains)).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 4)}, what="both in")
+    set_active(ipvs, a.address, 4)
+    ipvs.fault("fail-edit")
+    assert cli(monitor, "--drain", a.address).returncode == 0
+    monitor.wait_log(f"{a.address} drain FAILED in 127.0.0.1:80 (web)")
+    wait_passes(monitor)
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 4)}
+    assert monitor.count(f"{a.address} drain FAILED") == 1
+    ipvs.fault("")
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 0), b.address: ("Masq", 4)}, what="a at weight 0")
+    wait_passes(monitor)
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 0), b.address: ("Masq", 4)}
+    assert monitor.stop()[0] == 0
+
+
+def test_removing_the_drains_folder_ends_its_drains(ipvs, run, backends, drains):
+    a = backends(ip="127.0.0.11")
+    monitor = run(ipvs, config(VIP, [a.address], [3]), "--drain-dir", str(drains)).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a in")
+    assert cli(monitor, "--drain", a.address).returncode == 0
+    wait_until(lambda: ipvs.dests(VIP) == {}, what="a drained out")
+    for name in os.listdir(drains):
+        os.unlink(drains / name)
+    drains.rmdir()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a back")
+    assert monitor.count("drain folder") == 0  # the drains' own folder absent: no news
+    assert monitor.stop()[0] == 0
