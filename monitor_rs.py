@@ -6927,6 +6927,9 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     (--once), or not all in place (--status); 2 bad config or usage; 3 another
     monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here;
     5 the lock file cannot be opened or locked (lock, --lock-file).
+    --drain/--undrain: 0 done (or nothing to do); 1 still drained by a wider
+    drain, or the entry could not be written; 2 not a configured real server,
+    bad usage, or a drain folder refused.
     """
     if as_json and not status:
         click.echo("monitor_rs: --json goes with --status (it prints the status as JSON)", err=True)
