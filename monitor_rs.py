@@ -4410,7 +4410,9 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                 action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep,
                                 dataclasses.replace(h, tried=(0,)))
                 removals.append((rs, action, dataclasses.replace(h, quiesced=True), True))
-            elif not vs.quiescent:
+            elif not vs.quiescent and not (result.ok and h.quiesced and stored.weight == 0):
+                # (a good check of a server at our weight 0, undrained while its connections last, on its
+                # way up through `rise`: it stays at 0 rather than have them cut)
                 action = Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), result.reason, None, ep, h)
                 removals.append((rs, action, h, stored.weight > 0))
 

@@ -122,6 +122,20 @@ def test_undrained_the_server_comes_back_through_rise_good_checks(quiescent, lis
     assert kinds(second) == [(back, "192.168.1.10:8080", 3)]
 
 
+@pytest.mark.parametrize("second, back", [(OK, [("restore", "192.168.1.10:8080", 3)]),
+                                          (BAD, [("delete", "192.168.1.10:8080", None)])])
+def test_undrained_before_its_connections_ended_it_stays_at_0_until_its_checks_decide(second, back):
+    """quiescent = no, rise = 2: a good first check after the undrain must not delete it (its connections
+    would be cut, then it would be added again one check later); a failed one does, as for any server."""
+    vs = service(n=1, rise=2)
+    s0 = vs.servers[0].endpoint
+    health = m.carry_out(m.decide(vs, {}, table(vs, (3, 3)), {}, 0.0, {s0: drained()}), lambda action: True)
+    first = m.decide(vs, {s0: OK}, table(vs, (0, 3)), health, 1.0, {})
+    assert kinds(first) == []
+    then = m.decide(vs, {s0: second}, table(vs, (0, 3)), first.health, 2.0, {})
+    assert kinds(then) == back
+
+
 def test_a_maintenance_file_and_a_drain_in_one_folder(tmp_path):
     """One folder, one truth: a drain's name is never read as a maintenance file (nor a host name to look up)."""
     looked_up = []
@@ -426,4 +440,20 @@ def test_removing_the_drains_folder_ends_its_drains(ipvs, run, backends, drains)
     drains.rmdir()
     wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3)}, what="a back")
     assert monitor.count("drain folder") == 0  # the drains' own folder absent: no news
+    assert monitor.stop()[0] == 0
+
+
+def test_undrained_while_its_connections_last_it_is_restored_not_cut(ipvs, run, backends, drains):
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    monitor = run(ipvs, config(VIP, [a.address, b.address], [3, 4], extra="rise = 3\n"),
+                  "--drain-dir", str(drains)).start()
+    wait_until(lambda: ipvs.dests(VIP) == {a.address: ("Masq", 3), b.address: ("Masq", 4)}, what="both in")
+    set_active(ipvs, a.address, 5)
+    assert cli(monitor, "--drain", a.address).returncode == 0
+    wait_until(lambda: ipvs.dests(VIP).get(a.address) == ("Masq", 0), what="a at weight 0")
+    assert cli(monitor, "--undrain", a.address).returncode == 0
+    seen = []
+    wait_until(lambda: seen.append(ipvs.dests(VIP).get(a.address)) or seen[-1] == ("Masq", 3), what="a restored")
+    assert None not in seen, seen  # never deleted on its way back: its 5 connections were never cut
+    assert monitor.count(f"{a.address} weight restored to 3") == 1
     assert monitor.stop()[0] == 0
