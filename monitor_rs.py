@@ -4387,6 +4387,8 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         if up != was_up or (old.up is None and not up and not result.ok):
             events.append(Event(str(rs), Seen.UP if up else Seen.DOWN, result.reason))
         new[ep] = h
+        if not up and result.ok and h.quiesced and not vs.quiescent and stored is not None and stored.weight == 0:
+            continue  # at our weight 0 (undrained while its connections last), on its way up through rise: not cut
         if up:
             weight = intended_weight(rs, h)
             done = dataclasses.replace(h, quiesced=False, weight=weight)
@@ -4410,9 +4412,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                 action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep,
                                 dataclasses.replace(h, tried=(0,)))
                 removals.append((rs, action, dataclasses.replace(h, quiesced=True), True))
-            elif not vs.quiescent and not (result.ok and h.quiesced and stored.weight == 0):
-                # (a good check of a server at our weight 0, undrained while its connections last, on its
-                # way up through `rise`: it stays at 0 rather than have them cut)
+            elif not vs.quiescent:
                 action = Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), result.reason, None, ep, h)
                 removals.append((rs, action, h, stored.weight > 0))
 
@@ -5444,11 +5444,11 @@ MESSAGES = {
 }
 CHANGES = {  # the short form, for the "last change" of the status table
     "add": "added (weight {weight})", "restore": "weight restored to {weight}", "quiesce": "weight set to 0",
-    "drain": "draining: weight set to 0",
     "reweight": "weight set to {weight}", "hand": "{reason}: set by hand",
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
     "held": "held out: {reason}", "released": "{reason}",
+    "drain": "draining: weight set to 0",
 }
 EVENT_MESSAGES = {
     "up": "{server} is up in {vs}: {reason}",
