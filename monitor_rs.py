@@ -6653,6 +6653,14 @@ def _drains_in(folder: str) -> Dict[str, DrainKey]:
     return {name: key for name, key in ((name, drain_key(name)) for name in sorted(names)) if key is not None}
 
 
+def _who_acts(config: Config) -> str:
+    """Who will act on a drain: the monitor running for this config (its state file is fresh), or the next one."""
+    now = time.time()
+    if any(read_state(path, now) is not None for path in state_files(config)):
+        return "the running monitor"
+    return "no monitor runs for this config now: once started, the monitor"
+
+
 def run_drain(config: Config, folder: str, target: str, service: Optional[str], undo: bool) -> int:
     """--drain / --undrain: write (or remove) the drain's name in the folder the monitor reads each
     pass, after checking it names a configured real server; one line says what was done."""
@@ -6693,7 +6701,7 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
             limits = sorted({vs.drain_timeout for vs, _ in matched if vs.drain_timeout is not None})
             limit = (f"or after drain_timeout {', '.join(f'{t:g}' for t in limits)} s"
                      if limits else "however long that takes (no drain_timeout)")
-            click.echo(f"monitor_rs: drained {servers} ({name} in {folder}): the running monitor sets its weight "
+            click.echo(f"monitor_rs: drained {servers} ({name} in {folder}): {_who_acts(config)} sets its weight "
                        f"to 0 at its next pass and deletes it once its active connections end, {limit}; "
                        "it stays out until --undrain")
             return EXIT_OK
@@ -6714,8 +6722,8 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
         if not gone:
             click.echo(f"monitor_rs: {servers}: not drained (no drain of it in {folder}), nothing to do")
             return EXIT_OK
-        click.echo(f"monitor_rs: undrained {servers} (removed {', '.join(gone)} from {folder}): the running "
-                   "monitor checks it again at its next pass and puts it back after rise good checks")
+        click.echo(f"monitor_rs: undrained {servers} (removed {', '.join(gone)} from {folder}): "
+                   f"{_who_acts(config)} checks it again at its next pass and puts it back after rise good checks")
         return EXIT_OK
     except OSError as exc:
         click.echo(f"monitor_rs: {option} {target}: {folder}: {exc.strerror or exc}", err=True)

@@ -325,7 +325,9 @@ def test_status_shows_drained_in_every_view(ipvs, run, backends, drains, tmp_pat
         "[virtual", f"prometheus_file = {metrics}\n\n[virtual", 1)
     monitor = run(ipvs, text, "--drain-dir", str(drains))
     # no running monitor: --status's own pass shows it too
-    assert cli(monitor, "--drain", a.address).returncode == 0
+    proc = cli(monitor, "--drain", a.address)
+    assert proc.returncode == 0
+    assert "no monitor runs for this config now: once started, the monitor sets its weight to 0" in proc.stdout
     code, snap = monitor.status()
     row = next(r for s in snap["services"] for r in s["servers"] if r["server"] == a.address)
     assert (snap["source"], row["state"], row["held"]) == ("probe", "drained", "drained")
