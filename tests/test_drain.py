@@ -459,3 +459,20 @@ def test_undrained_while_its_connections_last_it_is_restored_not_cut(ipvs, run, 
     assert None not in seen, seen  # never deleted on its way back: its 5 connections were never cut
     assert monitor.count(f"{a.address} weight restored to 3") == 1
     assert monitor.stop()[0] == 0
+
+
+def test_where_drains_are_kept_by_default(monkeypatch, tmp_path):
+    """root: DRAIN_DIR (survives reboots); another user: its own state folder; a maintenancedir wins."""
+    assert m.DRAIN_DIR == "/var/lib/monitor_rs"
+    monkeypatch.setattr(m.os, "geteuid", lambda: 0)
+    assert m.default_drain_dir() == "/var/lib/monitor_rs"
+    monkeypatch.setattr(m.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert m.default_drain_dir() == f"{tmp_path}/monitor_rs"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative")
+    monkeypatch.setenv("HOME", "/home/op")
+    assert m.default_drain_dir() == "/home/op/.local/state/monitor_rs"
+    plain = m.Config(path="/etc/monitorRS.conf")
+    assert m.drain_dir_of(plain, None) == "/home/op/.local/state/monitor_rs"
+    assert m.drain_dir_of(plain, "/srv/drains") == "/srv/drains"
+    assert m.drain_dir_of(m.Config(path="/etc/x.cf", maintenancedir="/etc/ha.d/maint"), None) == "/etc/ha.d/maint"
