@@ -6661,6 +6661,20 @@ def _who_acts(config: Config) -> str:
     return "no monitor runs for this config now: once started, the monitor"
 
 
+def _others_monitor(config: Config) -> str:
+    """The monitor running for this config as another user (root's, seen by a user who forgot sudo), or ""."""
+    now = time.time()
+    for path in state_files(config):
+        snap = read_state(path, now)
+        try:
+            owner = os.stat(path).st_uid if snap is not None else os.geteuid()
+        except OSError:
+            continue
+        if owner != os.geteuid():
+            return f"the monitor running for this config (PID {snap['pid']}) is uid {owner}'s"
+    return ""
+
+
 def run_drain(config: Config, folder: str, target: str, service: Optional[str], undo: bool) -> int:
     """--drain / --undrain: write (or remove) the drain's name in the folder the monitor reads each
     pass, after checking it names a configured real server; one line says what was done."""
@@ -6681,6 +6695,11 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
     if not matched:
         where = f"virtual service {service}" if service is not None else "any virtual service"
         click.echo(f"monitor_rs: {option} {target}: not a real server of {where} in {config.path}", err=True)
+        return EXIT_CONFIG
+    other = _others_monitor(config) if folder == default_drain_dir() and os.geteuid() != 0 else ""
+    if other:
+        click.echo(f"monitor_rs: {option} {target}: {other}, which does not read this user's drains ({folder}): "
+                   f"run {option} as that user", err=True)
         return EXIT_CONFIG
     key = DrainKey(str(ep.ip), port, service)
     name = drain_name(key)

@@ -476,3 +476,20 @@ def test_where_drains_are_kept_by_default(monkeypatch, tmp_path):
     assert m.drain_dir_of(plain, None) == "/home/op/.local/state/monitor_rs"
     assert m.drain_dir_of(plain, "/srv/drains") == "/srv/drains"
     assert m.drain_dir_of(m.Config(path="/etc/x.cf", maintenancedir="/etc/ha.d/maint"), None) == "/etc/ha.d/maint"
+
+
+def test_a_user_who_forgot_sudo_is_told_the_running_monitor_is_roots(monkeypatch, tmp_path, capsys):
+    """Not root, no maintenancedir: the drain would go to the user's own folder, which root's monitor never
+    reads; refused in one line, exit 2, nothing written."""
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), "interval": 3}))  # a live monitor's, root's
+    rs = m.RealServer(ipaddress.ip_address("127.0.0.11"), 80, 1, 0)
+    vs = m.VirtualService("web", "tcp", ipaddress.ip_address("127.0.0.1"), 80, 0, (rs,), "-m")
+    conf = m.Config(path=str(tmp_path / "monitorRS.conf"), state_file=str(state), services=(vs,))
+    monkeypatch.setattr(m.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "mine"))
+    assert m.run_drain(conf, m.default_drain_dir(), "127.0.0.11", None, undo=False) == 2
+    assert capsys.readouterr().err == (
+        f"monitor_rs: --drain 127.0.0.11: the monitor running for this config (PID {os.getpid()}) is uid 0's, "
+        f"which does not read this user's drains ({tmp_path}/mine/monitor_rs): run --drain as that user\n")
+    assert not (tmp_path / "mine").exists()
