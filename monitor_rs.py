@@ -975,14 +975,15 @@ def default_run_path(config_path: str, suffix: str) -> str:
     return os.path.join(folder, f"{digest}.{suffix}")
 
 
-def make_run_dir(folder: str) -> str:
+def make_run_dir(folder: str, private: Optional[bool] = None) -> str:
     """Create (when absent) and check a folder of default locks and state files; "" when fit,
     else why not, in one line.
 
     RUN_DIR: a real folder (no symlink), owned by root (or by us), that no one else may
     write; created 0755.  A private folder: a real folder of ours, mode 0700, created so;
-    an existing one that is not is never trusted (in /tmp anyone may have made it)."""
-    private = folder != RUN_DIR
+    an existing one that is not is never trusted (in /tmp anyone may have made it).  `private`
+    says which for another folder (the drains' default, DRAIN_DIR: as RUN_DIR)."""
+    private = folder != RUN_DIR if private is None else private
     mode = 0o700 if private else 0o755
     try:
         os.mkdir(folder, mode)
@@ -4146,6 +4147,7 @@ class Change(str, enum.Enum):
     REWEIGHT = "reweight"  # the weight we set is no longer the configured one
     RAMP = "ramp"  # a step of a slow start (logged with --verbose only; its start and end always are)
     QUIESCE = "quiesce"
+    DRAIN = "drain"  # weight 0 for a drained server: its connections finish, then it is deleted
     DELETE = "delete"
     FALLBACK_ADD = "fallback-add"
     FALLBACK_DELETE = "fallback-delete"
@@ -4162,15 +4164,24 @@ class Seen(str, enum.Enum):
     RELEASED = "released"  # no longer held: back through its checks (rise)
 
 
+class HoldState(str, enum.Enum):
+    """How an operator holds a real server out: what --status shows for it."""
+
+    MAINTENANCE = "maintenance"  # a file named after it in maintenancedir (ldirectord): out at once
+    DRAINED = "drained"  # monitor-rs --drain: weight 0 at once, out once its connections end (drain_timeout)
+
+
 class Hold(NamedTuple):
     """Why an operator holds a real server out of its pool (a decision input, like a probe result):
     never added or restored, taken out whatever the depool threshold, until the hold goes."""
 
-    state: str  # what --status shows: "maintenance" (maintenancedir); issue 15's drain: "drained"
+    state: str  # a HoldState: what --status shows, "maintenance" or "drained"
     reason: str  # for the log and the status's reason, e.g. "file 10.0.0.1:80 in /etc/ha.d/maint"
+    since: float = 0.0  # when the hold began (wall clock; a drain's entry's mtime): drain_timeout counts from it
 
 
-MAINTENANCE = "maintenance"  # the state of a server held out by a file in maintenancedir
+MAINTENANCE = HoldState.MAINTENANCE.value  # the state of a server held out by a file in maintenancedir
+DRAINED = HoldState.DRAINED.value  # the state of a server drained (monitor-rs --drain)
 
 
 @dataclass(frozen=True)
@@ -4297,6 +4308,23 @@ def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiesce
     return h
 
 
+def drain_step(vs: VirtualService, hold: Hold, stored: Optional[Destination], now: float
+               ) -> Tuple[Optional[Change], str]:
+    """A drained server's next change, from the table and the time alone (pure), and what it waits for:
+    weight 0 while it has more (its connections finish: IPVS sends it no new one); deleted once the
+    table shows it at 0 with no active connection, or `drain_timeout` after the drain began; else none."""
+    if stored is None:
+        return None, "out of IPVS"
+    if stored.weight > 0:
+        return Change.DRAIN, f"weight 0, its {stored.active} active connection(s) finish"
+    if stored.active == 0:
+        return Change.DELETE, "no active connection left"
+    if vs.drain_timeout is not None and now - hold.since >= vs.drain_timeout:
+        return Change.DELETE, f"drain_timeout {vs.drain_timeout:g} s passed, {stored.active} active connection(s) cut"
+    limit = "" if vs.drain_timeout is None else f", out {vs.drain_timeout:g} s after the drain began at the latest"
+    return None, f"weight 0, waiting for {stored.active} active connection(s){limit}"
+
+
 def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: Table,
            health: Mapping[Endpoint, Health], now: float = 0.0,
            held: Optional[Mapping[Endpoint, Hold]] = None, postponed: AbstractSet[Endpoint] = frozenset(),
@@ -4307,7 +4335,9 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
     a server without a result this pass keeps its health and is not touched, but for a
     held one (an operator's act: `held`), which goes out (weight 0 in a quiescent service,
     else deleted) whatever its result and the depool threshold, and is down with no
-    streak once the hold goes, so that it comes back through `rise` good checks.  A held
+    streak once the hold goes, so that it comes back through `rise` good checks.  A drained
+    server (HoldState.DRAINED) goes to weight 0 first, in any service, and is deleted at a later
+    decision, on a table read anew (drain_step).  A held
     server whose leaving waits for a later decision of the pass (`postponed`, see
     holds_go_first) is left as it is: neither held anew nor released.
 
@@ -4341,12 +4371,28 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             continue
         hold = held.get(ep)
         if hold is not None:
+            state = HoldState(hold.state).value
             seen = _observe(rs, old, stored, vs.quiescent)
-            if old.held != hold.state:
+            if old.held != state:
                 events.append(Event(str(rs), Seen.HELD, hold.reason))
             h = dataclasses.replace(seen, up=False, good=0, bad=0, kept=False, reason=hold.reason,
-                                    held=hold.state, since=old.since if old.up is False else now)
+                                    held=state, since=old.since if old.up is False else now)
             new[ep] = h
+            if state == DRAINED:
+                step, detail = drain_step(vs, hold, stored, now)
+                if stored is not None and stored.weight == 0:  # the drain's 0 (whoever set it): undone when it ends
+                    h = dataclasses.replace(h, quiesced=True, operator=None if h.operator == 0 else h.operator)
+                new[ep] = h = dataclasses.replace(h, reason=f"{hold.reason}: {detail}")
+                if step is not None:
+                    forced.add(ep)
+                if step == Change.DRAIN:  # weight 0 first, in any service: its connections finish
+                    removals.append((rs, Action(Change.DRAIN, str(rs), _change_args(vs, "-e", ep, 0), detail,
+                                                0, ep, dataclasses.replace(h, tried=(0,))),
+                                     dataclasses.replace(h, quiesced=True), True))
+                elif step == Change.DELETE:  # at weight 0 since an earlier pass, its connections ended (or timed out)
+                    removals.append((rs, Action(Change.DELETE, str(rs), _change_args(vs, "-d", ep), detail,
+                                                None, ep, h), dataclasses.replace(h, quiesced=False), False))
+                continue
             if stored is not None and vs.quiescent and stored.weight > 0:
                 forced.add(ep)
                 removals.append((rs, Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), hold.reason,
@@ -4387,6 +4433,8 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         if not up and (stored is None or stored.weight == 0):
             h = dataclasses.replace(h, ramp=None)  # out of the pool: a slow start is over
         new[ep] = h
+        if not up and result.ok and h.quiesced and not vs.quiescent and stored is not None and stored.weight == 0:
+            continue  # at our weight 0 (undrained while its connections last), on its way up through rise: not cut
         if up:
             target = intended_weight(rs, h)
             weight, ramp = slow_start(vs, h, target, stored is None or h.quiesced,
@@ -5312,12 +5360,52 @@ def _maintenance_keys(name: str) -> List[Tuple[str, Optional[int]]]:
     return []
 
 
+DRAIN_DIR = "/var/lib/monitor_rs"  # where drains are kept when the config has no maintenancedir (root)
+DRAIN_PREFIX = "drain@"  # drain@RIP[:PORT][@SERVICE]: a drain, never a maintenance name (ldirectord ignores it)
+
+
+class DrainKey(NamedTuple):
+    """What a drain entry's name says: the real server's address (as str(ip_address)), its port
+    (None: every port of that address) and the virtual service's name (None: every service)."""
+
+    ip: str
+    port: Optional[int]
+    service: Optional[str]
+
+    def covers(self, ip: str, port: int, service: str) -> bool:
+        return self.ip == ip and self.port in (None, port) and self.service in (None, service)
+
+
+def drain_name(key: DrainKey) -> str:
+    """The entry's name: ``drain@10.0.0.1:80``, ``drain@[2001:db8::1]``, ``drain@10.0.0.1:80@web``;
+    the service's name percent-encoded (a name may hold ``/`` or ``@``)."""
+    ip = ipaddress.ip_address(key.ip)
+    where = str(Endpoint(ip, key.port)) if key.port else f"[{ip}]" if ip.version == 6 else str(ip)
+    service = "" if key.service is None else "@" + urllib.parse.quote(key.service, safe="")
+    return f"{DRAIN_PREFIX}{where}{service}"
+
+
+def drain_key(name: str) -> Optional[DrainKey]:
+    """The drain a name in the folder stands for, or None (not a drain's name)."""
+    if not name.startswith(DRAIN_PREFIX):
+        return None
+    where, at, service = name[len(DRAIN_PREFIX):].partition("@")
+    keys = _maintenance_keys(where) if where.strip() == where else []
+    if not keys or not _is_ip(keys[0][0]) or (at and not service):
+        return None
+    return DrainKey(keys[0][0], keys[0][1], urllib.parse.unquote(service) if at else None)
+
+
 class MaintenanceDir:
     """maintenancedir: a file named after a real server holds it out (ldirectord's
     check_for_maintenance).  Only the folder's names are read, each pass: never a file's
     content, never through a symlink in it.  A host name is matched as ldirectord does,
     against the reverse DNS name of the server's address (FQDN and first label), looked up
-    in a thread (never on the loop) and only while a name in the folder is not an address."""
+    in a thread (never on the loop) and only while a name in the folder is not an address.
+
+    The same folder holds the drains (monitor-rs --drain, one source of truth): names
+    ``drain@RIP[:PORT][@SERVICE]`` (drain_key), each lstat'ed for its mtime, when the drain began.
+    Without a maintenancedir the drains have a folder of their own (DRAIN_DIR, `drains_only`)."""
 
     RESOLVE_EVERY = 300.0  # seconds a reverse name is kept before it is looked up again
 
@@ -5326,6 +5414,8 @@ class MaintenanceDir:
         self.resolve = resolve or (lambda ip: socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)[0])
         self.problem = ""  # said once while it lasts
         self.names: Dict[Tuple[str, Optional[int]], str] = {}  # what the folder names -> the file's name
+        self.drains: Dict[str, List[Tuple[float, str, DrainKey]]] = {}  # address -> its drains (since, name, key)
+        self.drains_only = False  # the folder is the drains' own (no maintenancedir): its absence is no news
         self.reverse: Dict[str, Tuple[float, str]] = {}  # address -> (when looked up, its name or "")
         self.pending: set = set()
         self.lock = threading.Lock()
@@ -5338,24 +5428,37 @@ class MaintenanceDir:
     def scan(self, folder: str) -> None:
         """Read the folder's names.  Absent: nothing held (said once).  Unreadable, or (as root) one
         others may write: the names last read stand, said once."""
+        what = "drain folder" if self.drains_only else "maintenancedir"
         why = unsafe_path(folder) if os.geteuid() == 0 else ""
         if why:
-            self._say_once(f"maintenancedir {folder}: not read as root, others can change it: {why}")
+            self._say_once(f"{what} {folder}: not read as root, others can change it: {why}")
             return
         try:
-            listed = os.listdir(folder)  # names only: nothing in it is opened, stat'ed or followed
+            listed = os.listdir(folder)  # names only: nothing in it is opened or followed
         except FileNotFoundError:
-            self._say_once(f"maintenancedir {folder} does not exist: no real server held out by it")
-            self.names = {}
+            if not self.drains_only:  # (the drains' own folder is made by the first drain)
+                self._say_once(f"maintenancedir {folder} does not exist: no real server held out by it")
+            self.names, self.drains = {}, {}
             return
         except OSError as exc:
-            self._say_once(f"maintenancedir {folder}: cannot list it: {exc.strerror or exc}; "
+            self._say_once(f"{what} {folder}: cannot list it: {exc.strerror or exc}; "
                            "the real servers it held stay held")
             return
         if self.problem:
-            self.output.say(f"maintenancedir {folder} is read again")
+            self.output.say(f"{what} {folder} is read again")
             self.problem = ""
-        self.names = {key: name for name in sorted(listed) for key in _maintenance_keys(name)}
+        drains: Dict[str, List[Tuple[float, str, DrainKey]]] = {}
+        for name in listed:
+            key = drain_key(name)
+            if key is None:
+                continue
+            try:  # lstat: the entry itself, never what a symlink points to; its content is never read
+                drains.setdefault(key.ip, []).append((os.lstat(os.path.join(folder, name)).st_mtime, name, key))
+            except OSError:
+                pass  # undrained as we looked
+        self.drains = drains
+        self.names = {} if self.drains_only else {
+            key: name for name in sorted(listed) if drain_key(name) is None for key in _maintenance_keys(name)}
 
     def _host_names(self, ip: str) -> List[str]:
         """The reverse name of `ip` and its first label, as far as known now; a lookup is started
@@ -5382,8 +5485,21 @@ class MaintenanceDir:
             self.reverse[ip] = (time.monotonic(), name)
             self.pending.discard(ip)
 
-    def hold(self, folder: str, rs: RealServer) -> Optional[Hold]:
-        """Whether the folder, as last scanned, holds this real server out, and by which name."""
+    def hold(self, folder: str, rs: RealServer, service: str = "") -> Optional[Hold]:
+        """Whether the folder, as last scanned, holds this real server (of the virtual service named
+        `service`) out, and by which name: a maintenance file first (out at once), then a drain."""
+        return self._maintained(folder, rs) or self._drained(folder, rs, service)
+
+    def _drained(self, folder: str, rs: RealServer, service: str) -> Optional[Hold]:
+        """The earliest drain of this real server in the folder, or None."""
+        ip = str(rs.ip)
+        found = [(since, name) for since, name, key in self.drains.get(ip, ()) if key.covers(ip, rs.port, service)]
+        if not found:
+            return None
+        since, name = min(found)
+        return Hold(DRAINED, f"drained: {name} in {folder} since {timestamp(since)}", since)
+
+    def _maintained(self, folder: str, rs: RealServer) -> Optional[Hold]:
         if not self.names:
             return None
         ip = str(rs.ip)
@@ -5439,6 +5555,7 @@ MESSAGES = {
     "reweight": "{server} weight set to {weight} in {vs}: {reason}",
     "ramp": "{server} weight set to {weight} in {vs}: {reason}",
     "quiesce": "{server} is out of work, weight set to 0 in {vs} (quiescent)",
+    "drain": "{server} is draining in {vs}: {reason}",
     "delete": "{server} is out of work, deleted from {vs}",
     "fallback-add": "{server} fallback added to {vs}: no real server is up",
     "fallback-delete": "{server} fallback removed from {vs}: a real server is up",
@@ -5450,6 +5567,7 @@ CHANGES = {  # the short form, for the "last change" of the status table
     "delete": "deleted", "fallback-add": "fallback added", "fallback-delete": "fallback removed",
     "up": "up: {reason}", "down": "down: {reason}", "kept": "down, kept: {reason}",
     "held": "held out: {reason}", "released": "{reason}",
+    "drain": "draining: weight set to 0",
 }
 EVENT_MESSAGES = {
     "up": "{server} is up in {vs}: {reason}",
@@ -5463,6 +5581,7 @@ HELD = {  # a change not made because the one it needed failed
     "delete": "{server} left in {vs} although down: the fallback could not be added (the pool would be empty)",
     "quiesce": "{server} left at its weight in {vs} although down: the fallback could not be added",
     "fallback-delete": "{server} fallback left in {vs}: no real server could be put back",
+    "drain": "{server} left at its weight in {vs} although drained: the fallback could not be added",
 }
 
 
@@ -5538,6 +5657,7 @@ class Monitor:
         self.fallback_ran: Dict[Tuple[Tuple[str, str], Tuple[str, ...]], Tuple[str, Optional[subprocess.Popen]]] = {}
         self.output.log.facility = config.syslog
         self.maintenance = MaintenanceDir(output)
+        self.drain_dir = ""  # the drains' folder when the config has no maintenancedir (drain_folder); "": none
         self.due: Dict[Tuple[str, str], float] = {}  # when each service is next probed (monotonic); absent: now
         self.next_tick = 0.0  # the next pass at the latest (the config's interval): status, autoreload, holds
         self.last: Dict[Tuple[str, str], ServiceReport] = {}  # each service's rows of its last probing
@@ -5905,15 +6025,16 @@ class Monitor:
         return min(due + [self.next_tick]) - time.monotonic()
 
     def _holds(self) -> Dict[Tuple[Tuple[str, str], Endpoint], Hold]:
-        """The real servers an operator holds out this pass (maintenancedir), by service."""
-        folder = self.config.maintenancedir
+        """The real servers an operator holds out this pass (maintenancedir, drains), by service."""
+        folder = self.config.maintenancedir or self.drain_dir
         if not folder:
             return {}
+        self.maintenance.drains_only = not self.config.maintenancedir
         self.maintenance.scan(folder)
         holds = {}
         for vs in self.config.services:
             for rs in vs.servers:
-                hold = self.maintenance.hold(folder, rs)
+                hold = self.maintenance.hold(folder, rs, vs.name)
                 if hold is not None:
                     holds[(vs.ipvs_key, rs.endpoint)] = hold
         return holds
@@ -6088,7 +6209,8 @@ class Monitor:
             health = view.health
             by_server = {rs.endpoint: view.results.get(rs.endpoint) or results.get(
                 self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
-                if rs.endpoint not in held else ProbeResult(False, held[rs.endpoint].reason, 0.0)
+                if rs.endpoint not in held else ProbeResult(False, health[rs.endpoint].reason if health[
+                    rs.endpoint].held else held[rs.endpoint].reason, 0.0)  # a drain's says what it waits for
                 for rs in vs.servers}
             done, after = view.done, view.after
             if view.decided:
@@ -6465,8 +6587,10 @@ def _label(value: str) -> str:
 METRICS = (  # (name, help, value of a server's entry in the snapshot)
     ("monitor_rs_server_up", "1 when the monitor holds the real server healthy.",
      lambda r: int(r["state"] == "up")),
-    ("monitor_rs_server_held", "1 when an operator holds the real server out (maintenancedir).",
+    ("monitor_rs_server_held", "1 when an operator holds the real server out (maintenancedir, drain).",
      lambda r: int(bool(r.get("held")))),
+    ("monitor_rs_server_drained", "1 when the real server is drained (monitor-rs --drain).",
+     lambda r: int(r.get("held") == DRAINED)),
     ("monitor_rs_server_weight", "Weight of the real server in IPVS (-1 when absent).",
      lambda r: -1 if r["ipvs_weight"] is None else r["ipvs_weight"]),
     ("monitor_rs_probe_latency_seconds", "Duration of the last probe.",
@@ -6982,7 +7106,7 @@ def endpoint_status(config: Config, timeout: float = 2.0) -> Optional[dict]:
 STATUS_MAX_BYTES = 256 * 1024 * 1024  # what --status reads of /status at most
 
 
-STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow", MAINTENANCE: "blue"}
+STATE_COLOURS = {"up": "green", "down": "red", "down, kept": "yellow", MAINTENANCE: "blue", DRAINED: "magenta"}
 
 
 def _ipvs(weight: Optional[int], readable: bool = True) -> str:
@@ -7111,6 +7235,163 @@ def check_maintenancedir(config: Config) -> None:
     why = unsafe_path(folder) if os.geteuid() == 0 else ""
     if why:
         raise ConfigError(f"{where}: not read as root, others can change it: {why}")
+
+
+def default_drain_dir() -> str:
+    """Where drains are kept when neither the config (maintenancedir) nor --drain-dir says: DRAIN_DIR
+    for root (it survives reboots: a drain lasts until undrained); a non-root monitor's own folder."""
+    if os.geteuid() == 0:
+        return DRAIN_DIR
+    state = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(state):
+        home = os.path.expanduser("~")
+        state = os.path.join(home, ".local", "state") if os.path.isabs(home) else ""
+    return os.path.join(state, "monitor_rs") if state else os.path.join(private_run_dir(), "drained")
+
+
+def drain_dir_of(config: Config, option: Optional[str]) -> str:
+    """The one folder the drains of this config are in: its maintenancedir (one truth with ldirectord's
+    files), else --drain-dir, else the default.  Both maintenancedir and --drain-dir: a usage error."""
+    if config.maintenancedir and option:
+        raise ConfigError(f"--drain-dir {option}: {config.path} has maintenancedir {config.maintenancedir}, "
+                          "which keeps the drains: give one place, not two")
+    return config.maintenancedir or (os.path.abspath(option) if option else default_drain_dir())
+
+
+def check_drain_dir(folder: str) -> None:
+    """--drain-dir decides what is taken out: as root, one others may write (or could create) is refused."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"--drain-dir {folder}: not a folder")
+    why = unsafe_path(folder) if os.geteuid() == 0 else ""
+    if why:
+        raise ConfigError(f"--drain-dir {folder}: not read as root, others can change it: {why}")
+
+
+def _drain_folder_ready(folder: str) -> str:
+    """Make the drains' folder when absent (0755; a non-root default: 0700, as make_run_dir) and check it
+    as the monitor will read it; "" when fit, else why not."""
+    if folder == default_drain_dir():
+        if os.geteuid() != 0:
+            try:
+                os.makedirs(os.path.dirname(folder), 0o700, exist_ok=True)
+            except OSError as exc:
+                return f"cannot create {os.path.dirname(folder)}: {exc.strerror or exc}"
+        return make_run_dir(folder, private=os.geteuid() != 0)
+    try:
+        os.mkdir(folder, 0o755)  # a final symlink is not followed: it exists, and is checked below
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or exc}"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    why = unsafe_path(folder) if os.geteuid() == 0 else ""
+    return f"{folder}: not read as root, others can change it: {why}" if why else ""
+
+
+def _drains_in(folder: str) -> Dict[str, DrainKey]:
+    """The drain entries in the folder, by name ({} when it does not exist)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return {}
+    return {name: key for name, key in ((name, drain_key(name)) for name in sorted(names)) if key is not None}
+
+
+def _who_acts(config: Config) -> str:
+    """Who will act on a drain: the monitor running for this config (its state file is fresh), or the next one."""
+    now = time.time()
+    if any(read_state(path, now) is not None for path in state_files(config)):
+        return "the running monitor"
+    return "no monitor runs for this config now: once started, the monitor"
+
+
+def _others_monitor(config: Config) -> str:
+    """The monitor running for this config as another user (root's, seen by a user who forgot sudo), or ""."""
+    now = time.time()
+    for path in state_files(config):
+        snap = read_state(path, now)
+        try:
+            owner = os.stat(path).st_uid if snap is not None else os.geteuid()
+        except OSError:
+            continue
+        if owner != os.geteuid():
+            return f"the monitor running for this config (PID {snap['pid']}) is uid {owner}'s"
+    return ""
+
+
+def run_drain(config: Config, folder: str, target: str, service: Optional[str], undo: bool) -> int:
+    """--drain / --undrain: write (or remove) the drain's name in the folder the monitor reads each
+    pass, after checking it names a configured real server; one line says what was done."""
+    option = "--undrain" if undo else "--drain"
+    try:
+        ep = parse_endpoint(target, 0)
+    except ValueError as exc:
+        click.echo(f"monitor_rs: {option} {target}: {exc} (expected RIP or RIP:PORT)", err=True)
+        return EXIT_CONFIG
+    port = ep.port or None
+    services = [vs for vs in config.services if service is None or vs.name == service]
+    if not services:
+        names = ", ".join(vs.name for vs in config.services)
+        click.echo(f"monitor_rs: --service {service}: no [virtual {service}] in {config.path} (there: {names})",
+                   err=True)
+        return EXIT_CONFIG
+    matched = [(vs, rs) for vs in services for rs in vs.servers if rs.ip == ep.ip and port in (None, rs.port)]
+    if not matched:
+        where = f"virtual service {service}" if service is not None else "any virtual service"
+        click.echo(f"monitor_rs: {option} {target}: not a real server of {where} in {config.path}", err=True)
+        return EXIT_CONFIG
+    other = _others_monitor(config) if folder == default_drain_dir() and os.geteuid() != 0 else ""
+    if other:
+        click.echo(f"monitor_rs: {option} {target}: {other}, which does not read this user's drains ({folder}): "
+                   f"run {option} as that user", err=True)
+        return EXIT_CONFIG
+    key = DrainKey(str(ep.ip), port, service)
+    name = drain_name(key)
+    servers = ", ".join(f"{rs} in {vs.label()}" for vs, rs in matched)
+    try:
+        if not undo:
+            why = _drain_folder_ready(folder)
+            if why:
+                click.echo(f"monitor_rs: {option} {target}: {why}", err=True)
+                return EXIT_CONFIG
+            path = os.path.join(folder, name)
+            try:  # an empty entry, never through a symlink; its mtime is when the drain began
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            except FileExistsError:
+                click.echo(f"monitor_rs: {servers}: already drained since "
+                           f"{timestamp(os.lstat(path).st_mtime)} ({name} in {folder}), left as it is")
+                return EXIT_OK
+            limits = sorted({vs.drain_timeout for vs, _ in matched if vs.drain_timeout is not None})
+            limit = (f"or after drain_timeout {', '.join(f'{t:g}' for t in limits)} s"
+                     if limits else "however long that takes (no drain_timeout)")
+            click.echo(f"monitor_rs: drained {servers} ({name} in {folder}): {_who_acts(config)} sets its weight "
+                       f"to 0 at its next pass and deletes it once its active connections end, {limit}; "
+                       "it stays out until --undrain")
+            return EXIT_OK
+        asked = key
+        gone = [n for n, k in _drains_in(folder).items() if k.ip == asked.ip and asked.port in (None, k.port)
+                and asked.service in (None, k.service)]
+        for n in gone:
+            try:
+                os.unlink(os.path.join(folder, n))  # the name itself: unlink never follows a symlink
+            except FileNotFoundError:
+                pass
+        left = sorted({n for n, k in _drains_in(folder).items() for vs, rs in matched
+                       if k.covers(str(rs.ip), rs.port, vs.name)})
+        if left:
+            click.echo(f"monitor_rs: {servers}: still drained by {', '.join(left)} in {folder}: undrain what "
+                       "that names (or remove it)", err=True)
+            return EXIT_FAILED
+        if not gone:
+            click.echo(f"monitor_rs: {servers}: not drained (no drain of it in {folder}), nothing to do")
+            return EXIT_OK
+        click.echo(f"monitor_rs: undrained {servers} (removed {', '.join(gone)} from {folder}): "
+                   f"{_who_acts(config)} checks it again at its next pass and puts it back after rise good checks")
+        return EXIT_OK
+    except OSError as exc:
+        click.echo(f"monitor_rs: {option} {target}: {folder}: {exc.strerror or exc}", err=True)
+        return EXIT_FAILED
 
 
 def _check_settings(vs: VirtualService) -> str:
@@ -7249,7 +7530,7 @@ def show_config(config: Config) -> None:
                   f"probe {ProbeTarget.of(vs, rs).url()}")
 
 
-def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
+def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm, drain_dir: str = "") -> int:
     """--status: a running monitor's state, else one pass of probes that changes nothing."""
     now = time.time()
     snap = endpoint_status(config)  # the running monitor's own answer, when it has an endpoint
@@ -7258,6 +7539,7 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
     if snap is None:
         quiet = Output(LogFile(None), None, to_log=False, echo=False)
         monitor = Monitor(config, ipvsadm, quiet, dry_run=True)
+        monitor.drain_dir = drain_dir  # drained servers show as such
         monitor.assume_empty = False  # no IPVS here: say so, claim no action
         for path in state_files(config):  # a stopped monitor's memory: what it quiesced, what was set by hand
             monitor.recall(read_memory(path))
@@ -7300,9 +7582,18 @@ def run_status(config: Config, console, as_json: bool, ipvsadm: Ipvsadm) -> int:
               help="State file rewritten every pass (config: state_file; default one per config file, in "
               "/run/monitor_rs).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log servers that stay as they are, every pass.")
+@click.option("--drain", metavar="RIP[:PORT]", help="Drain a real server and exit: the running monitor sets its "
+              "weight to 0 at its next pass, deletes it once its active connections end (or after "
+              "drain_timeout), and keeps it out, across restarts, until --undrain. Shown as drained.")
+@click.option("--undrain", metavar="RIP[:PORT]", help="End a drain and exit: the server is checked again and comes "
+              "back after rise good checks.")
+@click.option("--service", "drain_service", metavar="NAME",
+              help="With --drain/--undrain: only in the virtual service NAME ([virtual NAME]); default: in all.")
+@click.option("--drain-dir", metavar="PATH", help=f"Where drains are kept when the config has no maintenancedir "
+              f"(then they are kept there); default {DRAIN_DIR} (a non-root monitor: its own folder).")
 @click.version_option(__version__, "--version", prog_name="monitor_rs")
 def main(config_path, once, dry_run, status, as_json, check_config, interval, timeout, log_file, ipvsadm_path,
-         lock_file, state_file, verbose):
+         lock_file, state_file, verbose, drain, undrain, drain_service, drain_dir):
     """Health-check the real servers of IPVS virtual services; take out the
     failing ones and put them back when they recover.
 
@@ -7312,9 +7603,22 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     (--once), or not all in place (--status); 2 bad config or usage; 3 another
     monitor holds the lock of this config; 4 ipvsadm or IPVS not usable here;
     5 the lock file cannot be opened or locked (lock, --lock-file).
+    --drain/--undrain: 0 done (or nothing to do); 1 still drained by a wider
+    drain, or the entry could not be written; 2 not a configured real server,
+    bad usage, or a drain folder refused.
     """
     if as_json and not status:
         click.echo("monitor_rs: --json goes with --status (it prints the status as JSON)", err=True)
+        sys.exit(EXIT_CONFIG)
+    clash = [name for name, given in (("--undrain", drain is not None and undrain is not None), ("--once", once),
+                                      ("--dry-run", dry_run), ("--status", status), ("--check-config", check_config))
+             if given]
+    if (drain is not None or undrain is not None) and clash:
+        click.echo(f"monitor_rs: {'--drain' if drain is not None else '--undrain'} goes alone, not with {clash[0]}",
+                   err=True)
+        sys.exit(EXIT_CONFIG)
+    if drain_service is not None and drain is None and undrain is None:
+        click.echo("monitor_rs: --service goes with --drain or --undrain", err=True)
         sys.exit(EXIT_CONFIG)
 
     def load() -> Config:
@@ -7328,6 +7632,9 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
         if why:
             raise ConfigError(f"ipvsadm {why}")
         check_maintenancedir(config)
+        if drain_dir:
+            drain_dir_of(config, drain_dir)  # not beside a maintenancedir: one place for the drains
+            check_drain_dir(os.path.abspath(drain_dir))
         return config
 
     watch = ConfigWatch(config_path)  # before the first read: a change meanwhile is seen at the first pass
@@ -7339,14 +7646,18 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
     if check_config:
         show_config(config)
         sys.exit(EXIT_OK)
+    if drain is not None or undrain is not None:
+        sys.exit(run_drain(config, drain_dir_of(config, drain_dir), drain if drain is not None else undrain,
+                           drain_service, undo=drain is None))
 
     console = None
     if sys.stdout is not None and sys.stdout.isatty() and not as_json:  # None: started with stdout closed
         from rich.console import Console
         console = Console(highlight=False)
     ipvsadm = Ipvsadm(config.ipvsadm, config.ipvsadm_timeout)
+    own_drains = os.path.abspath(drain_dir) if drain_dir else default_drain_dir()  # without a maintenancedir
     if status:
-        sys.exit(run_status(config, console, as_json, ipvsadm))
+        sys.exit(run_status(config, console, as_json, ipvsadm, own_drains))
 
     output = Output(LogFile(config.log), console, to_log=not dry_run)
     if not dry_run:
@@ -7364,6 +7675,7 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             click.echo(f"monitor_rs: cannot take the lock {config.lock}: {exc.strerror or exc}", err=True)
             sys.exit(EXIT_NO_LOCK)
     monitor = Monitor(config, ipvsadm, output, dry_run, verbose)
+    monitor.drain_dir = own_drains
     memory = read_memory(config.state_file)  # what an earlier run did: a quiesce to undo, an operator's weight
     if not memory and config.state_file == default_run_path(config.path, "state.json"):
         memory = read_memory(legacy_state_path(config.path))  # the first start after an upgrade from 1.0.0

@@ -205,3 +205,21 @@ def weights(ipvs):
     with open(ipvs.state) as handle:
         (svc,) = json.load(handle)["services"]
     return {f"{d['addr']}:{d['port']}": d["weight"] for d in svc["dests"]}
+
+
+def set_active(ipvs, address, active):
+    """Set a destination's ActiveConn in the fake's table, under the fake's own lock (fake only)."""
+    import fcntl
+    assert ipvs.kind == "fake"
+    with open(ipvs.state + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(ipvs.state) as handle:
+            state = json.load(handle)
+        found = [d for svc in state["services"] for d in svc["dests"] if f"{d['addr']}:{d['port']}" == address]
+        assert found, f"{address} is not in the fake's table"
+        for d in found:
+            d["activeconns"] = active
+        tmp = ipvs.state + ".tmp-test"
+        with open(tmp, "w") as handle:
+            json.dump(state, handle)
+        os.replace(tmp, ipvs.state)

@@ -3,6 +3,7 @@
 The table is simulated by applying each pass's actions, as ipvsadm would.
 """
 
+import dataclasses
 import ipaddress
 
 from hypothesis import given, settings
@@ -306,6 +307,91 @@ def test_a_held_server_is_never_added_goes_out_and_the_pool_never_empties_with_a
         if vs.fallback is not None and not vs.depool_threshold:  # (a threshold keeps failing ones in, beside it)
             serving = any(d.weight > 0 for ep, d in table.items() if ep != vs.stored_endpoint(vs.fallback))
             assert (vs.stored_endpoint(vs.fallback) in table) == (not serving)
+
+
+# Issue 15 (drain): drained servers beside maintenance holds, with any active connections, any
+# drain_timeout, time going on, changes that fail, restarts, and any depool threshold.
+
+draining = st.fixed_dictionaries({
+    "verdicts": st.lists(st.booleans(), min_size=4, max_size=4),
+    "holds": st.lists(st.sampled_from([None, None, "maintenance", "drained", "drained"]), min_size=4, max_size=4),
+    "active": st.lists(st.integers(0, 2), min_size=4, max_size=4),
+    "elapsed": st.sampled_from([0.0, 1.0, 4.0, 10.0]),
+    "failures": st.lists(st.booleans(), max_size=8),
+    "restart": st.booleans(),
+})
+
+
+@settings(max_examples=400, deadline=None)
+@given(vs=st.builds(make_service, n=st.integers(1, 4), fall=st.integers(1, 2), rise=st.integers(1, 2),
+                    quiescent=st.booleans(), fallback=st.booleans(),
+                    threshold=st.sampled_from([0.0, 0.5, 1.0]), forward=st.sampled_from(["-g", "-m"])),
+       drain_timeout=st.sampled_from([None, 0.0, 5.0]),
+       start_present=st.lists(st.booleans(), min_size=4, max_size=4),
+       passes=st.lists(draining, min_size=1, max_size=10))
+def test_a_drained_server_is_never_added_nor_given_weight_and_leaves_only_at_0_connections_or_its_timeout(
+        vs, drain_timeout, start_present, passes):
+    vs = dataclasses.replace(vs, drain_timeout=drain_timeout)
+    fallback = vs.stored_endpoint(vs.fallback) if vs.fallback is not None else None
+    floor = vs.depool_threshold * len(vs.servers)
+    table = {vs.stored_endpoint(rs.endpoint): m.Destination(vs.stored_endpoint(rs.endpoint), "Masq", rs.weight)
+             for rs, present in zip(vs.servers, start_present) if present}
+    health, began, now = {}, {}, 1000.0
+    for step in passes:
+        now += step["elapsed"]
+        if step["restart"]:
+            health = {ep: m.remembered(h) for ep, h in health.items()}
+        table = {ep: dataclasses.replace(d, active=a if ep != fallback else 0)
+                 for (ep, d), a in zip(table.items(), step["active"] * 2)}
+        states = {rs.endpoint: s for rs, s in zip(vs.servers, step["holds"]) if s}
+        began = {ep: began.get(ep, now) for ep, s in states.items() if s == m.DRAINED}  # a drain's start
+        held = {ep: m.Hold(s, f"{s}: by the test", began.get(ep, 0.0)) for ep, s in states.items()}
+        results = {rs.endpoint: OK if ok else BAD for rs, ok in zip(vs.servers, step["verdicts"])}
+        before = dict(table)
+        decision = m.decide(vs, results, table, health, now, held)
+        for action in decision.actions:
+            if action.endpoint not in held:
+                continue
+            listed = before.get(vs.stored_endpoint(action.endpoint))
+            if held[action.endpoint].state == m.MAINTENANCE:
+                assert action.kind in (m.Change.DELETE, m.Change.QUIESCE), action
+            elif action.kind == m.Change.DRAIN:  # never added, never given a weight: 0 first
+                assert action.weight == 0 and listed is not None and listed.weight > 0, (action, listed)
+            else:  # deleted only from 0, once its connections ended or its timeout passed
+                assert action.kind == m.Change.DELETE, action
+                assert listed is not None and listed.weight == 0, (action, listed)
+                assert listed.active == 0 or (
+                    drain_timeout is not None and now - began[action.endpoint] >= drain_timeout), (action, listed)
+        outcome, made = iter(step["failures"]), []
+
+        def make(action):
+            ok = not next(outcome, False)
+            if ok:
+                made.append(action)
+            return ok
+
+        health = m.carry_out(decision, make)
+        table = apply(vs, table, made)
+        if vs.fallback is not None and pool(before):
+            assert pool(table), "the pool was emptied although a fallback is configured"
+        for ep, state in states.items():
+            assert health[ep].held == state and not health[ep].up
+        if made != list(decision.actions):
+            continue
+        gone = {ep for ep, d in before.items() if d.weight > 0 and ep != fallback} - {
+            ep for ep, d in table.items() if d.weight > 0}
+        if gone - {vs.stored_endpoint(ep) for ep in held}:  # the depool floor: none of ours below it
+            assert sum(1 for ep, d in table.items() if d.weight > 0 and ep != fallback) >= floor - 1e-9
+        for ep, state in states.items():  # every change held: a drained server is at 0 or out
+            was, d = before.get(vs.stored_endpoint(ep)), table.get(vs.stored_endpoint(ep))
+            if state == m.DRAINED:
+                assert d is None or d.weight == 0, (ep, d)
+            if state == m.DRAINED and was is not None and was.weight == 0 and (
+                    was.active == 0 or (drain_timeout is not None and now - began[ep] >= drain_timeout)):
+                assert d is None, (ep, was, d)
+        if vs.fallback is not None and not vs.depool_threshold:
+            serving = any(d.weight > 0 for ep, d in table.items() if ep != fallback)
+            assert (fallback in table) == (not serving)
 
 
 # Issue 14: act on each result as it arrives.  The monitor decides a service on each batch of

@@ -203,8 +203,9 @@ def realistic_snapshot():
                                                                                        state="down, kept")]))
 
 
-FAMILIES = ["monitor_rs_server_up", "monitor_rs_server_held", "monitor_rs_server_weight", "monitor_rs_probe_latency_seconds",
-            "monitor_rs_service_contested", "monitor_rs_last_pass_timestamp_seconds", "monitor_rs_pass_duration_seconds"]
+FAMILIES = ["monitor_rs_server_up", "monitor_rs_server_held", "monitor_rs_server_drained", "monitor_rs_server_weight",
+            "monitor_rs_probe_latency_seconds", "monitor_rs_service_contested",
+            "monitor_rs_last_pass_timestamp_seconds", "monitor_rs_pass_duration_seconds"]
 
 
 def family_of(line):
@@ -221,7 +222,7 @@ def test_metrics_group_each_family_together():
     for name in FAMILIES:
         block = [line for line in lines if family_of(line) == name]
         assert block[0].startswith(f"# HELP {name} ") and block[1] == f"# TYPE {name} gauge"
-    assert sum(order.count(name) for name in FAMILIES[:4]) == 4 * (2 + 4)
+    assert sum(order.count(name) for name in FAMILIES[:5]) == 5 * (2 + 4)
 
 
 def test_metrics_pass_promtool(tmp_path):
