@@ -267,6 +267,11 @@ class Requests:
             raise AssertionError(f"the client exited {self.proc.returncode}: {self.proc.stderr.read()}")
         return sum(r[2] for r in done) >= count and done[-1][2]
 
+    def go_on(self, what):
+        """Wait until ten requests begun from now on have been answered (and the last one)."""
+        now = time.time()
+        wait_until(lambda: self.ok_since(now, 10), timeout=60, what=what)
+
     def stop(self):
         self.stop_file.touch()
         try:
@@ -417,9 +422,14 @@ def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
     servers, directors, client, first, second = {}, {}, None, None, None
     figures = []
 
+    progress = os.path.join(os.environ.get("MONITOR_RS_VM_OUT", str(tmp_path)), "test_vm_ha.progress")
+    open(progress, "w").close()
+
     def say(line):
         figures.append(line)
         print(line)
+        with open(progress, "a") as handle:  # followed from the host while the VM runs
+            handle.write(line + "\n")
 
     try:
         build_lan()
@@ -434,6 +444,7 @@ def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
             d.monitor.start()
         for d in (dir1, dir2):
             wait_until(lambda: right(d.table()), timeout=60, what=f"{d.name}: monitor_rs fills its table")
+        say(f"setup: LAN, nginx, sync daemons, both tables filled by monitor_rs: {time.time() - started:.1f} s")
         for d in (dir1, dir2):
             daemons = d.ipvs("-L", "--daemon")
             assert "master sync daemon" in daemons and "backup sync daemon" in daemons, daemons
@@ -441,6 +452,7 @@ def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
         wait_until(lambda: holds_vip("dir1"), timeout=60, what="dir1 (keepalived master) takes the VIP")
         dir2.start_keepalived()
         wait_until(lambda: "Entering BACKUP STATE" in dir2.log(), timeout=60, what="dir2: keepalived backup")
+        say(f"setup: keepalived master on dir1, backup on dir2: {time.time() - started:.1f} s")
         assert holds_vip("dir1") and not holds_vip("dir2")
         client = Requests(tmp_path)
         wait_until(lambda: client.ok_since(0, 10), timeout=60, what="the client's requests answered")
@@ -458,7 +470,7 @@ def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
         for d in (dir1, dir2):
             wait_until(lambda: right(d.table()), timeout=60, what=f"{d.name}: rs1 back in the table")
             say(f"(1) rs1 back: in {d.name}'s table after {time.time() - t1b:.1f} s (or less)")
-        wait_until(lambda: client.ok_since(time.time(), 10), timeout=60, what="requests answered after (1)")
+        client.go_on("requests answered after (1)")
         lost1 = [r for r in client.since(t1) if not r[2]]
         say(f"(1) requests failed while rs1 was down and coming back: {len(lost1)} of {len(client.since(t1))}"
             f" (sent to rs1 before a director took it out)")
@@ -477,7 +489,7 @@ def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
         sh("ip", "-n", ns("dir1"), "link", "set", "eth0", "down")
         wait_until(lambda: holds_vip("dir2"), timeout=60, what="the VIP on dir2")
         vip_moved = time.time() - t2
-        wait_until(lambda: client.ok_since(time.time(), 10), timeout=60, what="requests answered through dir2")
+        client.go_on("requests answered through dir2")
         answer = first.ask()
         during = client.since(t2 - 1.1)  # a request begun up to its 1 s timeout before the kill can fail too
         lost2 = [r for r in during if not r[2]]
@@ -505,7 +517,7 @@ def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
         dir1.start_keepalived()
         wait_until(lambda: holds_vip("dir1") and not holds_vip("dir2"), timeout=60, what="the VIP back on dir1")
         vip_back = time.time() - t3b
-        wait_until(lambda: client.ok_since(time.time(), 10), timeout=60, what="requests answered through dir1")
+        client.go_on("requests answered through dir1")
         answer2 = second.ask()
         answer1 = first.ask()
         lost3 = [r for r in client.since(t3b - 1.1) if not r[2]]
