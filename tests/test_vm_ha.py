@@ -30,7 +30,9 @@ The scenario, while the client keeps asking:
     monitor_rs refills its table, keepalived starts again and takes the VIP back
     (higher priority); a connection opened through dir2 survives that move too.
 It prints the failover times and the requests lost (pytest -rA shows them) and keeps
-a report in $MONITOR_RS_VM_OUT/test_vm_ha/.
+a report in $MONITOR_RS_VM_OUT/test_vm_ha/ (figures.txt, each director's logs, the LAN script).
+
+Outside the VM, the fast tier checks the contrib files with keepalived's own parser.
 """
 
 import os
@@ -46,8 +48,6 @@ import pytest
 from harness import SLOW, Monitor, wait_until
 
 KERNEL = os.environ.get("MONITOR_RS_IPVS") == "1"
-pytestmark = [pytest.mark.ipvs, pytest.mark.skipif(
-    not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTRIB = os.path.join(os.path.dirname(HERE), "contrib")
@@ -440,6 +440,37 @@ def show(table):
 ###############################################################################
 
 
+@pytest.mark.skipif(shutil.which("keepalived", path=os.environ.get("PATH", "") + ":/usr/sbin") is None
+                    and os.environ.get("CI") != "true", reason="keepalived is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("kind", ["master", "backup"])
+def test_contrib_keepalived_conf_passes_keepalived_config_test(kind, tmp_path):
+    """The fast tier's check of the shipped files (the VM test runs them): keepalived's
+    own parser accepts each as shipped, and the two differ only where a pair must."""
+    path = os.path.join(CONTRIB, f"keepalived-{kind}.conf")
+    # keepalived refuses an interface this machine lacks: the template's eth0 becomes one it has
+    here = sorted(name for name in os.listdir("/sys/class/net") if name != "lo"
+                  and os.path.exists(f"/sys/class/net/{name}/address"))
+    if not here:
+        pytest.skip("no network interface but lo here: keepalived cannot check a vrrp_instance")
+    with open(path) as handle:
+        text = handle.read()
+    assert text.count("eth0") >= 2, f"{path}: the template names its interface eth0"
+    (tmp_path / "keepalived.conf").write_text(text.replace("eth0", here[0]))
+    proc = subprocess.run([need("keepalived"), "--config-test", "--vrrp", "--use-file", "keepalived.conf"],
+                          capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert proc.returncode == 0, f"keepalived --config-test {path} (eth0: {here[0]}): {proc.returncode} {proc.stderr}"
+    with open(os.path.join(CONTRIB, "keepalived-master.conf")) as a, open(path) as b:
+        master, this = a.read().splitlines(), b.read().splitlines()
+    differ = {(x.strip(), y.strip()) for x, y in zip(master, this) if x != y}
+    assert len(master) == len(this) and differ <= {
+        ("# keepalived-master.conf: the VRRP half of a pair of LVS directors that run monitor_rs.",
+         "# keepalived-backup.conf: the VRRP half of a pair of LVS directors that run monitor_rs."),
+        ("router_id director1", "router_id director2"), ("state MASTER", "state BACKUP"),
+        ("priority 150", "priority 100")}, differ
+
+
+@pytest.mark.ipvs
+@pytest.mark.skipif(not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")
 def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
     nginx = need("nginx")
     ipvsadm = need("ipvsadm")
