@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -102,7 +103,7 @@ def lan_script():
     # before any link is up; arp_ignore and arp_announce use the larger of all and the device's
     lines += [f"ip netns exec {ns(name)} sysctl -q -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2"
               for name in SERVERS]
-    lan = [f"link add br0 type bridge mcast_snooping 0", "link set br0 up"]
+    lan = ["link add br0 type bridge mcast_snooping 0", "link set br0 up"]
     for name in HOSTS:
         lan += [f"link add {name} type veth peer name eth0 netns {ns(name)}", f"link set {name} master br0 up"]
     lines += [f"ip -n {LAN} -batch - <<'END'", *lan, "END"]
@@ -327,10 +328,6 @@ class Held:
 ###############################################################################
 
 
-class RealIpvsadm:
-    path = "/usr/sbin/ipvsadm"
-
-
 def monitor_conf():
     servers = " ".join(ip_of(name) for name in SERVERS)
     return ("[monitor]\ninterval = 1\ntimeout = 1\n\n"
@@ -349,12 +346,15 @@ def keepalived_conf(director):
 
 
 class Director:
+    """A director: its namespace's own IPVS table (the real ipvsadm), its monitor_rs (as an
+    operator runs it, in the namespace), its keepalived, its sync daemons."""
+
     def __init__(self, root, name, ipvsadm):
         self.name = name
         self.dir = root / name
         self.dir.mkdir()
         self.ipvsadm = ipvsadm
-        self.monitor = Monitor(self.dir, RealIpvsadm, monitor_conf())
+        self.monitor = Monitor(self.dir, types.SimpleNamespace(path=ipvsadm), monitor_conf())
         self.monitor.argv = ["ip", "netns", "exec", ns(name)] + self.monitor.argv
         self.conf = self.dir / "keepalived.conf"
         self.conf.write_text(keepalived_conf(name))
@@ -514,7 +514,8 @@ def test_two_directors_keepalived_vrrp_and_sync_daemon(tmp_path):
                    timeout=60, what="keepalived: dir1 master (the VIP), dir2 backup")
         client.go_on("the client's requests answered")
         steady = time.time()
-        say(f"setup: monitor_rs's tables, keepalived master on dir1, backup on dir2, the client: {steady - started:.1f} s")
+        say(f"setup: monitor_rs's tables, keepalived master on dir1, backup on dir2, the client: "
+            f"{steady - started:.1f} s")
 
         # (1) rs1 dies and comes back: both directors' tables follow.
         t1 = time.time()
