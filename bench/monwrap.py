@@ -7,6 +7,8 @@ one line ``<start> <end of run_pass> <end of the cycle> <CPU s>`` to
 $BENCH_PASS_LOG (epoch seconds; the cycle ends when the loop goes to sleep, so
 it includes what the loop does after run_pass, e.g. writing a state file; CPU
 is this process's, over the cycle), then calls its CLI with this process's arguments. With
+$BENCH_CPROFILE set, the cycles from the third on run under cProfile, its stats written to that
+path after each (the passes are then slower: their times are not figures). With
 $BENCH_PROC_IP_VS set, the table is read from that file instead of /proc/net/ip_vs. Nothing
 else is changed: same process, same code path as ``python3 monitor_rs.py``.
 """
@@ -27,9 +29,15 @@ original_run_pass = module.Monitor.run_pass
 
 
 pending = []  # the pass that ran, until the loop goes to sleep
+profiler, cycles = None, [0]
+if os.environ.get("BENCH_CPROFILE"):  # cProfile of each cycle from the third on, dumped there after each
+    import cProfile
+    profiler = cProfile.Profile()
 
 
 def timed_run_pass(self):
+    if profiler is not None and cycles[0] >= 2:
+        profiler.enable()
     start, cpu = time.time(), time.process_time()
     try:
         return original_run_pass(self)
@@ -46,6 +54,11 @@ def timed_sleep(self, seconds):
         del pending[:]
         now = time.time()
         os.write(log_fd, f"{start:.6f} {end:.6f} {now:.6f} {time.process_time() - cpu:.6f}\n".encode())
+        if profiler is not None:
+            profiler.disable()
+            cycles[0] += 1
+            if cycles[0] > 2:
+                profiler.dump_stats(os.environ["BENCH_CPROFILE"])
     if self is not None:
         return original_sleep(self, seconds)
 

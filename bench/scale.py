@@ -175,6 +175,9 @@ class World:
             self.hog = rb.spawn(["taskset", "-c", "0", PY, "-c", "while True: pass"])
         env = {"PATH": os.path.join(self.dir, "bin") + ":" + rb.CLEAN_PATH, "HOME": self.dir, "LANG": "C.UTF-8",
                "BENCH_MONITOR": self.args.monitor, "BENCH_PASS_LOG": self.pass_log}
+        if self.args.cprofile:  # cProfile of the cycles after the warm-up (bench/monwrap.py)
+            os.makedirs(self.args.cprofile, exist_ok=True)
+            env["BENCH_CPROFILE"] = os.path.join(self.args.cprofile, os.path.basename(self.dir) + ".prof")
         if proc:  # the table read as with the system's ipvsadm: one read of (a synthetic) /proc/net/ip_vs a pass
             env["BENCH_PROC_IP_VS"] = self.proc_file()
             with open(self.conf) as handle:
@@ -555,6 +558,8 @@ def main():
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--out", default=os.path.join(HERE, "scale.md"))
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--cprofile", metavar="DIR", help="run monitor_rs under cProfile (after its warm-up), "
+                        "writing DIR/<part>.prof; its pass times are then not figures")
     parser.add_argument("--render", action="store_true", help="only write the .md again from the .json")
     args = parser.parse_args()
     if args.render:

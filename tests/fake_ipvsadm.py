@@ -47,12 +47,8 @@ import fcntl
 import ipaddress
 import json
 import os
-import random
 import re
-import socket
-import string
 import sys
-import tempfile
 import time
 
 STATE_ENV = "FAKE_IPVSADM_STATE"
@@ -212,6 +208,7 @@ def service_port(name, protocol):
     """Port of a service name from /etc/services, or None."""
     if protocol is None:
         return None
+    import socket  # here: each call is a process, and most never need it
     try:
         return socket.getservbyname(name, protocol.lower())
     except OSError:
@@ -465,6 +462,7 @@ def load(path):
 
 def save(path, state):
     """Write the table atomically (temporary file, then rename)."""
+    import tempfile
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                                prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
@@ -752,6 +750,8 @@ def hang(batch=None):
 
 def garbage():
     """A few lines of random printable characters."""
+    import random
+    import string
     rng = random.Random()
     chars = string.ascii_letters + string.digits + string.punctuation + " "
     lines = ("".join(rng.choice(chars) for _ in range(rng.randint(1, 79)))
