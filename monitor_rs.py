@@ -5627,11 +5627,16 @@ class Monitor:
         """The destinations of `vs`: from the pass's read of /proc when there is one and it has the
         service; else ``ipvsadm -Ln`` for it, whose word on a service missing is final (a firewall
         mark /proc cannot place, a service created or removed while the file was read).  A service
-        the monitor manages (scheduler) is read through ipvsadm too: its whole service line, which
-        /proc does not always show (persistence in ticks, IPv6 ops), is what it is corrected on."""
+        the monitor manages (scheduler) is corrected on its service line: from /proc when the file
+        shows it whole (`heads`: scheduler and ops, not persistent; the scheduler flags it never
+        shows are not corrected on), else through ipvsadm (persistence in the kernel's ticks, IPv6 ops)."""
         tables = self.listed
-        if tables is None or vs.ipvs_key not in tables or vs.scheduler:
+        if tables is None or vs.ipvs_key not in tables or (vs.scheduler and vs.ipvs_key not in tables.heads):
             return self.ipvsadm.read_service(vs, self.stop_requested)
+        if vs.scheduler:
+            table = ServiceTable(parse_head(tables.heads[vs.ipvs_key]))
+            table.update(tables[vs.ipvs_key])
+            return table
         return tables[vs.ipvs_key]
 
     def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:
