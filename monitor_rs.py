@@ -2392,6 +2392,20 @@ class Ipvsadm:
         return listing[vs.ipvs_key]
 
 
+def restored_listing(vs: VirtualService, result: CommandResult) -> Optional[ServiceTable]:
+    """The service as the last line of an ``ipvsadm -R`` (``-Ln`` of it) listed it, or None when
+    the run did not end there well: its exit status is that line's, and a run ended early
+    (validation: exit 2, a listing refused: 1) or killed is not 0.  The changes and their marks
+    print nothing on stdout, so the listing is all of it."""
+    if result.returncode != 0 or not result.stdout:
+        return None
+    try:
+        listing = parse_listing(result.stdout)
+    except IpvsError:
+        return None
+    return listing.get(vs.ipvs_key) if len(listing) == 1 else None
+
+
 # The kernel's own listing, /proc/net/ip_vs (ip_vs_ctl.c, ip_vs_info_seq_show): the whole table in
 # one read, no process.  Addresses and ports in hexadecimal (IPv6 as 8 groups of 4 hex digits in
 # brackets), the firewall mark in hexadecimal (unsigned: ipvsadm 1.31 prints a mark over 2^31 as a
@@ -5668,6 +5682,7 @@ class Monitor:
         lines: List[Sequence[str]] = []
         for i, a in enumerate(actions):  # each change followed by its mark (see _read_back)
             lines += [a.args, ("-L", _mark(i))]
+        lines.append(("-Ln", *vs.service_args))  # and the service listed at the end: read back in the same process
         result = self.ipvsadm.restore(lines)
         whys = self._read_back(vs, actions, result)
         return [functools.partial(self._outcome, vs, a, why, report) for a, why in zip(actions, whys)]
@@ -5681,15 +5696,16 @@ class Monitor:
         what stderr says between two marks is that change's own, word for word.  A change
         whose mark is missing ended the run (a line that fails validation: -R's status is
         its own), or came after it (never run); when -R was killed at its timeout (what it
-        said is lost), the table alone says.  When the service cannot be read back (or the
+        said is lost), the table alone says.  The table is the -R's own last line's listing
+        when the run got there (restored_listing), else read with ipvsadm -Ln.  When the service cannot be read back (or the
         monitor is asked to stop), a change whose mark came with no word of ipvsadm held,
         as a lone ipvsadm's exit status 0 said; the others, unknown, are taken as failed
         (the next pass reads the table, and its memory of the weights tried, again)."""
         if result.returncode == -1:  # it never ran: nothing was changed
             return [result.why()] * len(actions)
-        table: Optional[Table] = None
+        table: Optional[Table] = restored_listing(vs, result)
         unread = result.why()
-        if not self.stop_requested():  # no new process once asked to stop
+        if table is None and not self.stop_requested():  # no new process once asked to stop
             try:
                 table = self.ipvsadm.read_service(vs, self.stop_requested)
             except IpvsStopped:

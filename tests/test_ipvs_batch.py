@@ -435,7 +435,10 @@ def test_a_delete_refused_in_a_batch_because_the_server_was_already_gone_is_fail
         ("failed", f"{rs(12)} delete FAILED in 127.0.0.1:80 (web): exit 255: No such destination "
                    f"({ipvs.path} -d -t 127.0.0.1:80 -r {rs(12)})"),
         ("delete", f"{rs(13)} is out of work, deleted from 127.0.0.1:80 (web)")]
-    assert [c[:1] for c in ipvs.listing_calls()][-2:] == [["-R"], ["-Ln"]]  # the -R, one listing read back
+    assert ipvs.listing_calls()[-2:] == [["-d", "-t", "127.0.0.1:80", "-r", rs(12)], ["-R"]]  # read back by the -R
+    with open(ipvs.calls) as handle:
+        last = json.loads(handle.read().splitlines()[-1])
+    assert last["stdin"][-1] == ["-Ln", "-t", "127.0.0.1:80"]  # its own last line: before, a second process
 
 
 def test_a_batch_stopped_by_a_line_that_fails_validation_is_read_back_not_assumed(tmp_path):
