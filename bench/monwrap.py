@@ -9,7 +9,9 @@ it includes what the loop does after run_pass, e.g. writing a state file; CPU
 is this process's, over the cycle), then calls its CLI with this process's arguments. With
 $BENCH_CPROFILE set, the cycles from the third on run under cProfile, its stats written to that
 path after each (the passes are then slower: their times are not figures). With
-$BENCH_PROC_IP_VS set, the table is read from that file instead of /proc/net/ip_vs. Nothing
+$BENCH_PROC_IP_VS set, the table is read from that file instead of /proc/net/ip_vs; with
+$BENCH_PROC_FROM_STATE (the fake's state file), from that table printed as the kernel's file
+at each read (the rendering is charged to the monitor: a few ms for 1000 destinations). Nothing
 else is changed: same process, same code path as ``python3 monitor_rs.py``.
 """
 
@@ -69,5 +71,21 @@ if hasattr(module, "Signals"):
 module.Monitor.run_pass = timed_run_pass
 if os.environ.get("BENCH_PROC_IP_VS"):  # a synthetic /proc/net/ip_vs (bench/scale.py): read instead of the kernel's
     module.PROC_IP_VS = os.environ["BENCH_PROC_IP_VS"]
+if os.environ.get("BENCH_PROC_FROM_STATE"):  # /proc/net/ip_vs as the kernel would show the fake's table at each read
+    import json
+
+    def proc_of_state(path=None):
+        """The fake's JSON table (IPv4 address services) printed as ip_vs_info_seq_show prints it, parsed."""
+        hexa = lambda ip, port: "%08X:%04X" % (int.from_bytes(bytes(int(x) for x in ip.split(".")), "big"), port)
+        with open(os.environ["BENCH_PROC_FROM_STATE"]) as handle:
+            state = json.load(handle)
+        lines = ["IP Virtual Server version 1.2.1 (size=4096)", "Prot LocalAddress:Port Scheduler Flags",
+                 "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn"]
+        for svc in state["services"]:
+            lines.append(f"{svc['protocol']:<4} {hexa(svc['addr'], svc['port'])} {svc['scheduler']} ")
+            lines += [f"  -> {hexa(d['addr'], d['port'])}      {d['forward']:<7} {d['weight']:<6} 0          0         "
+                      for d in svc["dests"]]
+        return module.parse_proc("\n".join(lines) + "\n")
+    module.read_proc = proc_of_state
 sys.argv[0] = path
 module.main()
