@@ -2636,6 +2636,15 @@ class ProbeTarget:
         deadline = vs.timeout if vs.timeout is not None else timeout
         return target if deadline is None else dataclasses.replace(target, timeout=deadline)
 
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash(tuple(getattr(self, field.name) for field in dataclasses.fields(self)))
+
+    def __hash__(self) -> int:
+        # Once per config, as the dataclass's own hash would be at each call (every field, an address
+        # among them): a target keys the pass's dictionaries, ~5 lookups a server a pass.
+        return self._hash
+
     @functools.cached_property  # frozen: computed once per config, not per probe per pass
     def socket_address(self) -> Tuple[int, Tuple[str, int]]:
         return (socket.AF_INET6 if self.ip.version == 6 else socket.AF_INET), (str(self.ip), self.port)

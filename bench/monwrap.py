@@ -37,6 +37,19 @@ if os.environ.get("BENCH_CPROFILE"):  # cProfile of each cycle from the third on
     profiler = cProfile.Profile()
 
 
+gc_time = [0.0, 0.0, 0, None]  # seconds in the collector this cycle, when the current collection began, collections
+if os.environ.get("BENCH_GC"):  # the collector's time per cycle: a line "<start> <seconds> <full collections>" there
+    import gc
+
+    def gc_timer(phase, info):
+        if phase == "start":
+            gc_time[1] = time.thread_time()
+        else:
+            gc_time[0] += time.thread_time() - gc_time[1]
+            gc_time[2] += info["generation"] == 2
+    gc.callbacks.append(gc_timer)
+
+
 def timed_run_pass(self):
     if profiler is not None and cycles[0] >= 2:
         profiler.enable()
@@ -56,6 +69,14 @@ def timed_sleep(self, seconds):
         del pending[:]
         now = time.time()
         os.write(log_fd, f"{start:.6f} {end:.6f} {now:.6f} {time.process_time() - cpu:.6f}\n".encode())
+        if os.environ.get("BENCH_GC_FREEZE") and not gc_time[3]:  # an experiment: gc.freeze() after the first cycle
+            import gc
+            gc_time[3] = gc.get_count()
+            gc.freeze()
+        if os.environ.get("BENCH_GC"):
+            with open(os.environ["BENCH_GC"], "a") as handle:
+                handle.write(f"{start:.6f} {gc_time[0]:.6f} {gc_time[2]}\n")
+            gc_time[0] = gc_time[2] = 0
         if profiler is not None:
             profiler.disable()
             cycles[0] += 1

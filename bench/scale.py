@@ -177,6 +177,9 @@ class World:
             self.hog = rb.spawn(["taskset", "-c", "0", PY, "-c", "while True: pass"])
         env = {"PATH": os.path.join(self.dir, "bin") + ":" + rb.CLEAN_PATH, "HOME": self.dir, "LANG": "C.UTF-8",
                "BENCH_MONITOR": self.args.monitor, "BENCH_PASS_LOG": self.pass_log}
+        env["BENCH_GC"] = os.path.join(self.dir, "gc.log")  # the collector's time per cycle (monwrap)
+        if os.environ.get("BENCH_GC_FREEZE"):
+            env["BENCH_GC_FREEZE"] = "1"
         if self.args.cprofile:  # cProfile of the cycles after the warm-up (bench/monwrap.py)
             os.makedirs(self.args.cprofile, exist_ok=True)
             env["BENCH_CPROFILE"] = os.path.join(self.args.cprofile, os.path.basename(self.dir) + ".prof")

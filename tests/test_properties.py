@@ -503,3 +503,17 @@ def test_endpoints_equal_as_parsed_are_one_dictionary_key(a, b, port, six):
                                         port): "other family"}
     assert again == first and hash(again) == hash(first) and table[again] == "first"
     assert (m.Endpoint(make(b), port) in table) == (b == a)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.integers(0, 2 ** 32 - 1), b=st.integers(0, 2 ** 32 - 1), port=st.integers(1, 65535),
+       timeouts=st.tuples(st.none() | st.sampled_from([0.5, 1.0]), st.none() | st.sampled_from([0.5, 1.0])),
+       checks=st.tuples(st.sampled_from(["tcp", "http"]), st.sampled_from(["tcp", "http"])))
+def test_probe_targets_hash_once_as_their_fields_compare(a, b, port, timeouts, checks):
+    """ProbeTarget's hash, computed once: equal targets (made apart) are one key, unequal ones two."""
+    one = m.ProbeTarget(checks[0], ipaddress.IPv4Address(a), port, timeout=timeouts[0])
+    two = m.ProbeTarget(checks[1], ipaddress.IPv4Address(b), port, timeout=timeouts[1])
+    table = {one: "one"}
+    assert (two in table) == (one == two) == (a == b and timeouts[0] == timeouts[1] and checks[0] == checks[1])
+    assert hash(m.ProbeTarget(checks[0], ipaddress.IPv4Address(a), port, timeout=timeouts[0])) == hash(one)
+    assert one == m.ProbeTarget(**{f.name: getattr(one, f.name) for f in __import__("dataclasses").fields(one)})
