@@ -2636,14 +2636,11 @@ class ProbeTarget:
         deadline = vs.timeout if vs.timeout is not None else timeout
         return target if deadline is None else dataclasses.replace(target, timeout=deadline)
 
-    @functools.cached_property
-    def _hash(self) -> int:
-        return hash(tuple(getattr(self, field.name) for field in dataclasses.fields(self)))
-
     def __hash__(self) -> int:
-        # Once per config, as the dataclass's own hash would be at each call (every field, an address
-        # among them): a target keys the pass's dictionaries, ~5 lookups a server a pass.
-        return self._hash
+        # A few fields (equal targets have them equal), the address as its integer: the dataclass's own
+        # hashes all thirteen, ipaddress's as hex, at each of the ~5 lookups a server a pass.  Not
+        # cached: one more key in each target's __dict__ costs ~800 bytes, 8 MB at 10,000.
+        return hash((self.ip._ip, self.port, self.check, self.timeout))
 
     @functools.cached_property  # frozen: computed once per config, not per probe per pass
     def socket_address(self) -> Tuple[int, Tuple[str, int]]:
