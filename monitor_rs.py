@@ -2205,7 +2205,7 @@ class IpvsUnavailable(IpvsError):
     """ipvsadm missing or not runnable, or the kernel has no IPVS."""
 
 
-@functools.lru_cache(maxsize=4096)  # the same addresses come back every pass
+@functools.lru_cache(maxsize=65536)  # the same addresses come back every pass (a cache smaller than the table: no hit)
 def parse_address(text: str) -> Endpoint:
     """An address as ipvsadm prints it (firewall-mark destinations have port 0)."""
     return parse_endpoint(text, None, lowest_port=0)
