@@ -109,6 +109,23 @@ def test_fake_restore_listing_goes_to_stdout(tmp_path):
     assert (out, err, status) == (ipvs.run("-Ln", "-t", SVC).stdout, "", 0)
 
 
+# What Monitor._apply_batch sends: each change and its mark, then the service listed (read back).
+MONITORS_BATCH = (f"-a {T} -r {rs(11)} -m -w 2\n-L --monitor-rs-after-0\n-a {T} -r {rs(11)} -m -w 3\n"
+                  f"-L --monitor-rs-after-1\n-d {T} -r {rs(99)}\n-L --monitor-rs-after-2\n-Ln {T}\n")
+
+
+def test_fake_restore_of_the_monitors_batch_lists_the_service_last(tmp_path):
+    """The listing that ends a batch is the service after every line ran; stderr has the marks and
+    the kernel's words between them; the status is the listing's (0)."""
+    ipvs = Ipvs("fake", tmp_path)
+    ipvs.service(SVC)
+    out, err, status = restore(ipvs, MONITORS_BATCH)
+    assert (out, status) == (ipvs.run("-Ln", "-t", SVC).stdout, 0)
+    assert err == ("--monitor-rs-after-0: unknown option\nDestination already exists\n--monitor-rs-after-1: unknown "
+                   "option\nNo such destination\n--monitor-rs-after-2: unknown option\n")
+    assert "127.0.0.11:80" in out
+
+
 def test_fake_restore_is_one_logged_call(tmp_path):
     ipvs = Ipvs("fake", tmp_path)
     ipvs.service(SVC)
@@ -186,7 +203,8 @@ def test_fake_restore_matches_the_real_one(tmp_path):
     fake = Ipvs("fake", tmp_path / "f")
     seen, differences = [], []
     try:
-        for name, text, _, _, _ in SCENARIOS + [("listing", f"-a {T} -r {rs(11)} -m -w 2\n-Ln {T}\n", "", 0, [])]:
+        for name, text, _, _, _ in SCENARIOS + [("listing", f"-a {T} -r {rs(11)} -m -w 2\n-Ln {T}\n", "", 0, []),
+                                                ("the monitor's batch", MONITORS_BATCH, "", 0, [])]:
             got = {}
             for ipvs in (kernel, fake):
                 ipvs.run("-C")

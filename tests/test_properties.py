@@ -510,7 +510,8 @@ def test_endpoints_equal_as_parsed_are_one_dictionary_key(a, b, port, six):
        timeouts=st.tuples(st.none() | st.sampled_from([0.5, 1.0]), st.none() | st.sampled_from([0.5, 1.0])),
        checks=st.tuples(st.sampled_from(["tcp", "http"]), st.sampled_from(["tcp", "http"])))
 def test_probe_targets_hash_once_as_their_fields_compare(a, b, port, timeouts, checks):
-    """ProbeTarget's hash, computed once: equal targets (made apart) are one key, unequal ones two."""
+    """ProbeTarget's own hash (address as an integer, port, check, timeout): equal targets made apart
+    are one key, unequal ones two."""
     one = m.ProbeTarget(checks[0], ipaddress.IPv4Address(a), port, timeout=timeouts[0])
     two = m.ProbeTarget(checks[1], ipaddress.IPv4Address(b), port, timeout=timeouts[1])
     table = {one: "one"}
