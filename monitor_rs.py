@@ -4383,6 +4383,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         new[ep] = h
         if up:
             weight = intended_weight(rs, h)
+            done = dataclasses.replace(h, quiesced=False, weight=weight)
             kind = None
             if stored is None:
                 kind, flag = Change.ADD, "-a"
@@ -4397,7 +4398,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                     why = "the configured weight" if h.asked is None else f"asked by its check ({result.reason})"
                 gains.append(Action(kind, str(rs), _change_args(vs, flag, ep, weight), why, weight,
                                     ep, dataclasses.replace(h, tried=(weight,))))
-                new[ep] = _evolve(h, quiesced=False, weight=weight)
+                new[ep] = done
         elif stored is not None:
             if vs.quiescent and stored.weight > 0:
                 action = Action(Change.QUIESCE, str(rs), _change_args(vs, "-e", ep, 0), result.reason, 0, ep,
