@@ -80,6 +80,11 @@ class Endpoint(NamedTuple):
     ip: IPAddress
     port: int
 
+    def __hash__(self) -> int:
+        # The same as equality needs, without ipaddress's own hash (it formats the address as
+        # hex each time): endpoints key every per-server dictionary, ~30 lookups a server a pass.
+        return hash((self.ip._ip, self.port))
+
     def __str__(self) -> str:
         if self.ip.version == 6:
             return f"[{self.ip}]:{self.port}"
@@ -2201,7 +2206,7 @@ class IpvsUnavailable(IpvsError):
     """ipvsadm missing or not runnable, or the kernel has no IPVS."""
 
 
-@functools.lru_cache(maxsize=4096)  # the same addresses come back every pass
+@functools.lru_cache(maxsize=65536)  # the same addresses come back every pass (a cache smaller than the table: no hit)
 def parse_address(text: str) -> Endpoint:
     """An address as ipvsadm prints it (firewall-mark destinations have port 0)."""
     return parse_endpoint(text, None, lowest_port=0)
@@ -2386,6 +2391,20 @@ class Ipvsadm:
         if vs.ipvs_key not in listing:
             raise IpvsError(f"ipvsadm listing has no line for virtual service {vs.address}")
         return listing[vs.ipvs_key]
+
+
+def restored_listing(vs: VirtualService, result: CommandResult) -> Optional[ServiceTable]:
+    """The service as the last line of an ``ipvsadm -R`` (``-Ln`` of it) listed it, or None when
+    the run did not end there well: its exit status is that line's, and a run ended early
+    (validation: exit 2, a listing refused: 1) or killed is not 0.  The changes and their marks
+    print nothing on stdout, so the listing is all of it."""
+    if result.returncode != 0 or not result.stdout:
+        return None
+    try:
+        listing = parse_listing(result.stdout)
+    except IpvsError:
+        return None
+    return listing.get(vs.ipvs_key) if len(listing) == 1 else None
 
 
 # The kernel's own listing, /proc/net/ip_vs (ip_vs_ctl.c, ip_vs_info_seq_show): the whole table in
@@ -2617,6 +2636,12 @@ class ProbeTarget:
                                               vs.receive if receive is None else receive)
         deadline = vs.timeout if vs.timeout is not None else timeout
         return target if deadline is None else dataclasses.replace(target, timeout=deadline)
+
+    def __hash__(self) -> int:
+        # A few fields (equal targets have them equal), the address as its integer: the dataclass's own
+        # hashes all thirteen, ipaddress's as hex, at each of the ~5 lookups a server a pass.  Not
+        # cached: one more key in each target's __dict__ costs ~800 bytes, 8 MB at 10,000.
+        return hash((self.ip._ip, self.port, self.check, self.timeout))
 
     @functools.cached_property  # frozen: computed once per config, not per probe per pass
     def socket_address(self) -> Tuple[int, Tuple[str, int]]:
@@ -4284,27 +4309,42 @@ def _change_args(vs: VirtualService, kind: str, ep: Endpoint, weight: int = 0) -
     return (kind, *vs.service_args, "-r", str(ep), vs.forward, "-w", str(weight))
 
 
+_HEALTH_FIELDS = frozenset(field.name for field in dataclasses.fields(Health))
+
+
+def _evolve(h: Health, **changes) -> Health:
+    """dataclasses.replace(h, **changes), a third of its cost: decide makes two or three a server
+    a pass (8 % of a 10,000-server pass's CPU).  Health is a frozen dataclass without slots or
+    __post_init__, so a copy of its __dict__ is the whole of it."""
+    assert changes.keys() <= _HEALTH_FIELDS, changes
+    new = object.__new__(Health)
+    fields = new.__dict__
+    fields.update(h.__dict__)
+    fields.update(changes)
+    return new
+
+
 def _observe(rs: "RealServer", h: Health, stored: Optional[Destination], quiescent: bool) -> Health:
     """Tell an operator's weight from ours, before anything is decided."""
-    tried, h = h.tried, dataclasses.replace(h, tried=()) if h.tried else h
+    tried, h = h.tried, _evolve(h, tried=()) if h.tried else h
     if stored is None:
         return h
     w = stored.weight
     if w in tried:  # a change of ours took effect after all
         if w == 0 and h.up is not True:
-            return dataclasses.replace(h, quiesced=True)
-        return dataclasses.replace(h, quiesced=False, weight=w)
+            return _evolve(h, quiesced=True)
+        return _evolve(h, quiesced=False, weight=w)
     if h.quiesced and w == 0:
         return h
     if quiescent and w == 0 and h.up is None and h.weight is None and h.operator is None:
         # No memory of it (a first start, a lost state file): in a quiescent service a 0 is
         # what the monitor itself sets, and a healthy server must not stay out for want of memory.
-        return dataclasses.replace(h, quiesced=True)
+        return _evolve(h, quiesced=True)
     if h.quiesced or h.weight is None or w != h.weight:
         # Not what we set: put back by hand while we held it at 0, found at first sight
         # (no memory), or changed since.  The configured weight is never "the operator's".
         ours = w in (rs.weight, configured_weight(rs, h))
-        return dataclasses.replace(h, quiesced=False, weight=w, operator=None if ours else w)
+        return _evolve(h, quiesced=False, weight=w, operator=None if ours else w)
     return h
 
 
@@ -4414,7 +4454,7 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         # A good check of `dynamic_weight` may ask for a weight (exit 2..255 of an external check);
         # a good one that asks for none gives the configured weight back; a failed one changes nothing.
         asked = result.weight if result.ok else old.asked
-        seen = _observe(rs, dataclasses.replace(old, asked=asked), stored, vs.quiescent)
+        seen = _observe(rs, old if asked == old.asked else _evolve(old, asked=asked), stored, vs.quiescent)
         if seen.operator is not None and seen.operator != old.operator:
             events.append(Event(str(rs), Seen.HAND, f"weight {seen.operator} in IPVS, "
                                                     f"{configured_weight(rs, seen)} configured"))
@@ -4425,9 +4465,9 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
             up = False
         elif not was_up and good >= vs.rise:
             up = True
-        h = dataclasses.replace(seen, up=up, good=good, bad=bad, reason=result.reason,
-                                since=old.since if up == old.up else now,
-                                kept=old.kept and not up and stored is not None)
+        h = _evolve(seen, up=up, good=good, bad=bad, reason=result.reason,
+                    since=old.since if up == old.up else now,
+                    kept=old.kept and not up and stored is not None)
         if up != was_up or (old.up is None and not up and not result.ok):
             events.append(Event(str(rs), Seen.UP if up else Seen.DOWN, result.reason))
         if not up and (stored is None or stored.weight == 0):
@@ -5897,11 +5937,16 @@ class Monitor:
         """The destinations of `vs`: from the pass's read of /proc when there is one and it has the
         service; else ``ipvsadm -Ln`` for it, whose word on a service missing is final (a firewall
         mark /proc cannot place, a service created or removed while the file was read).  A service
-        the monitor manages (scheduler) is read through ipvsadm too: its whole service line, which
-        /proc does not always show (persistence in ticks, IPv6 ops), is what it is corrected on."""
+        the monitor manages (scheduler) is corrected on its service line: from /proc when the file
+        shows it whole (`heads`: scheduler and ops, not persistent; the scheduler flags it never
+        shows are not corrected on), else through ipvsadm (persistence in the kernel's ticks, IPv6 ops)."""
         tables = self.listed
-        if tables is None or vs.ipvs_key not in tables or vs.scheduler:
+        if tables is None or vs.ipvs_key not in tables or (vs.scheduler and vs.ipvs_key not in tables.heads):
             return self.ipvsadm.read_service(vs, self.stop_requested)
+        if vs.scheduler:
+            table = ServiceTable(parse_head(tables.heads[vs.ipvs_key]))
+            table.update(tables[vs.ipvs_key])
+            return table
         return tables[vs.ipvs_key]
 
     def _problem(self, vs: VirtualService, exc: IpvsError, service: ServiceReport) -> None:
@@ -5933,6 +5978,7 @@ class Monitor:
         lines: List[Sequence[str]] = []
         for i, a in enumerate(actions):  # each change followed by its mark (see _read_back)
             lines += [a.args, ("-L", _mark(i))]
+        lines.append(("-Ln", *vs.service_args))  # and the service listed at the end: read back in the same process
         result = self.ipvsadm.restore(lines)
         whys = self._read_back(vs, actions, result)
         return [functools.partial(self._outcome, vs, a, why, report) for a, why in zip(actions, whys)]
@@ -5946,15 +5992,16 @@ class Monitor:
         what stderr says between two marks is that change's own, word for word.  A change
         whose mark is missing ended the run (a line that fails validation: -R's status is
         its own), or came after it (never run); when -R was killed at its timeout (what it
-        said is lost), the table alone says.  When the service cannot be read back (or the
+        said is lost), the table alone says.  The table is the -R's own last line's listing
+        when the run got there (restored_listing), else read with ipvsadm -Ln.  When the service cannot be read back (or the
         monitor is asked to stop), a change whose mark came with no word of ipvsadm held,
         as a lone ipvsadm's exit status 0 said; the others, unknown, are taken as failed
         (the next pass reads the table, and its memory of the weights tried, again)."""
         if result.returncode == -1:  # it never ran: nothing was changed
             return [result.why()] * len(actions)
-        table: Optional[Table] = None
+        table: Optional[Table] = restored_listing(vs, result)
         unread = result.why()
-        if not self.stop_requested():  # no new process once asked to stop
+        if table is None and not self.stop_requested():  # no new process once asked to stop
             try:
                 table = self.ipvsadm.read_service(vs, self.stop_requested)
             except IpvsStopped:

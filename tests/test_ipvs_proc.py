@@ -536,14 +536,36 @@ def test_a_firewall_mark_service_proc_cannot_place_is_listed_through_ipvsadm(ipv
     assert list(ipvs.dests("7", "-f")) == ["127.0.0.12:80"]  # added through ipvsadm
 
 
-def test_a_service_the_monitor_manages_is_listed_through_ipvsadm_for_its_service_line(fake_pass, ipvs, tmp_path):
-    """scheduler set: the monitor corrects its scheduler, persistence, mask and ops, which /proc
-    does not always show (persistence in ticks, IPv6 ops): ipvsadm -Ln for that one."""
+def test_a_service_the_monitor_manages_is_read_from_proc_when_the_file_shows_its_whole_service_line(
+        fake_pass, ipvs, tmp_path):
+    """scheduler set: the monitor corrects its scheduler, persistence, mask and ops.  /proc shows the
+    scheduler and ops of a service that is not persistent: read there, corrected on it, no process;
+    a persistent one (its timeout in the kernel's ticks) is listed through ipvsadm -Ln.
+    Before: every managed service through ipvsadm -Ln, every pass."""
     monitor, said = fake_pass("proc")
     vs = dataclasses.replace(monitor.config.services[1], scheduler="rr")
     monitor.reload(dataclasses.replace(monitor.config, services=(monitor.config.services[0], vs)))
     monitor.ipvsadm = m.Ipvsadm(ipvs.path)
-    (tmp_path / "ip_vs").write_text(proc_of(ipvs.run("-Ln").stdout))
+    listed = proc_of(ipvs.run("-Ln").stdout)
+    assert "TCP  7F000001:0051 rr  \n" in listed
+    (tmp_path / "ip_vs").write_text(listed)
     before = len(ipvs.listing_calls())
     assert monitor.run_pass().ok
-    assert [argv for argv in ipvs.listing_calls()[before:] if argv[0] == "-Ln"] == [["-Ln", "-t", "127.0.0.1:81"]]
+    made = ipvs.listing_calls()[before:]
+    assert not [argv for argv in made if argv[0] in ("-Ln", "-E")], made  # from /proc, nothing to correct
+    assert ipvs.dests("127.0.0.1:81") == {"127.0.0.12:80": ("Masq", 1)}
+
+    listed = proc_of(ipvs.run("-Ln").stdout)  # the kernel's file shows the add
+    (tmp_path / "ip_vs").write_text(listed.replace("TCP  7F000001:0051 rr  ", "TCP  7F000001:0051 wlc  "))
+    before = len(ipvs.listing_calls())
+    assert monitor.run_pass().ok
+    made = ipvs.listing_calls()[before:]
+    assert [argv for argv in made if argv[0] in ("-Ln", "-E")] == [["-E", "-t", "127.0.0.1:81", "-s", "rr"]]
+    assert any("scheduler wlc in IPVS, rr configured: corrected" in text for _, text in said.lines)
+
+    (tmp_path / "ip_vs").write_text(listed.replace("TCP  7F000001:0051 rr  ",
+                                                   "TCP  7F000001:0051 rr persistent 30000 FFFFFFFF"))
+    before = len(ipvs.listing_calls())
+    assert monitor.run_pass().ok
+    assert [argv for argv in ipvs.listing_calls()[before:] if argv[0] in ("-Ln", "-E")] == [
+        ["-Ln", "-t", "127.0.0.1:81"]]  # the fake's: not persistent, as configured: nothing to correct
