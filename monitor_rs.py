@@ -4471,17 +4471,18 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
         if up != was_up or (old.up is None and not up and not result.ok):
             events.append(Event(str(rs), Seen.UP if up else Seen.DOWN, result.reason))
         if not up and (stored is None or stored.weight == 0):
-            h = dataclasses.replace(h, ramp=None)  # out of the pool: a slow start is over
+            h = _evolve(h, ramp=None) if h.ramp is not None else h  # out of the pool: a slow start is over
         new[ep] = h
         if not up and result.ok and h.quiesced and not vs.quiescent and stored is not None and stored.weight == 0:
             continue  # at our weight 0 (undrained while its connections last), on its way up through rise: not cut
         if up:
             target = intended_weight(rs, h)
-            weight, ramp = slow_start(vs, h, target, stored is None or h.quiesced,
-                                      bool(served - {vs.stored_endpoint(ep)}), now)
-            ramped, h = h.ramp, dataclasses.replace(h, ramp=ramp)
-            new[ep] = h
-            done = dataclasses.replace(h, quiesced=False, weight=weight)
+            others = len(served) > 1 or (bool(served) and vs.stored_endpoint(ep) not in served)  # (no set copy)
+            weight, ramp = slow_start(vs, h, target, stored is None or h.quiesced, others, now)
+            ramped = h.ramp
+            if ramp != ramped:
+                h = new[ep] = _evolve(h, ramp=ramp)
+            done = _evolve(h, quiesced=False, weight=weight)
             kind = None
             if stored is None:
                 kind, flag = Change.ADD, "-a"
