@@ -22,10 +22,14 @@ monitor_rs (M1) throughout:
     M2 deletes GOOD, M1 adds it.  Each counts the other's undoing; the first to see its
     change undone three times stops, and then the other's change holds, so the second
     never reaches three: exactly one of them stops, and the table stays as the other
-    wants it.  M2 stopped (its cleanstop is no), M1 takes the service back on SIGHUP.
+    wants it.  (Which one: the one whose change was undone first.  Here M1, whose last add,
+    made before M2 started, is the first change M2 undoes: M1 stops after two more adds,
+    M2 keeps GOOD out.)  M2 stopped (its cleanstop is no), M1 takes the service back on
+    SIGHUP.
  3. keepalived (2.2.7, --check, a virtual_server block with HTTP_GET checks that pass
-    both: GOOD status_code 200, BAD status_code 500): it puts BAD back in at its start,
-    M1 deletes it, and keepalived does not put it back over its next checks: like
+    both: GOOD status_code 200, BAD status_code 500): at its start it adds its servers
+    (the service and GOOD: "already exists", logged; BAD, which M1 had deleted, back in),
+    M1 deletes BAD, and keepalived does not put it back over its next checks: like
     ldirectord it acts on its checkers' transitions only.  No tug of war, the table
     follows M1.
 
@@ -54,8 +58,8 @@ LDIRECTORD = "/usr/sbin/ldirectord"
 VIP_IP, VIP_PORT = "127.0.0.100", 80
 VIP = f"{VIP_IP}:{VIP_PORT}"
 GOOD_IP, BAD_IP = "127.0.0.11", "127.0.0.12"
-INTERVAL, TIMEOUT = 1, 3  # monitor_rs's
-CHECK_TIMEOUT = max(2, round(2 * SLOW))  # ldirectord's and keepalived's (see test_ldirectord_diff)
+CHECK_TIMEOUT = max(2, round(2 * SLOW))  # every tool's (see test_ldirectord_diff): no false failure under load
+INTERVAL, TIMEOUT = 1, CHECK_TIMEOUT  # monitor_rs's
 CONTEST = f"{VIP} (web): another manager keeps undoing the monitor's changes ("
 UNDOING = "another manager keeps undoing"
 RESUMED = f"{VIP} (web): repaired again"
@@ -232,6 +236,13 @@ def contest_line(monitor):
     return next(line for line in monitor.lines() if CONTEST in line)
 
 
+def no_problem(monitor):
+    """The service has no problem in `--status` (its exit status is 1 all the same: BAD is down)."""
+    code, snap = monitor.status()
+    (svc,) = snap["services"]
+    return code == 1 and svc["problem"] is None and not svc["contested"]
+
+
 def undone_in(line, server):
     """(times, seconds) from the contest line's '(SERVER: N times in S s)'."""
     found = re.search(rf"{re.escape(server)}: (\d+) times in ([0-9.]+) s", line)
@@ -279,7 +290,7 @@ def test_monitor_rs_against_ldirectord_a_second_monitor_and_keepalived(tmp_path)
                        "rounds (no tug of war)")
 
         # GOOD in ldirectord's maintenancedir: ldirectord deletes it each round, M1 adds it back.
-        adds = added(m1, good)
+        adds, deletes = added(m1, good), ld.said(f"Deleted real server: {good} ")
         started = time.monotonic()
         (ld.maintenance / good).touch()
         m1.wait_log(CONTEST, timeout=90)
@@ -294,13 +305,14 @@ def test_monitor_rs_against_ldirectord_a_second_monitor_and_keepalived(tmp_path)
         wait_until(lambda: ld.checked(GOOD_IP) >= mark + 2, timeout=60, what="two more ldirectord rounds")
         assert added(m1, good) - adds == 3 and m1.count(UNDOING) == 1
         assert table(ipvsadm) == {}  # ldirectord's way: GOOD held out, BAD deleted by M1 before the fight
-        deletes = ld.said(f"Deleted real server: {good} ")
+        deletes = ld.said(f"Deleted real server: {good} ") - deletes
+        assert deletes == 4, deletes  # the first (not an undoing: monitor_rs had not changed GOOD), then 3
         code, snap = m1.status()
         (svc,) = snap["services"]
         assert code == 1 and svc["contested"] is True and UNDOING in svc["problem"], (code, svc)
         figures.append(f"ldirectord (maintenancedir, checkinterval=1): {times} of monitor_rs's adds undone in "
                        f"{span:g} s, stopped {took:.1f} s after the maintenance file; ldirectord deleted GOOD "
-                       f"{deletes} times")
+                       f"{deletes} times (the first not an undoing)")
 
         ld.stop()  # cleanstop=no: the table stays as it is
         assert table(ipvsadm) == {}
@@ -308,7 +320,7 @@ def test_monitor_rs_against_ldirectord_a_second_monitor_and_keepalived(tmp_path)
         m1.wait_log(RESUMED)
         wait_until(lambda: table(ipvsadm) == {good: 1}, timeout=60, what="monitor_rs's table again")
         probes(2, "two more passes")
-        assert table(ipvsadm) == {good: 1} and m1.status()[0] == 0
+        assert table(ipvsadm) == {good: 1} and no_problem(m1)
 
         # 2. a second monitor_rs, check = off ----------------------------------------------------
         adds = added(m1, good)
@@ -325,12 +337,14 @@ def test_monitor_rs_against_ldirectord_a_second_monitor_and_keepalived(tmp_path)
         stopped = [name for name, monitor, before in (("M1", m1, 1), ("M2", m2, 0))
                    if monitor.count(UNDOING) > before]
         assert len(stopped) == 1, stopped  # the first to stop lets the other's change hold
+        assert m1.count(UNDOING) + m2.count(UNDOING) == 2  # the fight with ldirectord's, and this one, once
         loser = m1 if stopped == ["M1"] else m2
         times, span = undone_in(contest_line(loser) if loser is m2 else
                                 [line for line in m1.lines() if CONTEST in line][1], good)
         assert times == 3
         assert settled == ({} if loser is m1 else {good: 1})
-        assert loser.status()[0] == 1
+        code, snap = loser.status()
+        assert code == 1 and snap["services"][0]["contested"] is True
         figures.append(f"a second monitor_rs (check = off) against the first: {stopped[0]} stopped "
                        f"({times} undone in {span:g} s, {took:.1f} s after M2 started; M1 added GOOD "
                        f"{added(m1, good) - adds} times); the other kept the table its way")
