@@ -7053,18 +7053,26 @@ class Listening:
             self.server = None
 
 
-def lock_holder(path: str) -> Optional[int]:
-    """The PID that holds the flock of the lock file `path` (the kernel's /proc/locks), or None."""
+def lock_holder(path: str, locks: str = "/proc/locks") -> Optional[int]:
+    """The PID that holds the flock of the lock file `path` (the kernel's /proc/locks), or None.
+
+    Matched on the device and the inode both: an inode number alone is any user's to match with
+    a file of their own on another file system (and a lock on it)."""
     try:
-        inode = os.lstat(path).st_ino
-        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+        st = os.lstat(path)
+        with open(locks, encoding="ascii", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
     for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("1: -> FLOCK ..." waits: skipped)
-        words = line.split()
+        words = line.split()  # the device's major and minor in hex, the inode in decimal
         if len(words) >= 6 and words[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and words[4].isdigit():
-            if words[5].rsplit(":", 1)[-1] == str(inode):
+            where = words[5].split(":")
+            try:
+                major, minor, inode = int(where[0], 16), int(where[1], 16), int(where[2])
+            except (ValueError, IndexError):
+                continue
+            if (major, minor, inode) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
                 return int(words[4])
     return None
 

@@ -226,6 +226,26 @@ def test_status_believes_no_impostor(ipvs, run, backends, tmp_path):
     assert status["source"] == "probe" and status["services"][0]["servers"][0]["server"] == a.address
 
 
+def test_the_lock_holder_is_matched_on_its_device_too(tmp_path):
+    """/proc/locks names a lock's file by device and inode: an inode number alone is any user's to
+    match on another file system (a file of theirs in /tmp or /dev/shm, locked), and --status would
+    then believe their endpoint.  The real lock is found; the same inode on another device is not."""
+    import fcntl
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    st = os.stat(lock)
+    with open(lock) as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert m.lock_holder(str(lock)) == os.getpid()
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    other = f"{(os.major(st.st_dev) + 1) % 256:02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    locks = tmp_path / "locks"
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 {other} 0 EOF\n")
+    assert m.lock_holder(str(lock), str(locks)) is None
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 {other} 0 EOF\n2: FLOCK  ADVISORY  WRITE 4343 {where} 0 EOF\n")
+    assert m.lock_holder(str(lock), str(locks)) == 4343
+
+
 def test_a_failure_in_the_thread_is_said_once_and_never_the_loops(monkeypatch):
     """A request that meets a bug: that connection ends, the next ones are served, said once.  A
     failure of the thread itself: the endpoint closes, said once; the loop only hears of it."""
