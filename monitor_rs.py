@@ -7108,7 +7108,56 @@ def endpoint_status(config: Config, timeout: float = 2.0) -> Optional[dict]:
         pid = int(snap["pid"]) if isinstance(snap, dict) and isinstance(snap.get("services"), list) else 0
     except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
-    return snap if pid > 0 and lock_holder(config.lock) == pid else None
+    if pid <= 0 or lock_holder(config.lock) != pid:
+        return None
+    return snap if listened_by(pid, family, host, port) else None
+
+
+def _proc_net_address(family: int, ip: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it: each 32-bit word in hex, in the host's byte order."""
+    packed = socket.inet_pton(family, ip)
+    return "".join(f"{word:08X}" for word in struct.unpack(f"={len(packed) // 4}I", packed))
+
+
+def listened_by(pid: int, family: int, host: str, port: int, net: str = "/proc/net") -> bool:
+    """Whether every socket listening where a connection to (host, port) lands is the process
+    `pid`'s (its descriptors, when we may read them; else its user's): the lock's holder may
+    not be listening there (a reload to a port another user held is refused and the old one
+    kept; a config edited and not yet reloaded), and whoever is could claim its PID."""
+    accepting = {("tcp6" if family == socket.AF_INET6 else "tcp", _proc_net_address(family, host)),
+                 ("tcp6", _proc_net_address(socket.AF_INET6, "::"))}
+    if family == socket.AF_INET:
+        accepting |= {("tcp", _proc_net_address(family, "0.0.0.0")),
+                      ("tcp6", _proc_net_address(socket.AF_INET6, f"::ffff:{host}"))}
+    found = []  # (uid, inode) of each listening socket there
+    try:
+        for name in ("tcp", "tcp6"):
+            try:
+                with open(os.path.join(net, name), encoding="ascii", errors="replace") as handle:
+                    rows = handle.read().splitlines()[1:]
+            except FileNotFoundError:  # no IPv6 here
+                continue
+            for row in rows:  # "sl local_address rem_address st ... uid timeout inode"
+                words = row.split()
+                if len(words) < 10 or words[3] != "0A":  # 0A: LISTEN
+                    continue
+                address, _, hex_port = words[1].partition(":")
+                if int(hex_port, 16) == port and (name, address) in accepting:
+                    found.append((int(words[7]), words[9]))
+        owner = os.stat(f"/proc/{pid}").st_uid
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except PermissionError:  # another user's process: its user must own every listener there
+            return bool(found) and all(uid == owner for uid, _ in found)
+    except (OSError, ValueError):
+        return False
+    held = set()
+    for fd in fds:
+        try:
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile (a probe's socket)
+            pass
+    return bool(found) and all(f"socket:[{inode}]" in held for _, inode in found)
 
 
 STATUS_MAX_BYTES = 256 * 1024 * 1024  # what --status reads of /status at most

@@ -226,6 +226,43 @@ def test_status_believes_no_impostor(ipvs, run, backends, tmp_path):
     assert status["source"] == "probe" and status["services"][0]["servers"][0]["server"] == a.address
 
 
+def test_status_believes_no_impostor_on_a_port_the_monitor_could_not_take(ipvs, run, backends):
+    """The monitor runs and holds the lock, but the config's listen names a port someone else holds
+    (a reload to it was refused, the old one kept): whoever answers there claims the monitor's PID.
+    Not believed: only a listener of the lock holder's own is; --status reads the state file."""
+    a = backends(ip="127.0.0.11")
+    first = free_port()
+    text = config(VIP, [a.address], interval=60)
+    monitor = run(ipvs, with_listen(text, f"127.0.0.1:{first}")).start()
+    served(first)
+    with socket.socket() as impostor:
+        impostor.bind(("127.0.0.1", 0))
+        impostor.listen(8)
+        second = f"127.0.0.1:{impostor.getsockname()[1]}"
+        lie = {"monitor_rs": m.__version__, "source": "monitor", "pid": monitor.proc.pid, "config": "x",
+               "time": time.time(), "interval": 60, "pass_seconds": 0.0, "services": []}
+        body = json.dumps(lie).encode()
+
+        def answer():
+            while True:
+                try:
+                    conn, _ = impostor.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        threading.Thread(target=answer, daemon=True).start()
+        monitor.config.write_text(with_listen(text, second))
+        monitor.signal(signal.SIGHUP)
+        monitor.wait_log(f"status endpoint: cannot listen on {second} (listen): Address already in use; "
+                         f"still serving on 127.0.0.1:{first}; monitoring goes on")
+        code, status = monitor.status()
+    assert status["pid"] == monitor.proc.pid and status["services"] != []  # the monitor's own state file
+    assert status["services"][0]["servers"][0]["server"] == a.address
+    assert monitor.stop()[0] == 0
+
+
 def test_the_lock_holder_is_matched_on_its_device_too(tmp_path):
     """/proc/locks names a lock's file by device and inode: an inode number alone is any user's to
     match on another file system (a file of theirs in /tmp or /dev/shm, locked), and --status would
