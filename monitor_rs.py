@@ -4379,7 +4379,11 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                                     held=state, since=old.since if old.up is False else now)
             new[ep] = h
             if state == DRAINED:
-                step, detail = drain_step(vs, hold, stored, now)
+                # drain_timeout counts from when its weight went to 0: the drain's start, or later when the
+                # monitor set that 0 only then (drained while no monitor ran, or not yet acted on): its
+                # connections had no time to finish before
+                began = max(hold.since, old.since) if old.up is False else hold.since
+                step, detail = drain_step(vs, hold._replace(since=began), stored, now)
                 if stored is not None and stored.weight == 0:  # the drain's 0 (whoever set it): undone when it ends
                     h = dataclasses.replace(h, quiesced=True, operator=None if h.operator == 0 else h.operator)
                 new[ep] = h = dataclasses.replace(h, reason=f"{hold.reason}: {detail}")

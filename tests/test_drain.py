@@ -84,6 +84,24 @@ def test_drain_timeout_counts_from_the_drains_start(timeout, now, deleted):
         assert "drain_timeout 30 s passed, 7 active connection(s) cut" in d.actions[0].reason
 
 
+def test_drain_timeout_gives_the_connections_their_time_when_the_drain_is_acted_on_late():
+    """Drained while no monitor ran (or while it could not act): the entry is an hour old when the
+    monitor first sets the weight to 0.  Its connections get drain_timeout from then, not one pass:
+    the timeout counts from when the weight went to 0, never from before."""
+    vs = service(drain_timeout=30.0)
+    s0 = vs.servers[0].endpoint
+    hold = {s0: drained(since=100.0)}
+    first = m.decide(vs, {}, table(vs, (3, 7), (3, 0)), {s0: m.Health(up=True, weight=3)}, 3700.0, hold)
+    assert kinds(first) == [("drain", "192.168.1.10:8080", 0)]
+    health = m.carry_out(first, lambda action: True)
+    waiting = m.decide(vs, {}, table(vs, (0, 7), (3, 0)), health, 3701.0, hold)
+    assert kinds(waiting) == []  # not cut one pass after its weight went to 0
+    later = m.decide(vs, {}, table(vs, (0, 7), (3, 0)), waiting.health, 3729.0, hold)
+    assert kinds(later) == []
+    done = m.decide(vs, {}, table(vs, (0, 7), (3, 0)), later.health, 3730.0, hold)
+    assert kinds(done) == [("delete", "192.168.1.10:8080", None)]
+
+
 def test_a_drained_server_is_never_added_restored_nor_reweighted():
     vs = service(quiescent=True)
     s0, s1 = (rs.endpoint for rs in vs.servers)
