@@ -6555,13 +6555,18 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
+def stale(snap: dict, now: float) -> bool:
+    """Whether a snapshot's pass is too old to be a running monitor's last (that monitor is stuck)."""
+    return now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10
+
+
 def read_state(path: str, now: float) -> Optional[dict]:
     """The state file of a monitor that is running now, or None."""
     try:
         with open(path, encoding="utf-8") as handle:
             snap = json.load(handle)
         pid = int(snap["pid"])
-        if now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10:
+        if stale(snap, now):
             return None  # stale: that monitor is stuck or the file is not its
     except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
@@ -7110,6 +7115,8 @@ def endpoint_status(config: Config, timeout: float = 2.0) -> Optional[dict]:
             return None
         snap = json.loads(data)
         pid = int(snap["pid"]) if isinstance(snap, dict) and isinstance(snap.get("services"), list) else 0
+        if pid > 0 and stale(snap, time.time()):
+            return None  # its thread still serves the last pass of a loop that is stuck: as a stale state file
     except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
     if pid <= 0 or lock_holder(config.lock) != pid:

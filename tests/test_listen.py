@@ -19,6 +19,7 @@ the monitor in another: none shares a GIL with another, so a stall measured is
 the monitor's own, and the clients are never slowed by the test's polling.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -261,6 +262,32 @@ def test_status_believes_no_impostor_on_a_port_the_monitor_could_not_take(ipvs, 
     assert status["pid"] == monitor.proc.pid and status["services"] != []  # the monitor's own state file
     assert status["services"][0]["servers"][0]["server"] == a.address
     assert monitor.stop()[0] == 0
+
+
+def test_status_believes_no_stuck_monitor(tmp_path):
+    """A monitor whose loop is stuck (a blocking syslog, a log on a hung NFS) still holds its lock and
+    its thread still serves the last pass: --status must not take that old pass for now's, as it never
+    takes a stale state file (it makes its own pass then)."""
+    import fcntl
+    port = free_port()
+    path = tmp_path / "monitorRS.conf"
+    path.write_text(with_listen(config(VIP, ["127.0.0.11:80"]), f"127.0.0.1:{port}"))
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    cfg = dataclasses.replace(m.load_config(str(path)), lock=str(lock))
+    listening = m.Listening(lambda message, kind="info": None)
+    listening.start(f"127.0.0.1:{port}")
+    try:
+        with open(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # this process: the lock's holder and the endpoint's
+            snap = {"monitor_rs": m.__version__, "source": "monitor", "pid": os.getpid(), "config": str(path),
+                    "time": time.time(), "interval": 3, "pass_seconds": 0.1, "services": []}
+            listening.publish(snap)
+            assert m.endpoint_status(cfg) == snap  # a pass of now: believed
+            listening.publish(dict(snap, time=time.time() - 3600))
+            assert m.endpoint_status(cfg) is None  # an hour old: that loop is stuck
+    finally:
+        listening.close()
 
 
 def test_the_lock_holder_is_matched_on_its_device_too(tmp_path):
