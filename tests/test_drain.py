@@ -511,3 +511,23 @@ def test_a_user_who_forgot_sudo_is_told_the_running_monitor_is_roots(monkeypatch
         f"monitor_rs: --drain 127.0.0.11: the monitor running for this config (PID {os.getpid()}) is uid 0's, "
         f"which does not read this user's drains ({tmp_path}/mine/monitor_rs): run --drain as that user\n")
     assert not (tmp_path / "mine").exists()
+
+
+def test_root_is_told_the_running_monitor_is_another_users(monkeypatch, tmp_path, capsys):
+    """A monitor run as a user of its own (User=lvs with CAP_NET_ADMIN) reads that user's drains; root's
+    --drain (sudo) would go to DRAIN_DIR, which it never reads, and say "the running monitor sets its
+    weight to 0": the server would be taken down undrained.  Refused in one line, exit 2, nothing written."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to give the state file to another user)")
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), "interval": 3}))  # a live monitor's
+    os.chown(state, 999, 999)  # ... run as uid 999
+    rs = m.RealServer(ipaddress.ip_address("127.0.0.11"), 80, 1, 0)
+    vs = m.VirtualService("web", "tcp", ipaddress.ip_address("127.0.0.1"), 80, 0, (rs,), "-m")
+    conf = m.Config(path=str(tmp_path / "monitorRS.conf"), state_file=str(state), services=(vs,))
+    monkeypatch.setattr(m, "DRAIN_DIR", str(tmp_path / "drains"))  # root's default, here
+    assert m.run_drain(conf, m.default_drain_dir(), "127.0.0.11", None, undo=False) == 2
+    assert capsys.readouterr().err == (
+        f"monitor_rs: --drain 127.0.0.11: the monitor running for this config (PID {os.getpid()}) is uid 999's, "
+        f"which does not read this user's drains ({tmp_path}/drains): run --drain as that user\n")
+    assert not (tmp_path / "drains").exists()
