@@ -7374,6 +7374,22 @@ def _who_acts(config: Config) -> str:
     return "no monitor runs for this config now: once started, the monitor"
 
 
+def _contested(config: Config, services: Sequence[VirtualService]) -> str:
+    """What to add when the running monitor leaves one of `services` to another manager (Monitor._tug):
+    it changes nothing there, a drain included, until a reload; else ""."""
+    now, names = time.time(), {vs.name for vs in services}
+    for path in state_files(config):
+        snap = read_state(path, now)
+        try:
+            left = sorted({s["name"] for s in snap["services"] if s.get("contested") and s["name"] in names})
+        except (TypeError, KeyError):
+            continue
+        if left:
+            return (f"; but it leaves {', '.join(left)} to another manager (contested): nothing changes there "
+                    "until a reload (SIGHUP)")
+    return ""
+
+
 def _others_monitor(config: Config) -> str:
     """The monitor running for this config as another user (root's, seen by a user who forgot sudo), or ""."""
     now = time.time()
@@ -7435,7 +7451,7 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
                      if limits else "however long that takes (no drain_timeout)")
             click.echo(f"monitor_rs: drained {servers} ({name} in {folder}): {_who_acts(config)} sets its weight "
                        f"to 0 at its next pass and deletes it once its active connections end, {limit}; "
-                       "it stays out until --undrain")
+                       f"it stays out until --undrain{_contested(config, [vs for vs, _ in matched])}")
             return EXIT_OK
         asked = key
         gone = [n for n, k in _drains_in(folder).items() if k.ip == asked.ip and asked.port in (None, k.port)
@@ -7455,7 +7471,8 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
             click.echo(f"monitor_rs: {servers}: not drained (no drain of it in {folder}), nothing to do")
             return EXIT_OK
         click.echo(f"monitor_rs: undrained {servers} (removed {', '.join(gone)} from {folder}): "
-                   f"{_who_acts(config)} checks it again at its next pass and puts it back after rise good checks")
+                   f"{_who_acts(config)} checks it again at its next pass and puts it back after rise good checks"
+                   f"{_contested(config, [vs for vs, _ in matched])}")
         return EXIT_OK
     except OSError as exc:
         click.echo(f"monitor_rs: {option} {target}: {folder}: {exc.strerror or exc}", err=True)

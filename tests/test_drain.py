@@ -531,3 +531,24 @@ def test_root_is_told_the_running_monitor_is_another_users(monkeypatch, tmp_path
         f"monitor_rs: --drain 127.0.0.11: the monitor running for this config (PID {os.getpid()}) is uid 999's, "
         f"which does not read this user's drains ({tmp_path}/drains): run --drain as that user\n")
     assert not (tmp_path / "drains").exists()
+
+
+def test_a_drain_in_a_service_left_to_another_manager_says_so(tmp_path, capsys):
+    """The running monitor changes nothing in a contested service (a tug of war), a drain included:
+    --drain must not say "sets its weight to 0 at its next pass" alone, or the server is taken
+    down undrained.  The drain is written (it acts after a reload) and the line says why not now."""
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), "interval": 3,
+                                 "services": [{"name": "web", "contested": True}]}))
+    rs = m.RealServer(ipaddress.ip_address("127.0.0.11"), 80, 1, 0)
+    vs = m.VirtualService("web", "tcp", ipaddress.ip_address("127.0.0.1"), 80, 0, (rs,), "-m")
+    conf = m.Config(path=str(tmp_path / "monitorRS.conf"), state_file=str(state), services=(vs,))
+    folder = str(tmp_path / "drains")
+    assert m.run_drain(conf, folder, "127.0.0.11", None, undo=False) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("monitor_rs: drained 127.0.0.11:80 in 127.0.0.1:80 (web)") and "\n" not in out[:-1]
+    assert out.endswith("it stays out until --undrain; but it leaves web to another manager (contested): "
+                        "nothing changes there until a reload (SIGHUP)\n"), out
+    assert os.listdir(folder) == ["drain@127.0.0.11"]
+    assert m.run_drain(conf, folder, "127.0.0.11", None, undo=True) == 0
+    assert capsys.readouterr().out.endswith("(contested): nothing changes there until a reload (SIGHUP)\n")
