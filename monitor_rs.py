@@ -7404,6 +7404,32 @@ def _others_monitor(config: Config) -> str:
     return ""
 
 
+def _undrain_left_behind(config: Config, folder: str, target: str, asked: DrainKey) -> int:
+    """--undrain of what the config no longer names (a server or service removed since it was drained):
+    its entries are removed all the same, or they would hold it out again, unseen, once it is
+    configured anew; none there: the usage error it is."""
+    gone = [n for n, k in _drains_in(folder).items() if k.ip == asked.ip and asked.port in (None, k.port)
+            and asked.service in (None, k.service)]
+    if folder == default_drain_dir() and _others_monitor(config):
+        gone = []  # another user's monitor: this user's own folder is not the one it reads
+    try:
+        for n in gone:
+            try:
+                os.unlink(os.path.join(folder, n))  # the name itself: unlink never follows a symlink
+            except FileNotFoundError:
+                pass
+    except OSError as exc:
+        click.echo(f"monitor_rs: --undrain {target}: {folder}: {exc.strerror or exc}", err=True)
+        return EXIT_FAILED
+    where = f"virtual service {asked.service}" if asked.service is not None else "any virtual service"
+    if not gone:
+        click.echo(f"monitor_rs: --undrain {target}: not a real server of {where} in {config.path}", err=True)
+        return EXIT_CONFIG
+    click.echo(f"monitor_rs: removed {', '.join(gone)} from {folder}: {target} is not a real server of {where} "
+               f"in {config.path} now; configured again, it will not be held out by them")
+    return EXIT_OK
+
+
 def run_drain(config: Config, folder: str, target: str, service: Optional[str], undo: bool) -> int:
     """--drain / --undrain: write (or remove) the drain's name in the folder the monitor reads each
     pass, after checking it names a configured real server; one line says what was done."""
@@ -7415,6 +7441,8 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
         return EXIT_CONFIG
     port = ep.port or None
     services = [vs for vs in config.services if service is None or vs.name == service]
+    if undo and not any(rs.ip == ep.ip and port in (None, rs.port) for vs in services for rs in vs.servers):
+        return _undrain_left_behind(config, folder, target, DrainKey(str(ep.ip), port, service))
     if not services:
         names = ", ".join(vs.name for vs in config.services)
         click.echo(f"monitor_rs: --service {service}: no [virtual {service}] in {config.path} (there: {names})",

@@ -9,6 +9,7 @@ ActiveConn the test sets, real servers on loopback).  Each test failed on main: 
 no --drain option, no DRAINED hold, and a hold there deleted a server at once.
 """
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -552,3 +553,24 @@ def test_a_drain_in_a_service_left_to_another_manager_says_so(tmp_path, capsys):
     assert os.listdir(folder) == ["drain@127.0.0.11"]
     assert m.run_drain(conf, folder, "127.0.0.11", None, undo=True) == 0
     assert capsys.readouterr().out.endswith("(contested): nothing changes there until a reload (SIGHUP)\n")
+
+
+def test_a_drain_left_behind_by_a_server_removed_from_the_config_can_be_undrained(tmp_path, capsys):
+    """Drained, then taken out of the config (decommissioned): --undrain refused it ("not a real server")
+    and left the entry, which held the server out again, unseen, once it came back into the config.
+    Its entries are removed; with none, it is the usage error it was."""
+    rs = m.RealServer(ipaddress.ip_address("127.0.0.11"), 80, 1, 0)
+    vs = m.VirtualService("web", "tcp", ipaddress.ip_address("127.0.0.1"), 80, 0, (rs,), "-m")
+    conf = m.Config(path=str(tmp_path / "monitorRS.conf"), state_file=str(tmp_path / "state.json"), services=(vs,))
+    folder = str(tmp_path / "drains")
+    assert m.run_drain(conf, folder, "127.0.0.11:80", "web", undo=False) == 0
+    capsys.readouterr()
+    gone = dataclasses.replace(conf, services=(dataclasses.replace(vs, servers=()),))
+    assert m.run_drain(gone, folder, "127.0.0.11:80", "web", undo=True) == 0
+    assert capsys.readouterr().out == (
+        f"monitor_rs: removed drain@127.0.0.11:80@web from {folder}: 127.0.0.11:80 is not a real server of virtual "
+        f"service web in {conf.path} now; configured again, it will not be held out by them\n")
+    assert os.listdir(folder) == []
+    assert m.run_drain(gone, folder, "127.0.0.11:80", "web", undo=True) == 2
+    assert capsys.readouterr().err == (f"monitor_rs: --undrain 127.0.0.11:80: not a real server of virtual service "
+                                       f"web in {conf.path}\n")
