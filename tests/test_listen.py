@@ -557,9 +557,12 @@ def test_hostile_clients_never_delay_a_probe_or_a_change(ipvs, run, backends, pe
     done = attack.close()
     times = [t for t in passes.close() if started <= t <= ended]
     assert done is not None and all(done["connections"].values()), done  # every kind of client got in
-    # the endpoint kept cycling: no slowloris kept much beyond its head deadline (a blocking server
-    # keeps the first for the whole attack); the slack: a wait in the kernel's backlog, a loaded machine
-    assert done["longest_slowloris"] < m.LISTEN_HEAD_SECONDS + 2.5 * SLOW, done
+    # the endpoint kept cycling: the slowloris kept no longer than their head deadline (a blocking server
+    # keeps them all for the whole attack).  Measured by the clients from their first line, as sent: a
+    # connection the kernel could not queue (its accept queue full: the flood) waits there for the
+    # SYN-ACK's retries, 1 s, 2 s, 4 s, unseen by the monitor, and a loaded 2-core machine showed 5 and
+    # 7 s as the longest; so the 99th percentile (about 2.0 s on such a machine), not the longest
+    assert done["slowloris_p99"] < m.LISTEN_HEAD_SECONDS + 1.0 * SLOW, done
 
     # the passes kept their pace: none skipped (one ipvsadm -Ln each: the fake's log counts them
     # exactly), and each started on its turn, an interval after the one before (the monitor's own
