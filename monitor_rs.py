@@ -7422,6 +7422,11 @@ def _undrain_left_behind(config: Config, folder: str, target: str, asked: DrainK
         click.echo(f"monitor_rs: --undrain {target}: {folder}: {exc.strerror or exc}", err=True)
         return EXIT_FAILED
     where = f"virtual service {asked.service}" if asked.service is not None else "any virtual service"
+    if not gone and asked.service is not None and all(vs.name != asked.service for vs in config.services):
+        names = ", ".join(vs.name for vs in config.services)
+        click.echo(f"monitor_rs: --service {asked.service}: no [virtual {asked.service}] in {config.path} "
+                   f"(there: {names})", err=True)
+        return EXIT_CONFIG
     if not gone:
         click.echo(f"monitor_rs: --undrain {target}: not a real server of {where} in {config.path}", err=True)
         return EXIT_CONFIG

@@ -378,6 +378,8 @@ def test_status_shows_drained_in_every_view(ipvs, run, backends, drains, tmp_pat
                                   "{config}\n"),
     (["--drain", "127.0.0.11:80", "--service", "nope"], "monitor_rs: --service nope: no [virtual nope] in {config} "
                                                         "(there: web)\n"),
+    (["--undrain", "127.0.0.11:80", "--service", "nope"], "monitor_rs: --service nope: no [virtual nope] in "
+                                                          "{config} (there: web)\n"),
     (["--drain", "web01"], "monitor_rs: --drain web01: 'web01' does not appear to be an IPv4 or IPv6 address "
                            "(expected RIP or RIP:PORT)\n"),
     (["--drain", "127.0.0.11:80", "--undrain", "127.0.0.11:80"], "monitor_rs: --drain goes alone, not with "
