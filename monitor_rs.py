@@ -4419,7 +4419,11 @@ def decide(vs: VirtualService, results: Mapping[Endpoint, ProbeResult], table: T
                                     held=state, since=old.since if old.up is False else now)
             new[ep] = h
             if state == DRAINED:
-                step, detail = drain_step(vs, hold, stored, now)
+                # drain_timeout counts from when its weight went to 0: the drain's start, or later when the
+                # monitor set that 0 only then (drained while no monitor ran, or not yet acted on): its
+                # connections had no time to finish before
+                began = max(hold.since, old.since) if old.up is False else hold.since
+                step, detail = drain_step(vs, hold._replace(since=began), stored, now)
                 if stored is not None and stored.weight == 0:  # the drain's 0 (whoever set it): undone when it ends
                     h = dataclasses.replace(h, quiesced=True, operator=None if h.operator == 0 else h.operator)
                 new[ep] = h = dataclasses.replace(h, reason=f"{hold.reason}: {detail}")
@@ -6599,13 +6603,18 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
+def stale(snap: dict, now: float) -> bool:
+    """Whether a snapshot's pass is too old to be a running monitor's last (that monitor is stuck)."""
+    return now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10
+
+
 def read_state(path: str, now: float) -> Optional[dict]:
     """The state file of a monitor that is running now, or None."""
     try:
         with open(path, encoding="utf-8") as handle:
             snap = json.load(handle)
         pid = int(snap["pid"])
-        if now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10:
+        if stale(snap, now):
             return None  # stale: that monitor is stuck or the file is not its
     except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
@@ -7101,18 +7110,26 @@ class Listening:
             self.server = None
 
 
-def lock_holder(path: str) -> Optional[int]:
-    """The PID that holds the flock of the lock file `path` (the kernel's /proc/locks), or None."""
+def lock_holder(path: str, locks: str = "/proc/locks") -> Optional[int]:
+    """The PID that holds the flock of the lock file `path` (the kernel's /proc/locks), or None.
+
+    Matched on the device and the inode both: an inode number alone is any user's to match with
+    a file of their own on another file system (and a lock on it)."""
     try:
-        inode = os.lstat(path).st_ino
-        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+        st = os.lstat(path)
+        with open(locks, encoding="ascii", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
     for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("1: -> FLOCK ..." waits: skipped)
-        words = line.split()
+        words = line.split()  # the device's major and minor in hex, the inode in decimal
         if len(words) >= 6 and words[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and words[4].isdigit():
-            if words[5].rsplit(":", 1)[-1] == str(inode):
+            where = words[5].split(":")
+            try:
+                major, minor, inode = int(where[0], 16), int(where[1], 16), int(where[2])
+            except (ValueError, IndexError):
+                continue
+            if (major, minor, inode) == (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino):
                 return int(words[4])
     return None
 
@@ -7146,9 +7163,60 @@ def endpoint_status(config: Config, timeout: float = 2.0) -> Optional[dict]:
             return None
         snap = json.loads(data)
         pid = int(snap["pid"]) if isinstance(snap, dict) and isinstance(snap.get("services"), list) else 0
+        if pid > 0 and stale(snap, time.time()):
+            return None  # its thread still serves the last pass of a loop that is stuck: as a stale state file
     except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
-    return snap if pid > 0 and lock_holder(config.lock) == pid else None
+    if pid <= 0 or lock_holder(config.lock) != pid:
+        return None
+    return snap if listened_by(pid, family, host, port) else None
+
+
+def _proc_net_address(family: int, ip: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it: each 32-bit word in hex, in the host's byte order."""
+    packed = socket.inet_pton(family, ip)
+    return "".join(f"{word:08X}" for word in struct.unpack(f"={len(packed) // 4}I", packed))
+
+
+def listened_by(pid: int, family: int, host: str, port: int, net: str = "/proc/net") -> bool:
+    """Whether every socket listening where a connection to (host, port) lands is the process
+    `pid`'s (its descriptors, when we may read them; else its user's): the lock's holder may
+    not be listening there (a reload to a port another user held is refused and the old one
+    kept; a config edited and not yet reloaded), and whoever is could claim its PID."""
+    accepting = {("tcp6" if family == socket.AF_INET6 else "tcp", _proc_net_address(family, host)),
+                 ("tcp6", _proc_net_address(socket.AF_INET6, "::"))}
+    if family == socket.AF_INET:
+        accepting |= {("tcp", _proc_net_address(family, "0.0.0.0")),
+                      ("tcp6", _proc_net_address(socket.AF_INET6, f"::ffff:{host}"))}
+    found = []  # (uid, inode) of each listening socket there
+    try:
+        for name in ("tcp", "tcp6"):
+            try:
+                with open(os.path.join(net, name), encoding="ascii", errors="replace") as handle:
+                    rows = handle.read().splitlines()[1:]
+            except FileNotFoundError:  # no IPv6 here
+                continue
+            for row in rows:  # "sl local_address rem_address st ... uid timeout inode"
+                words = row.split()
+                if len(words) < 10 or words[3] != "0A":  # 0A: LISTEN
+                    continue
+                address, _, hex_port = words[1].partition(":")
+                if int(hex_port, 16) == port and (name, address) in accepting:
+                    found.append((int(words[7]), words[9]))
+        owner = os.stat(f"/proc/{pid}").st_uid
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except PermissionError:  # another user's process: its user must own every listener there
+            return bool(found) and all(uid == owner for uid, _ in found)
+    except (OSError, ValueError):
+        return False
+    held = set()
+    for fd in fds:
+        try:
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed meanwhile (a probe's socket)
+            pass
+    return bool(found) and all(f"socket:[{inode}]" in held for _, inode in found)
 
 
 STATUS_MAX_BYTES = 256 * 1024 * 1024  # what --status reads of /status at most
@@ -7354,6 +7422,22 @@ def _who_acts(config: Config) -> str:
     return "no monitor runs for this config now: once started, the monitor"
 
 
+def _contested(config: Config, services: Sequence[VirtualService]) -> str:
+    """What to add when the running monitor leaves one of `services` to another manager (Monitor._tug):
+    it changes nothing there, a drain included, until a reload; else ""."""
+    now, names = time.time(), {vs.name for vs in services}
+    for path in state_files(config):
+        snap = read_state(path, now)
+        try:
+            left = sorted({s["name"] for s in snap["services"] if s.get("contested") and s["name"] in names})
+        except (TypeError, KeyError):
+            continue
+        if left:
+            return (f"; but it leaves {', '.join(left)} to another manager (contested): nothing changes there "
+                    "until a reload (SIGHUP)")
+    return ""
+
+
 def _others_monitor(config: Config) -> str:
     """The monitor running for this config as another user (root's, seen by a user who forgot sudo), or ""."""
     now = time.time()
@@ -7368,6 +7452,37 @@ def _others_monitor(config: Config) -> str:
     return ""
 
 
+def _undrain_left_behind(config: Config, folder: str, target: str, asked: DrainKey) -> int:
+    """--undrain of what the config no longer names (a server or service removed since it was drained):
+    its entries are removed all the same, or they would hold it out again, unseen, once it is
+    configured anew; none there: the usage error it is."""
+    gone = [n for n, k in _drains_in(folder).items() if k.ip == asked.ip and asked.port in (None, k.port)
+            and asked.service in (None, k.service)]
+    if folder == default_drain_dir() and _others_monitor(config):
+        gone = []  # another user's monitor: this user's own folder is not the one it reads
+    try:
+        for n in gone:
+            try:
+                os.unlink(os.path.join(folder, n))  # the name itself: unlink never follows a symlink
+            except FileNotFoundError:
+                pass
+    except OSError as exc:
+        click.echo(f"monitor_rs: --undrain {target}: {folder}: {exc.strerror or exc}", err=True)
+        return EXIT_FAILED
+    where = f"virtual service {asked.service}" if asked.service is not None else "any virtual service"
+    if not gone and asked.service is not None and all(vs.name != asked.service for vs in config.services):
+        names = ", ".join(vs.name for vs in config.services)
+        click.echo(f"monitor_rs: --service {asked.service}: no [virtual {asked.service}] in {config.path} "
+                   f"(there: {names})", err=True)
+        return EXIT_CONFIG
+    if not gone:
+        click.echo(f"monitor_rs: --undrain {target}: not a real server of {where} in {config.path}", err=True)
+        return EXIT_CONFIG
+    click.echo(f"monitor_rs: removed {', '.join(gone)} from {folder}: {target} is not a real server of {where} "
+               f"in {config.path} now; configured again, it will not be held out by them")
+    return EXIT_OK
+
+
 def run_drain(config: Config, folder: str, target: str, service: Optional[str], undo: bool) -> int:
     """--drain / --undrain: write (or remove) the drain's name in the folder the monitor reads each
     pass, after checking it names a configured real server; one line says what was done."""
@@ -7379,6 +7494,8 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
         return EXIT_CONFIG
     port = ep.port or None
     services = [vs for vs in config.services if service is None or vs.name == service]
+    if undo and not any(rs.ip == ep.ip and port in (None, rs.port) for vs in services for rs in vs.servers):
+        return _undrain_left_behind(config, folder, target, DrainKey(str(ep.ip), port, service))
     if not services:
         names = ", ".join(vs.name for vs in config.services)
         click.echo(f"monitor_rs: --service {service}: no [virtual {service}] in {config.path} (there: {names})",
@@ -7389,7 +7506,7 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
         where = f"virtual service {service}" if service is not None else "any virtual service"
         click.echo(f"monitor_rs: {option} {target}: not a real server of {where} in {config.path}", err=True)
         return EXIT_CONFIG
-    other = _others_monitor(config) if folder == default_drain_dir() and os.geteuid() != 0 else ""
+    other = _others_monitor(config) if folder == default_drain_dir() else ""  # each user's default is its own
     if other:
         click.echo(f"monitor_rs: {option} {target}: {other}, which does not read this user's drains ({folder}): "
                    f"run {option} as that user", err=True)
@@ -7415,7 +7532,7 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
                      if limits else "however long that takes (no drain_timeout)")
             click.echo(f"monitor_rs: drained {servers} ({name} in {folder}): {_who_acts(config)} sets its weight "
                        f"to 0 at its next pass and deletes it once its active connections end, {limit}; "
-                       "it stays out until --undrain")
+                       f"it stays out until --undrain{_contested(config, [vs for vs, _ in matched])}")
             return EXIT_OK
         asked = key
         gone = [n for n, k in _drains_in(folder).items() if k.ip == asked.ip and asked.port in (None, k.port)
@@ -7435,7 +7552,8 @@ def run_drain(config: Config, folder: str, target: str, service: Optional[str], 
             click.echo(f"monitor_rs: {servers}: not drained (no drain of it in {folder}), nothing to do")
             return EXIT_OK
         click.echo(f"monitor_rs: undrained {servers} (removed {', '.join(gone)} from {folder}): "
-                   f"{_who_acts(config)} checks it again at its next pass and puts it back after rise good checks")
+                   f"{_who_acts(config)} checks it again at its next pass and puts it back after rise good checks"
+                   f"{_contested(config, [vs for vs, _ in matched])}")
         return EXIT_OK
     except OSError as exc:
         click.echo(f"monitor_rs: {option} {target}: {folder}: {exc.strerror or exc}", err=True)

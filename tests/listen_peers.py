@@ -12,7 +12,8 @@ clients: hostile clients of the status endpoint at IP:PORT, all at once, until
 stdin says `quit` (or ends); prints {"ready": true} once every kind has made
 its first connection, and at the end one JSON line of what was done (how many
 connections of each kind, how many the server closed, the bytes sent, and the
-longest the server kept a slowloris connection, from its first line):
+longest the server kept a slowloris connection, from its first line, and the
+95th and 99th percentiles of those times):
 
     slowloris   SLOW connections that send a request head one header at a time,
                 a line every 0.2 s, never ending it; reopened when closed
@@ -112,6 +113,7 @@ class Attack:
         self.closed_by_server = dict(self.count)
         self.bytes_sent = 0
         self.longest = 0.0  # seconds: the longest a slowloris connection was kept by the server
+        self.kept = []  # seconds each slowloris connection was kept (from its first line, as seen here)
         self.open = {kind: 0 for kind in self.count}
         self.due = []  # (when, sock, state): slowloris lines to send
         self.held = []  # (when, sock, state): readers' connections, closed unread then
@@ -139,7 +141,8 @@ class Attack:
         if by_server:
             self.closed_by_server[state["kind"]] += 1
             if "since" in state:
-                self.longest = max(self.longest, time.monotonic() - state["since"])
+                self.kept.append(time.monotonic() - state["since"])
+                self.longest = max(self.longest, self.kept[-1])
 
     def send(self, sock, state, data):
         try:
@@ -241,9 +244,13 @@ def main():
     now = time.monotonic()  # the slowloris connections still open count too
     for key in list(attack.sel.get_map().values()):
         if key.data and "since" in key.data:
-            attack.longest = max(attack.longest, now - key.data["since"])
+            attack.kept.append(now - key.data["since"])
+            attack.longest = max(attack.longest, attack.kept[-1])
+    kept = sorted(attack.kept) or [0.0]
     print(json.dumps({"connections": attack.count, "closed_by_server": attack.closed_by_server,
-                      "bytes_sent": attack.bytes_sent, "longest_slowloris": round(attack.longest, 3)}),
+                      "bytes_sent": attack.bytes_sent, "longest_slowloris": round(attack.longest, 3),
+                      "slowloris_p99": round(kept[int(0.99 * (len(kept) - 1))], 3),
+                      "slowloris_p95": round(kept[int(0.95 * (len(kept) - 1))], 3)}),
           flush=True)
 
 

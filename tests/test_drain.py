@@ -9,6 +9,7 @@ ActiveConn the test sets, real servers on loopback).  Each test failed on main: 
 no --drain option, no DRAINED hold, and a hold there deleted a server at once.
 """
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -82,6 +83,24 @@ def test_drain_timeout_counts_from_the_drains_start(timeout, now, deleted):
     assert kinds(d) == ([("delete", "192.168.1.10:8080", None)] if deleted else [])
     if deleted and timeout:
         assert "drain_timeout 30 s passed, 7 active connection(s) cut" in d.actions[0].reason
+
+
+def test_drain_timeout_gives_the_connections_their_time_when_the_drain_is_acted_on_late():
+    """Drained while no monitor ran (or while it could not act): the entry is an hour old when the
+    monitor first sets the weight to 0.  Its connections get drain_timeout from then, not one pass:
+    the timeout counts from when the weight went to 0, never from before."""
+    vs = service(drain_timeout=30.0)
+    s0 = vs.servers[0].endpoint
+    hold = {s0: drained(since=100.0)}
+    first = m.decide(vs, {}, table(vs, (3, 7), (3, 0)), {s0: m.Health(up=True, weight=3)}, 3700.0, hold)
+    assert kinds(first) == [("drain", "192.168.1.10:8080", 0)]
+    health = m.carry_out(first, lambda action: True)
+    waiting = m.decide(vs, {}, table(vs, (0, 7), (3, 0)), health, 3701.0, hold)
+    assert kinds(waiting) == []  # not cut one pass after its weight went to 0
+    later = m.decide(vs, {}, table(vs, (0, 7), (3, 0)), waiting.health, 3729.0, hold)
+    assert kinds(later) == []
+    done = m.decide(vs, {}, table(vs, (0, 7), (3, 0)), later.health, 3730.0, hold)
+    assert kinds(done) == [("delete", "192.168.1.10:8080", None)]
 
 
 def test_a_drained_server_is_never_added_restored_nor_reweighted():
@@ -359,6 +378,8 @@ def test_status_shows_drained_in_every_view(ipvs, run, backends, drains, tmp_pat
                                   "{config}\n"),
     (["--drain", "127.0.0.11:80", "--service", "nope"], "monitor_rs: --service nope: no [virtual nope] in {config} "
                                                         "(there: web)\n"),
+    (["--undrain", "127.0.0.11:80", "--service", "nope"], "monitor_rs: --service nope: no [virtual nope] in "
+                                                          "{config} (there: web)\n"),
     (["--drain", "web01"], "monitor_rs: --drain web01: 'web01' does not appear to be an IPv4 or IPv6 address "
                            "(expected RIP or RIP:PORT)\n"),
     (["--drain", "127.0.0.11:80", "--undrain", "127.0.0.11:80"], "monitor_rs: --drain goes alone, not with "
@@ -493,3 +514,65 @@ def test_a_user_who_forgot_sudo_is_told_the_running_monitor_is_roots(monkeypatch
         f"monitor_rs: --drain 127.0.0.11: the monitor running for this config (PID {os.getpid()}) is uid 0's, "
         f"which does not read this user's drains ({tmp_path}/mine/monitor_rs): run --drain as that user\n")
     assert not (tmp_path / "mine").exists()
+
+
+def test_root_is_told_the_running_monitor_is_another_users(monkeypatch, tmp_path, capsys):
+    """A monitor run as a user of its own (User=lvs with CAP_NET_ADMIN) reads that user's drains; root's
+    --drain (sudo) would go to DRAIN_DIR, which it never reads, and say "the running monitor sets its
+    weight to 0": the server would be taken down undrained.  Refused in one line, exit 2, nothing written."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to give the state file to another user)")
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), "interval": 3}))  # a live monitor's
+    os.chown(state, 999, 999)  # ... run as uid 999
+    rs = m.RealServer(ipaddress.ip_address("127.0.0.11"), 80, 1, 0)
+    vs = m.VirtualService("web", "tcp", ipaddress.ip_address("127.0.0.1"), 80, 0, (rs,), "-m")
+    conf = m.Config(path=str(tmp_path / "monitorRS.conf"), state_file=str(state), services=(vs,))
+    monkeypatch.setattr(m, "DRAIN_DIR", str(tmp_path / "drains"))  # root's default, here
+    assert m.run_drain(conf, m.default_drain_dir(), "127.0.0.11", None, undo=False) == 2
+    assert capsys.readouterr().err == (
+        f"monitor_rs: --drain 127.0.0.11: the monitor running for this config (PID {os.getpid()}) is uid 999's, "
+        f"which does not read this user's drains ({tmp_path}/drains): run --drain as that user\n")
+    assert not (tmp_path / "drains").exists()
+
+
+def test_a_drain_in_a_service_left_to_another_manager_says_so(tmp_path, capsys):
+    """The running monitor changes nothing in a contested service (a tug of war), a drain included:
+    --drain must not say "sets its weight to 0 at its next pass" alone, or the server is taken
+    down undrained.  The drain is written (it acts after a reload) and the line says why not now."""
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pid": os.getpid(), "time": time.time(), "interval": 3,
+                                 "services": [{"name": "web", "contested": True}]}))
+    rs = m.RealServer(ipaddress.ip_address("127.0.0.11"), 80, 1, 0)
+    vs = m.VirtualService("web", "tcp", ipaddress.ip_address("127.0.0.1"), 80, 0, (rs,), "-m")
+    conf = m.Config(path=str(tmp_path / "monitorRS.conf"), state_file=str(state), services=(vs,))
+    folder = str(tmp_path / "drains")
+    assert m.run_drain(conf, folder, "127.0.0.11", None, undo=False) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("monitor_rs: drained 127.0.0.11:80 in 127.0.0.1:80 (web)") and "\n" not in out[:-1]
+    assert out.endswith("it stays out until --undrain; but it leaves web to another manager (contested): "
+                        "nothing changes there until a reload (SIGHUP)\n"), out
+    assert os.listdir(folder) == ["drain@127.0.0.11"]
+    assert m.run_drain(conf, folder, "127.0.0.11", None, undo=True) == 0
+    assert capsys.readouterr().out.endswith("(contested): nothing changes there until a reload (SIGHUP)\n")
+
+
+def test_a_drain_left_behind_by_a_server_removed_from_the_config_can_be_undrained(tmp_path, capsys):
+    """Drained, then taken out of the config (decommissioned): --undrain refused it ("not a real server")
+    and left the entry, which held the server out again, unseen, once it came back into the config.
+    Its entries are removed; with none, it is the usage error it was."""
+    rs = m.RealServer(ipaddress.ip_address("127.0.0.11"), 80, 1, 0)
+    vs = m.VirtualService("web", "tcp", ipaddress.ip_address("127.0.0.1"), 80, 0, (rs,), "-m")
+    conf = m.Config(path=str(tmp_path / "monitorRS.conf"), state_file=str(tmp_path / "state.json"), services=(vs,))
+    folder = str(tmp_path / "drains")
+    assert m.run_drain(conf, folder, "127.0.0.11:80", "web", undo=False) == 0
+    capsys.readouterr()
+    gone = dataclasses.replace(conf, services=(dataclasses.replace(vs, servers=()),))
+    assert m.run_drain(gone, folder, "127.0.0.11:80", "web", undo=True) == 0
+    assert capsys.readouterr().out == (
+        f"monitor_rs: removed drain@127.0.0.11:80@web from {folder}: 127.0.0.11:80 is not a real server of virtual "
+        f"service web in {conf.path} now; configured again, it will not be held out by them\n")
+    assert os.listdir(folder) == []
+    assert m.run_drain(gone, folder, "127.0.0.11:80", "web", undo=True) == 2
+    assert capsys.readouterr().err == (f"monitor_rs: --undrain 127.0.0.11:80: not a real server of virtual service "
+                                       f"web in {conf.path}\n")

@@ -19,6 +19,7 @@ the monitor in another: none shares a GIL with another, so a stall measured is
 the monitor's own, and the clients are never slowed by the test's polling.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -68,7 +69,11 @@ def http(ip, port, request, timeout=10.0):
 def raw(port, request):
     """What the server sends to `request` before it closes (b"" when it closes, or resets, at once)."""
     data = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW) as s:
+    try:  # a listener closed as the connection comes (its thread ending) resets it in connect()
+        s = socket.create_connection(("127.0.0.1", port), timeout=10 * SLOW)
+    except ConnectionResetError:
+        return data
+    with s:
         try:
             s.sendall(request)
             while True:
@@ -224,6 +229,89 @@ def test_status_believes_no_impostor(ipvs, run, backends, tmp_path):
         monitor = run(ipvs, with_listen(config(VIP, [a.address]), f"127.0.0.1:{port}"))
         code, status = monitor.status()
     assert status["source"] == "probe" and status["services"][0]["servers"][0]["server"] == a.address
+
+
+def test_status_believes_no_impostor_on_a_port_the_monitor_could_not_take(ipvs, run, backends):
+    """The monitor runs and holds the lock, but the config's listen names a port someone else holds
+    (a reload to it was refused, the old one kept): whoever answers there claims the monitor's PID.
+    Not believed: only a listener of the lock holder's own is; --status reads the state file."""
+    a = backends(ip="127.0.0.11")
+    first = free_port()
+    text = config(VIP, [a.address], interval=60)
+    monitor = run(ipvs, with_listen(text, f"127.0.0.1:{first}")).start()
+    served(first)
+    with socket.socket() as impostor:
+        impostor.bind(("127.0.0.1", 0))
+        impostor.listen(8)
+        second = f"127.0.0.1:{impostor.getsockname()[1]}"
+        lie = {"monitor_rs": m.__version__, "source": "monitor", "pid": monitor.proc.pid, "config": "x",
+               "time": time.time(), "interval": 60, "pass_seconds": 0.0, "services": []}
+        body = json.dumps(lie).encode()
+
+        def answer():
+            while True:
+                try:
+                    conn, _ = impostor.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        threading.Thread(target=answer, daemon=True).start()
+        monitor.config.write_text(with_listen(text, second))
+        monitor.signal(signal.SIGHUP)
+        monitor.wait_log(f"status endpoint: cannot listen on {second} (listen): Address already in use; "
+                         f"still serving on 127.0.0.1:{first}; monitoring goes on")
+        code, status = monitor.status()
+    assert status["pid"] == monitor.proc.pid and status["services"] != []  # the monitor's own state file
+    assert status["services"][0]["servers"][0]["server"] == a.address
+    assert monitor.stop()[0] == 0
+
+
+def test_status_believes_no_stuck_monitor(tmp_path):
+    """A monitor whose loop is stuck (a blocking syslog, a log on a hung NFS) still holds its lock and
+    its thread still serves the last pass: --status must not take that old pass for now's, as it never
+    takes a stale state file (it makes its own pass then)."""
+    import fcntl
+    port = free_port()
+    path = tmp_path / "monitorRS.conf"
+    path.write_text(with_listen(config(VIP, ["127.0.0.11:80"]), f"127.0.0.1:{port}"))
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    cfg = dataclasses.replace(m.load_config(str(path)), lock=str(lock))
+    listening = m.Listening(lambda message, kind="info": None)
+    listening.start(f"127.0.0.1:{port}")
+    try:
+        with open(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # this process: the lock's holder and the endpoint's
+            snap = {"monitor_rs": m.__version__, "source": "monitor", "pid": os.getpid(), "config": str(path),
+                    "time": time.time(), "interval": 3, "pass_seconds": 0.1, "services": []}
+            listening.publish(snap)
+            assert m.endpoint_status(cfg) == snap  # a pass of now: believed
+            listening.publish(dict(snap, time=time.time() - 3600))
+            assert m.endpoint_status(cfg) is None  # an hour old: that loop is stuck
+    finally:
+        listening.close()
+
+
+def test_the_lock_holder_is_matched_on_its_device_too(tmp_path):
+    """/proc/locks names a lock's file by device and inode: an inode number alone is any user's to
+    match on another file system (a file of theirs in /tmp or /dev/shm, locked), and --status would
+    then believe their endpoint.  The real lock is found; the same inode on another device is not."""
+    import fcntl
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    st = os.stat(lock)
+    with open(lock) as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert m.lock_holder(str(lock)) == os.getpid()
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    other = f"{(os.major(st.st_dev) + 1) % 256:02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    locks = tmp_path / "locks"
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 {other} 0 EOF\n")
+    assert m.lock_holder(str(lock), str(locks)) is None
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 4242 {other} 0 EOF\n2: FLOCK  ADVISORY  WRITE 4343 {where} 0 EOF\n")
+    assert m.lock_holder(str(lock), str(locks)) == 4343
 
 
 def test_a_failure_in_the_thread_is_said_once_and_never_the_loops(monkeypatch):
@@ -473,9 +561,12 @@ def test_hostile_clients_never_delay_a_probe_or_a_change(ipvs, run, backends, pe
     done = attack.close()
     times = [t for t in passes.close() if started <= t <= ended]
     assert done is not None and all(done["connections"].values()), done  # every kind of client got in
-    # the endpoint kept cycling: no slowloris kept much beyond its head deadline (a blocking server
-    # keeps the first for the whole attack); the slack: a wait in the kernel's backlog, a loaded machine
-    assert done["longest_slowloris"] < m.LISTEN_HEAD_SECONDS + 2.5 * SLOW, done
+    # the endpoint kept cycling: the slowloris kept no longer than their head deadline (a blocking server
+    # keeps them all for the whole attack).  Measured by the clients from their first line, as sent: a
+    # connection the kernel could not queue (its accept queue full: the flood) waits there for the
+    # SYN-ACK's retries, 1 s, 2 s, 4 s, unseen by the monitor, and a loaded 2-core machine showed 5 and
+    # 7 s as the longest; so the 99th percentile (about 2.0 s on such a machine), not the longest
+    assert done["slowloris_p99"] < m.LISTEN_HEAD_SECONDS + 1.0 * SLOW, done
 
     # the passes kept their pace: none skipped (one ipvsadm -Ln each: the fake's log counts them
     # exactly), and each started on its turn, an interval after the one before (the monitor's own
@@ -495,7 +586,10 @@ def test_hostile_clients_never_delay_a_probe_or_a_change(ipvs, run, backends, pe
 
     # afterwards: /metrics answers with the truth, and says what became of the clients
     def settled():
-        code, _, body = get(port, "/metrics")
+        try:  # the last clients may still fill it: a 503 closed on an unread request is a reset here
+            code, _, body = get(port, "/metrics")
+        except OSError:
+            return None
         text = body.decode()
         return code == 200 and f'monitor_rs_server_up{{service="{VIP}",name="web",server="{flaky}"}} 1' in text \
             and text

@@ -261,7 +261,9 @@ def test_a_server_coming_back_ramps_over_the_passes_to_its_weight(ipvs, run, bac
         return w == 20
 
     wait_until(watch, what="a back at 20")
-    assert seen[0] == 1 and seen == sorted(seen) and len(seen) >= 3, seen  # 1, some steps, 20
+    # some steps up to 20, never down (its first weight, 1, lasts one interval: a poll of this test late by
+    # that much on a loaded machine misses it; the log below says it was added at 1)
+    assert seen[0] < 20 and seen == sorted(seen) and len(seen) >= 3, seen
     monitor.wait_log(f"{a.address} weight set to 20 in {VIP} (web): slow start done (3 s)")
     assert monitor.stop()[0] == 0
     assert monitor.count(f"{a.address} has been added to work in {VIP} (web) (weight 1); "
