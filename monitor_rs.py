@@ -5447,10 +5447,11 @@ def next_check(anchor: float, began: float, interval: float, pace: Optional[floa
 
 
 def spread_late(due: Dict[object, float], ended: float) -> None:
-    """Checks that fell due (by more than half a tick) while a pass was still waiting for slow answers,
-    or reading the table, start from `ended` on, but kept as far apart as they were (shifted by the
-    delay), not all at once: a wave at every long pass is what spreading the checks avoids.  Their
-    phase is kept: the turn after is on time."""
+    """Checks that fell due (by more than half a tick) while a pass could take no more (the first
+    pass, at start: everyone at once, slow ones to their timeout; a pass that ran into its limit)
+    start from `ended` on, kept as far apart as they were (shifted by the delay), not all at once:
+    a wave after every long pass is what spreading the checks avoids.  Their phase is kept: the
+    turn after is on time."""
     late = [key for key, at in due.items() if at < ended - SCHEDULE_GRID / 2]  # later than its tick
     if not late:
         return
@@ -5536,6 +5537,8 @@ class Monitor:
         self.config = config
         self.due, self.next_tick = {}, 0.0  # a new config: every real server is checked at once
         self.anchor = {}  # and spread anew after that
+        self.position = {(vs.ipvs_key, rs.endpoint): i for vs in config.services for i, rs in enumerate(vs.servers)}
+        self.seen = {k: v for k, v in self.seen.items() if k in self.position}
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
@@ -5893,8 +5896,8 @@ class Monitor:
             key = (vs.ipvs_key, ep)
             anchor = self.anchor.get(key)
             if anchor is None:
-                position = next((i for i, rs in enumerate(vs.servers) if rs.endpoint == ep), 0)
-                anchor = self.anchor[key] = on_grid(began + spread_offset(position, len(vs.servers), interval))
+                offset = spread_offset(self.position.get(key, 0), len(vs.servers), interval)
+                anchor = self.anchor[key] = on_grid(began + offset)
             self.due[key] = next_check(anchor, began, interval, check_pace(vs, view.health[ep]))
             self.soonest = min(self.soonest, self.due[key])  # a check brought nearer (fastinter): `more` looks
 
@@ -5984,10 +5987,7 @@ class Monitor:
         self.listed = self._whole_table()  # one read of the whole table, or None: one ipvsadm -Ln per service
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
         self.listed = None
-        ready = started
-        if self.spread:  # what fell due while the last pass ended and this one read the table: kept apart
-            ready = time.monotonic()
-            spread_late(self.due, ready)
+        ready = time.monotonic()  # the tables read: the checks due by now start
         views = {vs.ipvs_key: _PassView(vs, {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key},
                                         tables[vs.ipvs_key]) for vs in services}
         serves: Dict[ProbeTarget, List[Tuple[_PassView, Endpoint, RealServer]]] = {}
@@ -6002,14 +6002,20 @@ class Monitor:
         asking = [ready]  # when a check of the pass falls due next (more)
         self.soonest = math.inf
 
+        longest = max([self.config.timeout] + [vs.timeout for vs in services if vs.timeout is not None])
+
         def more() -> Tuple[List[ProbeTarget], Optional[float]]:
-            """The checks that fell due since, joining the pass's wave until its window ends."""
+            """The checks that fell due since, joining the pass's wave: until its window ends, and after
+            that while a check is still in flight (up to a timeout more), so that the pass ends when none
+            is (a slow answer does not hold back the checks due meanwhile into a wave after it)."""
             at = time.monotonic()
-            if at > window or self.stop_requested():
+            if at > window and (at > window + longest or not any(v.pending for v in views.values())):
+                return [], None
+            if self.stop_requested():
                 return [], None
             soonest = min(asking[0], self.soonest)
             if at + SCHEDULE_SLACK < soonest:
-                return [], None if soonest > window and not any(v.pending for v in views.values()) else soonest
+                return [], soonest
             self.soonest = math.inf
             joining, first = [], math.inf
             for view in views.values():
@@ -6033,8 +6039,6 @@ class Monitor:
                         due = self.due[(view.vs.ipvs_key, ep)]
                     first = min(first, due)
             asking[0] = first
-            if first > window and not joining and not any(v.pending for v in views.values()):
-                return [], None  # nothing more falls due in the window, nothing in flight may bring one nearer
             return list(dict.fromkeys(joining)), first
 
         def arrived(batch: Mapping[ProbeTarget, ProbeResult]) -> None:
