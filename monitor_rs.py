@@ -5527,6 +5527,7 @@ class Monitor:
         # over its interval (spread_offset); off, a pass probes what is due at its start (the first, --once)
         self.spread = False
         self.soonest = math.inf  # the nearest next check set by a decision since `more` last looked
+        self.cut_short = lambda: False  # true: the pass takes no more checks (a reload waits for its end)
         self.next_tick = 0.0  # the next pass at the latest (the config's interval): status, autoreload, holds
         self.last: Dict[Tuple[str, str], ServiceReport] = {}  # each service's rows of its last probing
         self.held_seen: Dict[Tuple[str, str], frozenset] = {}  # the holds each service was last decided with
@@ -6004,6 +6005,10 @@ class Monitor:
 
         longest = max([self.config.timeout] + [vs.timeout for vs in services if vs.timeout is not None])
 
+        def wall() -> float:
+            """The time of a decision: a spread pass lasts about an interval."""
+            return time.time() if self.spread else now
+
         def more() -> Tuple[List[ProbeTarget], Optional[float]]:
             """The checks that fell due since, joining the pass's wave: until its window ends, and after
             that while a check is still in flight (up to a timeout more), so that the pass ends when none
@@ -6011,7 +6016,7 @@ class Monitor:
             at = time.monotonic()
             if at > window and (at > window + longest or not any(v.pending for v in views.values())):
                 return [], None
-            if self.stop_requested():
+            if self.stop_requested() or self.cut_short():
                 return [], None
             soonest = min(asking[0], self.soonest)
             if at + SCHEDULE_SLACK < soonest:
@@ -6023,7 +6028,7 @@ class Monitor:
                     continue
                 key = view.vs.ipvs_key
                 if any(self.due.get((key, ep), 0.0) <= at + SCHEDULE_SLACK for ep in view.quiet):
-                    self._decide_some(view, view.quiet, now, report)  # decided before it is checked again
+                    self._decide_some(view, view.quiet, wall(), report)  # decided before it is checked again
                     view.quiet = {}
                 for rs in view.vs.servers:
                     ep = rs.endpoint
@@ -6061,10 +6066,10 @@ class Monitor:
                     now_results, view.kept_back = split_arrivals(view.vs, view.kept_back, view.table, view.health,
                                                                  list(view.pending))
                     if now_results:
-                        self._decide_some(view, now_results, now, report)
+                        self._decide_some(view, now_results, wall(), report)
                     if view.kept_back and not view.pending and self.spread:
                         # the service's wave has ended (more may join the pass): as at the pass's end
-                        self._decide_some(view, view.kept_back, now, report)
+                        self._decide_some(view, view.kept_back, wall(), report)
                         view.kept_back = {}
 
         try:
@@ -6098,7 +6103,7 @@ class Monitor:
             elif table is not None and (view.kept_back or view.quiet or not view.decided):
                 # what waited for the whole wave (the depool threshold could bind, or nothing to change),
                 # or a service with nothing probed
-                self._decide_some(view, {**view.quiet, **view.kept_back}, now, report)
+                self._decide_some(view, {**view.quiet, **view.kept_back}, wall(), report)
                 view.kept_back, view.quiet = {}, {}
             table = view.start if table is not None else None  # the rows compare with the table as read
             health = view.health
@@ -6309,6 +6314,7 @@ def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda repo
     """
     monitor.stop_requested = lambda: signals.stop
     monitor.spread = True  # the checks that fall due while a pass runs join it
+    monitor.cut_short = lambda: signals.reload  # but for a SIGHUP: the pass ends with what is in flight
     while not signals.stop:
         if signals.reload:
             signals.reload = False
