@@ -5,9 +5,9 @@ per-server schedule.
 
     python3 bench/spread.py [--seconds S] [--slots 1,4,10] [--old PATH] [--out bench/spread.md]
 
-The setting of bench/peers.py natively: 40 servers on loopback (32 answering at once, 8 after 0.6 s,
-each group in its own process, tests/herd.py), interval 1 s, timeout 1 s, fall 1, the fake ipvsadm
-(tests/fake_ipvsadm.py) with all 40 in its table.  The monitor runs as a daemon for S seconds after a
+The setting of bench/peers.py natively: 40 servers (--servers N) on loopback (32 answering at once,
+8 after 0.6 s; a fifth slow for other N; each group in its own process, tests/herd.py), interval 1 s,
+timeout 1 s, fall 1, the fake ipvsadm (tests/fake_ipvsadm.py) with all of them in its table.  The monitor runs as a daemon for S seconds after a
 3 s start; then: the checks answered together (bunches within 50 ms) (the herd's HERD_ANSWERED times; the slow
 ones' answers are not counted, they are 0.6 s late on purpose), the monitor's CPU seconds per minute
 (getrusage of it and its reaped children, the ipvsadm runs included), and the -d the fake logged
@@ -55,15 +55,21 @@ def bunches(times, span):
     return sizes
 
 
-def run(folder, monitor, slots, seconds):
+def run(folder, monitor, slots, seconds, servers=40):
     answered = os.path.join(folder, "answered")
-    fast, fast_addresses = herd(32, "ok", answered)
-    slow, slow_addresses = herd(8, "delay:0.6", os.path.join(folder, "slow-answered"))
+    fast, fast_addresses = herd(servers - servers // 5, "ok", answered)
+    slow, slow_addresses = herd(servers // 5, "delay:0.6", os.path.join(folder, "slow-answered"))
     ipvsadm, state, calls = fake(folder)
     everyone = fast_addresses + slow_addresses
     subprocess.run([ipvsadm, "-A", "-t", VIP, "-s", "wrr"], check=True)
+    with open(state) as handle:  # every server in the table: one write, not N ipvsadm runs
+        table = json.load(handle)
     for address in everyone:
-        subprocess.run([ipvsadm, "-a", "-t", VIP, "-r", address, "-m", "-w", "1"], check=True)
+        ip, port = address.rsplit(":", 1)
+        table["services"][0]["dests"].append({"af": 4, "addr": ip, "port": int(port), "forward": "Masq",
+                                              "weight": 1, "activeconns": 0, "inactconns": 0})
+    with open(state, "w") as handle:
+        json.dump(table, handle)
     conf = os.path.join(folder, "monitorRS.conf")
     with open(conf, "w") as handle:
         handle.write(f"[monitor]\ninterval = 1\ntimeout = 1\n\n[virtual web]\nvip = 127.0.0.1\nvport = 80\n"
@@ -99,7 +105,7 @@ def run(folder, monitor, slots, seconds):
 
 def main():
     args = sys.argv[1:]
-    seconds, slots, old = 30.0, [1, 4, 10], None
+    seconds, slots, old, servers = 30.0, [1, 4, 10], None, 40
     out = os.path.join(ROOT, "bench", "spread.md")
     if "--seconds" in args:
         seconds = float(args[args.index("--seconds") + 1])
@@ -107,6 +113,8 @@ def main():
         slots = [int(s) for s in args[args.index("--slots") + 1].split(",")]
     if "--old" in args:
         old = os.path.abspath(args[args.index("--old") + 1])
+    if "--servers" in args:
+        servers = int(args[args.index("--servers") + 1])
     if "--out" in args:
         out = args[args.index("--out") + 1]
     runs = ([("without the per-server schedule", old, 0)] if old else []) + [
@@ -114,19 +122,20 @@ def main():
     rows = []
     for name, monitor, n in runs:
         with tempfile.TemporaryDirectory() as folder:
-            sizes, cpu, removed, rate = run(folder, monitor, n, seconds)
+            sizes, cpu, removed, rate = run(folder, monitor, n, seconds, servers)
         checks = sum(sizes)
-        rows.append(f"| {name} | {statistics.median(sizes):g} | {max(sizes)} | "
-                    f"{sum(s for s in sizes if s > 10) / checks * 100:.0f} % | {rate:.1f} | {cpu:.2f} | {removed} |")
+        rows.append(f"| {servers} | {name} | {statistics.median(sizes):g} | {max(sizes)} | "
+                    f"{sum(s for s in sizes if s > servers // 4) / checks * 100:.0f} % | {rate:.1f} | {cpu:.2f} | "
+                    f"{removed} |")
         print(rows[-1], flush=True)
-    text = ("# Spreading the checks: 40 servers (8 answering after 0.6 s), interval 1 s, timeout 1 s, fall 1\n\n"
-            f"`python3 bench/spread.py --seconds {seconds:g}` ({platform.machine()}, {os.cpu_count()} CPUs, "
+    text = ("# Spreading the checks: N servers (a fifth answering after 0.6 s), interval 1 s, timeout 1 s, fall 1\n\n"
+            f"`python3 bench/spread.py --seconds {seconds:g} --servers {servers}` ({platform.machine()}, {os.cpu_count()} CPUs, "
             f"Python {platform.python_version()}, the fake ipvsadm: one `ipvsadm -Ln` process a pass; "
             f"{time.strftime('%Y-%m-%d', time.gmtime())}).\n\n"
             "Checks started together: the fast servers' answers in bunches (from the first to 50 ms after it).\n\n"
-            "| monitor | checks together, median | most | checks in a bunch of more than 10 | "
-            "checks of the 32 fast ones / s | CPU s / min (monitor + ipvsadm runs) | healthy servers taken out |\n"
-            "|---|---:|---:|---:|---:|---:|---:|\n"
+            "| N | monitor | checks together, median | most | checks in a bunch of more than N / 4 | "
+            "checks of the fast ones / s | CPU s / min (monitor + ipvsadm runs) | healthy servers taken out |\n"
+            "|---:|---|---:|---:|---:|---:|---:|---:|\n"
             + "\n".join(rows) + "\n")
     with open(out, "w") as handle:
         handle.write(text)
