@@ -5858,8 +5858,9 @@ class Monitor:
     def _schedule(self, started: float, holds: Mapping, until: float) -> List[VirtualService]:
         """The services in this pass: those with a real server due by `until` (each server on its
         own schedule: its service's interval, ldirectord's per-virtual checkinterval, on its own
-        phase; fastinter, downinter), and at once those whose holds changed (a server whose hold
-        came or went is due now).  A held server is not checked: it is due when its hold goes."""
+        phase; fastinter, downinter), at once those whose holds changed (a server whose hold
+        came or went is due now), and every pass those with a hold.  A held server is not
+        checked: it is due when its hold goes."""
         due = []
         self.next_tick = next_due(self.next_tick, started, self.config.interval)
         for vs in self.config.services:
@@ -5870,7 +5871,8 @@ class Monitor:
                 self.due.pop((key, ep), None)
             for ep, _ in held:
                 self.due[(key, ep)] = math.inf
-            if held != was or any(self.due.get((key, rs.endpoint), 0.0) <= until for rs in vs.servers):
+            # a service with a hold is decided every pass (a hold's steps: a drain waits for connections to end)
+            if held or held != was or any(self.due.get((key, rs.endpoint), 0.0) <= until for rs in vs.servers):
                 due.append(vs)
         return due
 
