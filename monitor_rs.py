@@ -5982,8 +5982,14 @@ class Monitor:
         started = time.monotonic()
         phase, self.phase = self.phase, Phase.RUNNING
         holds = self._holds()
-        window = started + (self.config.interval if self.spread else 0.0)  # checks due by then join the pass
+        window = started
+        if self.spread:  # checks due by the next pass's turn join this one: passes on the config's interval,
+            # on their own phase (one that ends late does not move the next, a missed turn is not made up)
+            window = (next_turn(self.next_tick, started + SCHEDULE_GRID / 2, self.config.interval)
+                      if self.next_tick > 0 else started + self.config.interval)
         services = self._schedule(started, holds, window + SCHEDULE_SLACK)
+        if self.spread:
+            self.next_tick = window
         report = PassReport(started=now)
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
@@ -6016,8 +6022,8 @@ class Monitor:
             that while a check is still in flight (up to a timeout more), so that the pass ends when none
             is (a slow answer does not hold back the checks due meanwhile into a wave after it)."""
             at = time.monotonic()
-            if at > window and (at > window + longest or not any(v.pending for v in views.values())):
-                return [], None
+            if at > window - SCHEDULE_GRID / 2 and (at > window + longest or not any(v.pending for v in views.values())):
+                return [], None  # (what is due at the next pass's turn is the next pass's)
             if self.stop_requested() or self.cut_short():
                 return [], None
             soonest = min(asking[0], self.soonest)
@@ -6139,7 +6145,8 @@ class Monitor:
         self._say_news()
         self.hooks.reap()
         ended = time.monotonic()
-        self.next_tick = caught_up(self.next_tick, ended)
+        if not self.spread:
+            self.next_tick = caught_up(self.next_tick, ended)
         spread_late(self.due, ended)
         # Every service in every pass: one not due shows its rows of its last probing (no action now).
         report.services = [reports[vs.ipvs_key] if vs.ipvs_key in reports else dataclasses.replace(

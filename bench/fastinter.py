@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 15, fastinter: how long a server that starts to refuse stays in the table with fall = 3.
+"""Issue 15, fastinter: how long a server that starts to fail stays in the table with fall = 3.
 
     python3 bench/fastinter.py [--trials N] [--out bench/fastinter.md]
 
@@ -7,7 +7,7 @@ Per setting (interval 2 s, timeout 1 s, fall 3; without fastinter, then fastinte
 trials: 4 healthy servers in their own process (tests/herd.py) on loopback, the victim in another,
 the fake ipvsadm (tests/fake_ipvsadm.py) with all of them in its table; the monitor runs as a daemon;
 after a random wait (a random phase of its checks) the victim's process is killed (its port refuses
-from then on) and the time until the fake logs its -d is taken from the fake's calls log (wall clock
+from then on), or stopped (SIGSTOP: hung, the kernel still accepts its connections) and the time until the fake logs its -d is taken from the fake's calls log (wall clock
 of the same machine).  Writes a markdown table (min / median / max, and the expected
 interval + (fall - 1) x fastinter, plus up to an interval for the phase) to --out and prints it.
 Standard library only.
@@ -16,6 +16,7 @@ Standard library only.
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ VIP = "127.0.0.1:80"
 INTERVAL, TIMEOUT, FALL = 2.0, 1.0, 3
 
 
-def trial(folder, fastinter):
+def trial(folder, fastinter, kind):
     healthy, addresses = herd(4, "ok")
     victim, (target,) = herd(1, "ok")
     ipvsadm, state, calls = fake(folder)
@@ -52,8 +53,11 @@ def trial(folder, fastinter):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(3 + random.random() * INTERVAL)  # a random phase of the victim's checks
-        victim.kill()
-        victim.wait()
+        if kind == "hung":  # stopped: the kernel still accepts its connections, nobody answers
+            os.kill(victim.pid, signal.SIGSTOP)
+        else:
+            victim.kill()
+            victim.wait()
         killed = time.time()
         deadline = killed + 30
         while time.time() < deadline:
@@ -68,6 +72,7 @@ def trial(folder, fastinter):
         for proc in (healthy, victim):
             if proc.poll() is None:
                 proc.kill()
+                proc.send_signal(signal.SIGCONT)
                 proc.wait()
 
 
@@ -79,23 +84,29 @@ def main():
     if "--out" in args:
         out = args[args.index("--out") + 1]
     rows = []
-    for fastinter in (None, 0.2):
-        times = []
-        for _ in range(trials):
-            with tempfile.TemporaryDirectory() as folder:
-                times.append(trial(folder, fastinter))
-        after_first = INTERVAL * (FALL - 1) if fastinter is None else fastinter * (FALL - 1)
-        rows.append(f"| {'-' if fastinter is None else f'{fastinter:g} s'} | {min(times):.2f} | "
-                    f"{statistics.median(times):.2f} | {max(times):.2f} | {after_first:.1f} to "
-                    f"{after_first + INTERVAL:.1f} | " + ", ".join(f"{t:.2f}" for t in times) + " |")
-        print(rows[-1], flush=True)
-    text = (f"# fastinter: a refusing server out, fall = {FALL}, interval = {INTERVAL:g} s, timeout = {TIMEOUT:g} s\n\n"
+    for kind in ("refusing", "hung"):
+        for fastinter in (None, 0.2):
+            times = []
+            for _ in range(trials):
+                with tempfile.TemporaryDirectory() as folder:
+                    times.append(trial(folder, fastinter, kind))
+            # the first failed check up to an interval after the fault; then fall - 1 more, each after the
+            # re-check wait from the start of the one before, and not before it failed (hung: its timeout)
+            took = TIMEOUT if kind == "hung" else 0.0
+            wait = INTERVAL if fastinter is None else max(fastinter, took)
+            low = (FALL - 1) * wait + took
+            rows.append(f"| {kind} | {'-' if fastinter is None else f'{fastinter:g} s'} | {min(times):.2f} | "
+                        f"{statistics.median(times):.2f} | {max(times):.2f} | {low:.1f} to {low + INTERVAL:.1f} | "
+                        + ", ".join(f"{t:.2f}" for t in times) + " |")
+            print(rows[-1], flush=True)
+    text = (f"# fastinter: a failing server out, fall = {FALL}, interval = {INTERVAL:g} s, timeout = {TIMEOUT:g} s\n\n"
             f"`python3 bench/fastinter.py --trials {trials}` ({platform.machine()}, {os.cpu_count()} CPUs, "
             f"Python {platform.python_version()}, the fake ipvsadm; {time.strftime('%Y-%m-%d', time.gmtime())}).\n"
-            "Seconds from the victim's process killed (its port refuses) to its `-d` in the fake's log; "
-            "expected: (fall - 1) x the re-check wait after the first failed check, which comes up to an "
-            "interval after the kill (the phase).\n\n"
-            "| fastinter | min | median | max | expected | trials |\n|---|---:|---:|---:|---:|---|\n"
+            "Seconds from the victim's fault (refusing: its process killed; hung: its process stopped, the "
+            "kernel still accepts) to its `-d` in the fake's log; expected: the first failed check comes up "
+            "to an interval after the fault (the phase), then fall - 1 more, each the re-check wait after the "
+            "one before began, and not before that one failed (hung: its timeout).\n\n"
+            "| fault | fastinter | min | median | max | expected | trials |\n|---|---|---:|---:|---:|---:|---|\n"
             + "\n".join(rows) + "\n")
     with open(out, "w") as handle:
         handle.write(text)
