@@ -6086,7 +6086,7 @@ class Monitor:
                         and holds_go_first(view.vs, view.table, view.held, list(view.pending))):
                     self._decide_some(view, {}, now, report)
             targets = list(serves)  # a held server is not checked (ldirectord)
-            joins = more if self.spread and len(self.targets) <= self.fanout else None
+            joins = more if self.spread and views and len(self.targets) <= self.fanout else None
             results = None if self.stop_requested() else probe_all(
                 targets, self.config.timeout, self.fanout, self.stop_requested, arrived, joins)
             fault = ""
