@@ -6017,6 +6017,12 @@ class Monitor:
             """The time of a decision: a spread pass lasts about an interval."""
             return time.time() if self.spread else now
 
+        def idle_past(first: float) -> Optional[float]:
+            """None (the pass ends: published, the loop sleeps) when nothing is in flight and nothing
+            falls due before the next pass's turn (a long interval, a first check of everyone)."""
+            busy = any(v.pending for v in views.values())
+            return None if not busy and first >= window - SCHEDULE_GRID / 2 else first
+
         def more() -> Tuple[List[ProbeTarget], Optional[float]]:
             """The checks that fell due since, joining the pass's wave: until its window ends, and after
             that while a check is still in flight (up to a timeout more), so that the pass ends when none
@@ -6028,7 +6034,7 @@ class Monitor:
                 return [], None
             soonest = min(asking[0], self.soonest)
             if at + SCHEDULE_SLACK < soonest:
-                return [], soonest
+                return [], idle_past(soonest)
             self.soonest = math.inf
             joining, first = [], math.inf
             for view in views.values():
@@ -6052,7 +6058,7 @@ class Monitor:
                         due = self.due[(view.vs.ipvs_key, ep)]
                     first = min(first, due)
             asking[0] = first
-            return list(dict.fromkeys(joining)), first
+            return list(dict.fromkeys(joining)), first if joining else idle_past(first)
 
         def arrived(batch: Mapping[ProbeTarget, ProbeResult]) -> None:
             """Each service with new results decides on them at once (see split_arrivals)."""
