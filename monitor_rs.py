@@ -2929,13 +2929,17 @@ class Wave:
             check.verdict = check.failed(exc)  # whatever a server manages to provoke, it is a failed probe
 
     def run(self, targets: Sequence["ProbeTarget"], stop,
-            arrived: Optional[Callable[[List[Tuple[int, ProbeResult]]], None]] = None
+            arrived: Optional[Callable[[List[Tuple[int, ProbeResult]]], None]] = None,
+            more: Optional[Callable[[], Tuple[Sequence["ProbeTarget"], Optional[float]]]] = None
             ) -> Optional[List[ProbeResult]]:
         """A verdict for each target, or None when `stop()` turned true meanwhile.
 
         `arrived`, if given, is handed the verdicts as they come: once per event turn, with
         those finished in that turn (index in `targets`, result), never one call per result,
-        so a refused server can be acted on while slow ones are still answering."""
+        so a refused server can be acted on while slow ones are still answering.
+        `more`, if given, is asked at every turn for targets that fell due since, which join
+        the wave (their indexes follow the others'), and when to ask again (monotonic; None:
+        no more): the wave runs until then even with nothing in flight."""
         started = time.monotonic()
         fresh: List[Check] = []  # finished since `arrived` was last called
         checks = [CHECKERS[t.check](t, self) for t in targets]
@@ -2982,6 +2986,20 @@ class Wave:
             settle()
 
         order = {check: i for i, check in enumerate(checks)}
+        asking: Optional[float] = None if more is None else 0.0
+
+        def admit() -> None:
+            nonlocal asking
+            if asking is None:
+                return
+            joining, asking = more()
+            for target in joining:
+                check = CHECKERS[target.check](target, self)
+                order[check] = len(checks)
+                checks.append(check)
+                waiting.append(check)
+            if joining:
+                launch()
 
         def hand_over() -> None:
             if fresh and arrived is not None and not stop():
@@ -2994,10 +3012,12 @@ class Wave:
             launch()
             hand_over()
             grace = GRACE_STEPS
-            while running:
+            admit()
+            while running or asking is not None:
                 if stop():
                     return None
-                left = min(next(iter(lane)).began + timeout for timeout, lane in lanes.items()) - clock.watched
+                left = min((next(iter(lane)).began + timeout for timeout, lane in lanes.items()),
+                           default=math.inf) - clock.watched
                 if left <= 0:
                     if not grace:  # answers that arrived were read: the rest is late
                         for timeout, lane in list(lanes.items()):
@@ -3010,7 +3030,10 @@ class Wave:
                         hand_over()
                         continue
                     grace -= 1
-                for descriptor, events in clock.poll(self.poller, min(max(left, 0.0), STOP_POLL)):
+                wait = min(max(left, 0.0), STOP_POLL)
+                if asking is not None:
+                    wait = min(wait, max(asking - time.monotonic(), 0.0))
+                for descriptor, events in clock.poll(self.poller, wait):
                     check = self.by_descriptor.get(descriptor)
                     if check is not None and check.verdict is None:
                         self._call(check, check.ready, descriptor, events)
@@ -3019,6 +3042,8 @@ class Wave:
                 settle()
                 if len(running) < len(checks) and waiting:
                     launch()
+                hand_over()
+                admit()
                 hand_over()
         finally:
             for check in running:
@@ -4101,27 +4126,37 @@ class OffCheck(_FixedCheck):
     __slots__ = ()
 
 
-def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop, arrived=None) -> Optional[List[ProbeResult]]:
+def _probe_wave(targets: Sequence[ProbeTarget], timeout: float, stop, arrived=None, more=None
+                ) -> Optional[List[ProbeResult]]:
     """Probes started together: see Wave.  None when `stop()` turned true meanwhile."""
-    return Wave(timeout).run(targets, stop, arrived)
+    return Wave(timeout).run(targets, stop, arrived, more)
 
 
 def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000,
               stop=lambda: False,
-              arrived: Optional[Callable[[Dict[ProbeTarget, ProbeResult]], None]] = None
+              arrived: Optional[Callable[[Dict[ProbeTarget, ProbeResult]], None]] = None,
+              more: Optional[Callable[[], Tuple[Sequence[ProbeTarget], Optional[float]]]] = None
               ) -> Optional[Dict[ProbeTarget, ProbeResult]]:
     """Probe each distinct target once, `fanout` at a time (all at once, usually).
 
     `arrived`, if given, gets the results as they come, a batch per event turn (see Wave.run).
-    None when asked to stop meanwhile."""
+    `more`: targets that fall due meanwhile join the last wave (see Wave.run); a target probed
+    again that way is given its last result.  None when asked to stop meanwhile."""
     unique = list(dict.fromkeys(targets))
     fanout = max(1, fanout)
     results: List[ProbeResult] = []
-    for first in range(0, len(unique), fanout):
+    for first in range(0, max(len(unique), 1 if more else 0), fanout):
         part = unique[first:first + fanout]
         hand = None if arrived is None else (
             lambda batch, part=part: arrived({part[i]: result for i, result in batch}))
-        wave = _probe_wave(part, timeout, stop, hand)
+        join = None
+        if more is not None and first + fanout >= len(unique):
+            def join(part=part):
+                joining, at = more()
+                part.extend(joining)
+                unique.extend(joining)
+                return joining, at
+        wave = _probe_wave(part, timeout, stop, hand, join)
         if wave is None:
             return None
         results += wave
@@ -5645,6 +5680,70 @@ def caught_up(due: float, ended: float) -> float:
     """A turn that passed while the pass ran is now, not a debt of passes to catch up."""
     return max(due, ended)
 
+
+SCHEDULE_GRID = 0.1  # seconds: checks due within one tick of this grid start together (one pass's turn)
+SCHEDULE_SLOTS = 10  # a service's checks are spread over its interval in at most this many groups
+
+
+def on_grid(at: float) -> float:
+    """`at` (monotonic) to the nearest tick of the schedule's grid: checks due close together start
+    together, so the monitor wakes at most once a tick however many servers and phases there are."""
+    return round(at / SCHEDULE_GRID) * SCHEDULE_GRID
+
+
+def spread_offset(position: int, count: int, interval: float) -> float:
+    """How long after its first check (all at once, at start or a new config) the real server at
+    `position` of a service's `count` is checked again: its phase.  The servers are spread evenly
+    over the interval in groups no closer than SCHEDULE_GRID, at most SCHEDULE_SLOTS of them (each
+    group one turn of the loop); the last group a whole interval after, none later than that."""
+    slots = max(1, min(count, SCHEDULE_SLOTS, int(interval / SCHEDULE_GRID + 1e-9)))
+    return interval * (position * slots // max(1, count) + 1) / slots
+
+
+def next_turn(anchor: float, after: float, interval: float) -> float:
+    """The first turn of a server's phase (anchor + k x interval, k an integer) later than `after`."""
+    return anchor + (math.floor((after - anchor) / interval + 1e-9) + 1) * interval
+
+
+def check_pace(vs: "VirtualService", h: "Health") -> Optional[float]:
+    """The wait before a server's next check when it is not the interval (HAProxy's names):
+    `fastinter` while its last checks disagree with its state (up with a failure, down with a
+    success: a streak toward fall or rise), `downinter` while it is down and staying down."""
+    if vs.fastinter is not None and ((h.up is True and h.bad > 0) or (h.up is False and h.good > 0)):
+        return vs.fastinter
+    if vs.downinter is not None and h.up is False and not h.held:
+        return vs.downinter
+    return None
+
+
+def next_check(anchor: float, began: float, interval: float, pace: Optional[float]) -> float:
+    """When a server whose check began at `began` is checked next (on the grid): its next turn
+    (steady, on its phase `anchor`); after `pace` instead when that is shorter (fastinter); at its
+    first turn at least `pace` after when that is longer (downinter), so its phase is kept."""
+    tolerance = min(SCHEDULE_GRID, interval) / 2  # a turn at about `began` is the one taken
+    regular = next_turn(anchor, began + tolerance, interval)
+    if pace is None:
+        return on_grid(regular)
+    if pace < interval:
+        return on_grid(min(began + pace, regular))
+    return on_grid(next_turn(anchor, began + pace - tolerance, interval))
+
+
+def spread_late(due: Dict[object, float], ended: float) -> None:
+    """Checks that fell due (by more than half a tick) while a pass could take no more (the first
+    pass, at start: everyone at once, slow ones to their timeout; a pass that ran into its limit)
+    start from `ended` on, kept as far apart as they were (shifted by the delay), not all at once:
+    a wave after every long pass is what spreading the checks avoids.  Their phase is kept: the
+    turn after is on time."""
+    late = [key for key, at in due.items() if at < ended - SCHEDULE_GRID / 2]  # later than its tick
+    if not late:
+        return
+    first = min(due[key] for key in late)
+    start = on_grid(ended)
+    for key in late:
+        due[key] = on_grid(start + (due[key] - first))
+
+
 OPERATORS_ACTS = (Seen.HAND, Seen.HELD, Seen.RELEASED)  # logged, not given to on_change (not health)
 
 
@@ -5667,6 +5766,7 @@ class _PassView:
     after: Dict[Endpoint, Optional[int]] = field(default_factory=dict)
     failed: set = field(default_factory=set)  # the args of changes that failed this pass: not made again in it
     decided: bool = False
+    launched: Dict[Endpoint, float] = field(default_factory=dict)  # when each check of the pass began
 
     def __post_init__(self):
         self.table = None if self.start is None else dict(self.start)
@@ -5703,7 +5803,15 @@ class Monitor:
         self.output.log.facility = config.syslog
         self.maintenance = MaintenanceDir(output)
         self.drain_dir = ""  # the drains' folder when the config has no maintenancedir (drain_folder); "": none
-        self.due: Dict[Tuple[str, str], float] = {}  # when each service is next probed (monotonic); absent: now
+        # when each real server, by (service, endpoint), is next checked (monotonic, on the grid); absent: now
+        self.due: Dict[Tuple[Tuple[str, str], Endpoint], float] = {}
+        self.anchor: Dict[Tuple[Tuple[str, str], Endpoint], float] = {}  # each server's phase: one of its turns
+        self.seen: Dict[Tuple[Tuple[str, str], Endpoint], ProbeResult] = {}  # each server's last result
+        # checks fall due while a pass runs and join it (run_forever): the checks of a service are spread
+        # over its interval (spread_offset); off, a pass probes what is due at its start (the first, --once)
+        self.spread = False
+        self.soonest = math.inf  # the nearest next check set by a decision since `more` last looked
+        self.cut_short = lambda: False  # true: the pass takes no more checks (a reload waits for its end)
         self.next_tick = 0.0  # the next pass at the latest (the config's interval): status, autoreload, holds
         self.last: Dict[Tuple[str, str], ServiceReport] = {}  # each service's rows of its last probing
         self.held_seen: Dict[Tuple[str, str], frozenset] = {}  # the holds each service was last decided with
@@ -5718,7 +5826,10 @@ class Monitor:
     def _plan(self, config: Config) -> None:
         """What to probe, worked out once per config rather than every pass."""
         self.config = config
-        self.due, self.next_tick = {}, 0.0  # a new config: every service is probed at once
+        self.due, self.next_tick = {}, 0.0  # a new config: every real server is checked at once
+        self.anchor = {}  # and spread anew after that
+        self.position = {(vs.ipvs_key, rs.endpoint): i for vs in config.services for i, rs in enumerate(vs.servers)}
+        self.seen = {k: v for k, v in self.seen.items() if k in self.position}
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
@@ -6072,9 +6183,9 @@ class Monitor:
         return self.config.interval if vs.interval is None else vs.interval
 
     def until_due(self) -> float:
-        """Seconds until the next pass: the first service due, or the config's interval at the latest."""
-        due = [self.due.get(vs.ipvs_key, 0.0) for vs in self.config.services]
-        return min(due + [self.next_tick]) - time.monotonic()
+        """Seconds until the next pass: the first real server due, or the config's interval at the latest."""
+        first = 0.0 if len(self.due) < len(self.targets) else min(self.due.values(), default=math.inf)
+        return min(first, self.next_tick) - time.monotonic()
 
     def _holds(self) -> Dict[Tuple[Tuple[str, str], Endpoint], Hold]:
         """The real servers an operator holds out this pass (maintenancedir, drains), by service."""
@@ -6091,20 +6202,54 @@ class Monitor:
                     holds[(vs.ipvs_key, rs.endpoint)] = hold
         return holds
 
-    def _schedule(self, started: float, holds: Mapping) -> List[VirtualService]:
-        """The services due this pass (ldirectord's per-virtual checkinterval): each on its own
-        schedule, and at once when its holds changed.  Their next turn is set now, so a pass
-        that fails does not make them due again at once."""
+    def _schedule(self, started: float, holds: Mapping, until: float) -> List[VirtualService]:
+        """The services in this pass: those with a real server due by `until` (each server on its
+        own schedule: its service's interval, ldirectord's per-virtual checkinterval, on its own
+        phase; fastinter, downinter), at once those whose holds changed (a server whose hold
+        came or went is due now), and every pass those with a hold.  A held server is not
+        checked: it is due when its hold goes."""
         due = []
         self.next_tick = next_due(self.next_tick, started, self.config.interval)
         for vs in self.config.services:
             key = vs.ipvs_key
-            at = self.due.get(key, 0.0)
             held = frozenset((ep, h) for (k, ep), h in holds.items() if k == key)
-            if at <= started + SCHEDULE_SLACK or held != self.held_seen.get(key, frozenset()):
+            was = self.held_seen.get(key, frozenset())
+            for ep, _ in held ^ was:
+                self.due.pop((key, ep), None)
+            for ep, _ in held:
+                self.due[(key, ep)] = math.inf
+            # a service with a hold is decided every pass (a hold's steps: a drain waits for connections to end)
+            if held or held != was or any(self.due.get((key, rs.endpoint), 0.0) <= until for rs in vs.servers):
                 due.append(vs)
-                self.due[key] = next_due(at, started, self.interval(vs))
         return due
+
+    def _launch(self, view: "_PassView", rs: RealServer, began: float) -> None:
+        """A server's check starts: until its result is decided, its next turn is the regular one
+        (a pass that fails does not make it due again at once)."""
+        key, ep = (view.vs.ipvs_key, rs.endpoint), rs.endpoint
+        view.pending[ep] = None
+        view.launched[ep] = began
+        anchor = self.anchor.get(key)
+        interval = self.interval(view.vs)
+        self.due[key] = next_check(began + interval if anchor is None else anchor, began, interval, None)
+
+    def _next_checks(self, view: "_PassView", decided: Mapping[Endpoint, ProbeResult]) -> None:
+        """The next check of each server whose result was just decided: on its phase (spread over
+        the interval from its first check: spread_offset), sooner while it changes state
+        (fastinter), later while it is down (downinter)."""
+        vs = view.vs
+        interval = self.interval(vs)
+        for ep in decided:
+            began = view.launched.get(ep)
+            if began is None:
+                continue
+            key = (vs.ipvs_key, ep)
+            anchor = self.anchor.get(key)
+            if anchor is None:
+                offset = spread_offset(self.position.get(key, 0), len(vs.servers), interval)
+                anchor = self.anchor[key] = on_grid(began + offset)
+            self.due[key] = next_check(anchor, began, interval, check_pace(vs, view.health[ep]))
+            self.soonest = min(self.soonest, self.due[key])  # a check brought nearer (fastinter): `more` looks
 
     def _decide_some(self, view: "_PassView", results: Mapping[Endpoint, ProbeResult], now: float,
                      report: PassReport) -> None:
@@ -6131,6 +6276,7 @@ class Monitor:
         view.table = changed_table(vs, view.table, made)
         for rs in vs.servers:
             self.health[(vs.ipvs_key, rs.endpoint)] = view.health[rs.endpoint]
+        self._next_checks(view, results)
 
     def carry_out(self, vs: VirtualService, decision: Decision, report: PassReport, done: Dict[str, str],
                   after: Dict[Endpoint, Optional[int]], made: List[Action],
@@ -6188,31 +6334,94 @@ class Monitor:
         started = time.monotonic()
         phase, self.phase = self.phase, Phase.RUNNING
         holds = self._holds()
-        services = self._schedule(started, holds)
+        window = started
+        if self.spread:  # checks due by the next pass's turn join this one: passes on the config's interval,
+            # on their own phase (one that ends late does not move the next, a missed turn is not made up)
+            window = (next_turn(self.next_tick, started + SCHEDULE_GRID / 2, self.config.interval)
+                      if self.next_tick > 0 else started + self.config.interval)
+        services = self._schedule(started, holds, window + SCHEDULE_SLACK)
+        if self.spread:
+            self.next_tick = window
         report = PassReport(started=now)
         self.intent = {}
         reports = {vs.ipvs_key: ServiceReport(vs.name, vs.address, vs.protocol) for vs in services}
         self.listed = self._whole_table()  # one read of the whole table, or None: one ipvsadm -Ln per service
         tables = {vs.ipvs_key: self._read(vs, report, reports[vs.ipvs_key]) for vs in services}
         self.listed = None
+        ready = time.monotonic()  # the tables read: the checks due by now start
         views = {vs.ipvs_key: _PassView(vs, {ep: h for (k, ep), h in holds.items() if k == vs.ipvs_key},
                                         tables[vs.ipvs_key]) for vs in services}
         serves: Dict[ProbeTarget, List[Tuple[_PassView, Endpoint, RealServer]]] = {}
         for vs in services:
             view = views[vs.ipvs_key]
             view.health = {rs.endpoint: self.health.get((vs.ipvs_key, rs.endpoint), Health()) for rs in vs.servers}
-            view.pending = {rs.endpoint: None for rs in vs.servers if rs.endpoint not in view.held}
             for rs in vs.servers:
-                if rs.endpoint in view.pending:
+                due = self.due.get((vs.ipvs_key, rs.endpoint), 0.0)
+                if rs.endpoint not in view.held and due <= ready + SCHEDULE_SLACK:
+                    self._launch(view, rs, due if ready - due < SCHEDULE_GRID else ready)
                     serves.setdefault(self.targets[(vs.ipvs_key, rs.endpoint)], []).append((view, rs.endpoint, rs))
+        asking = [ready]  # when a check of the pass falls due next (more)
+        self.soonest = math.inf
+
+        longest = max([self.config.timeout] + [vs.timeout for vs in services if vs.timeout is not None])
+
+        def wall() -> float:
+            """The time of a decision: a spread pass lasts about an interval."""
+            return time.time() if self.spread else now
+
+        def idle_past(first: float) -> Optional[float]:
+            """None (the pass ends: published, the loop sleeps) when nothing is in flight and nothing
+            falls due before the next pass's turn (a long interval, a first check of everyone)."""
+            busy = any(v.pending for v in views.values())
+            return None if not busy and first >= window - SCHEDULE_GRID / 2 else first
+
+        def more() -> Tuple[List[ProbeTarget], Optional[float]]:
+            """The checks that fell due since, joining the pass's wave: until its window ends, and after
+            that while a check is still in flight (up to a timeout more), so that the pass ends when none
+            is (a slow answer does not hold back the checks due meanwhile into a wave after it)."""
+            at = time.monotonic()
+            if at > window - SCHEDULE_GRID / 2 and (at > window + longest or not any(v.pending for v in views.values())):
+                return [], None  # (what is due at the next pass's turn is the next pass's)
+            if self.stop_requested() or self.cut_short():
+                return [], None
+            soonest = min(asking[0], self.soonest)
+            if at + SCHEDULE_SLACK < soonest:
+                return [], idle_past(soonest)
+            self.soonest = math.inf
+            joining, first = [], math.inf
+            for view in views.values():
+                if view.table is None:
+                    continue
+                key = view.vs.ipvs_key
+                if any(self.due.get((key, ep), 0.0) <= at + SCHEDULE_SLACK for ep in view.quiet):
+                    self._decide_some(view, view.quiet, wall(), report)  # decided before it is checked again
+                    view.quiet = {}
+                for rs in view.vs.servers:
+                    ep = rs.endpoint
+                    if ep in view.pending or ep in view.held or ep in view.kept_back:
+                        continue  # in flight, held, or its result not decided yet
+                    due = self.due.get((key, ep), 0.0)
+                    if due <= at + SCHEDULE_SLACK:
+                        self._launch(view, rs, due if at - due < SCHEDULE_GRID else at)
+                        target = self.targets[(view.vs.ipvs_key, ep)]
+                        if view not in [v for v, _, _ in serves.get(target, ())]:
+                            serves.setdefault(target, []).append((view, ep, rs))
+                        joining.append(target)
+                        due = self.due[(view.vs.ipvs_key, ep)]
+                    first = min(first, due)
+            asking[0] = first
+            return list(dict.fromkeys(joining)), first if joining else idle_past(first)
 
         def arrived(batch: Mapping[ProbeTarget, ProbeResult]) -> None:
             """Each service with new results decides on them at once (see split_arrivals)."""
             touched: Dict[Tuple[str, str], _PassView] = {}
             for target, result in batch.items():
                 for view, ep, rs in serves.get(target, ()):
+                    if ep not in view.pending:
+                        continue  # (a target shared with a service that did not check it now)
                     view.pending.pop(ep, None)
                     view.results[ep] = result
+                    self.seen[(view.vs.ipvs_key, ep)] = result
                     touched[view.vs.ipvs_key] = view  # (fewer pending: what was kept back may go now)
                     if view.table is not None and unremarkable(view.vs, rs, result, view.health[ep], view.table):
                         view.quiet[ep] = result
@@ -6223,7 +6432,11 @@ class Monitor:
                     now_results, view.kept_back = split_arrivals(view.vs, view.kept_back, view.table, view.health,
                                                                  list(view.pending))
                     if now_results:
-                        self._decide_some(view, now_results, now, report)
+                        self._decide_some(view, now_results, wall(), report)
+                    if view.kept_back and not view.pending and self.spread:
+                        # the service's wave has ended (more may join the pass): as at the pass's end
+                        self._decide_some(view, view.kept_back, wall(), report)
+                        view.kept_back = {}
 
         try:
             for view in views.values():  # a held server goes out first, whatever the others' results
@@ -6231,8 +6444,9 @@ class Monitor:
                         and holds_go_first(view.vs, view.table, view.held, list(view.pending))):
                     self._decide_some(view, {}, now, report)
             targets = list(serves)  # a held server is not checked (ldirectord)
+            joins = more if self.spread and views and len(self.targets) <= self.fanout else None
             results = None if self.stop_requested() else probe_all(
-                targets, self.config.timeout, self.fanout, self.stop_requested, arrived)
+                targets, self.config.timeout, self.fanout, self.stop_requested, arrived, joins)
             fault = ""
         except MonitorFault as exc:  # the monitor could not probe: nothing more is decided on that
             results, fault = {}, f"probes could not run: {exc}"
@@ -6255,12 +6469,13 @@ class Monitor:
             elif table is not None and (view.kept_back or view.quiet or not view.decided):
                 # what waited for the whole wave (the depool threshold could bind, or nothing to change),
                 # or a service with nothing probed
-                self._decide_some(view, {**view.quiet, **view.kept_back}, now, report)
+                self._decide_some(view, {**view.quiet, **view.kept_back}, wall(), report)
                 view.kept_back, view.quiet = {}, {}
             table = view.start if table is not None else None  # the rows compare with the table as read
             health = view.health
-            by_server = {rs.endpoint: view.results.get(rs.endpoint) or results.get(
-                self.targets[(vs.ipvs_key, rs.endpoint)], not_probed)
+            by_server = {rs.endpoint: view.results.get(rs.endpoint) or (results.get(
+                self.targets[(vs.ipvs_key, rs.endpoint)], not_probed) if rs.endpoint in view.launched
+                else self.seen.get((vs.ipvs_key, rs.endpoint), not_probed))  # not due: its last result
                 if rs.endpoint not in held else ProbeResult(False, health[rs.endpoint].reason if health[
                     rs.endpoint].held else held[rs.endpoint].reason, 0.0)  # a drain's says what it waits for
                 for rs in vs.servers}
@@ -6270,7 +6485,7 @@ class Monitor:
             for rs in vs.servers:
                 stored = (table or {}).get(vs.stored_endpoint(rs.endpoint))
                 result = by_server[rs.endpoint]
-                if self.verbose and table is not None and str(rs) not in done:
+                if self.verbose and table is not None and str(rs) not in done and rs.endpoint in view.launched:
                     if result.ok and stored is not None:
                         self.output.say(f"{rs} is work nice now in {vs.label()} "
                                         f"({result.reason}, {result.latency * 1000:.0f} ms)")
@@ -6289,9 +6504,9 @@ class Monitor:
         self._say_news()
         self.hooks.reap()
         ended = time.monotonic()
-        self.next_tick = caught_up(self.next_tick, ended)
-        for vs in services:
-            self.due[vs.ipvs_key] = caught_up(self.due[vs.ipvs_key], ended)
+        if not self.spread:
+            self.next_tick = caught_up(self.next_tick, ended)
+        spread_late(self.due, ended)
         # Every service in every pass: one not due shows its rows of its last probing (no action now).
         report.services = [reports[vs.ipvs_key] if vs.ipvs_key in reports else dataclasses.replace(
             self.last[vs.ipvs_key], rows=[dataclasses.replace(r, action="") for r in self.last[vs.ipvs_key].rows])
@@ -6466,6 +6681,8 @@ def run_forever(monitor: Monitor, signals: Signals, load, after_pass=lambda repo
     (state file, metrics, live view).
     """
     monitor.stop_requested = lambda: signals.stop
+    monitor.spread = True  # the checks that fall due while a pass runs join it
+    monitor.cut_short = lambda: signals.reload  # but for a SIGHUP: the pass ends with what is in flight
     while not signals.stop:
         if signals.reload:
             signals.reload = False
@@ -7895,8 +8112,8 @@ def main(config_path, once, dry_run, status, as_json, check_config, interval, ti
             output.show(lambda: show_status(snap, console))
         monitor.close()
         sys.exit(EXIT_OK if report.ok else EXIT_FAILED)
-    # As ever, a whole interval (the shortest service's) after the first pass, however long it took.
-    first_wait = max(monitor.until_due(), min(monitor.interval(vs) for vs in config.services))
+    # After the first pass (every server at once), each server's next check on its own phase.
+    first_wait = monitor.until_due()
     if console is not None and snap is not None and output.echo:
         # A terminal: the table, refreshed every pass, under the events.
         from rich.console import Group

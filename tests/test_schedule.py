@@ -1,0 +1,186 @@
+"""Each real server on its own schedule (issues 14 and 15): the checks of a service spread over
+its interval in a bounded number of groups, a server not due keeping its health and its row,
+fastinter while a server changes state, downinter while it is down.
+
+The pure parts (spread_offset, next_check, check_pace, spread_late) with numbers; the loop with
+the monitor as a subprocess (or one pass in this process) against the fake ipvsadm and HTTP
+servers of this process, whose requests are timed here (monotonic: the same clock as the monitor's).
+"""
+
+import time
+
+import pytest
+
+import monitor_rs as m
+from backends import Backend
+from conftest import VIP
+from harness import config, wait_until
+
+
+class Timed(Backend):
+    """A Backend that notes when each check arrives (monotonic) and in which mode it was answered."""
+
+    def __init__(self, *args, **kwargs):
+        self.arrivals = []
+        super().__init__(*args, **kwargs)
+
+    def _serve(self, conn):
+        self.arrivals.append((time.monotonic(), self.mode))
+        super()._serve(conn)
+
+
+# ---- the pure schedule ------------------------------------------------------
+
+
+def test_spread_offset_spreads_a_services_servers_evenly_in_bounded_groups():
+    offsets = [m.spread_offset(i, 40, 1.0) for i in range(40)]
+    groups = sorted(set(round(o, 6) for o in offsets))
+    assert len(groups) == m.SCHEDULE_SLOTS == 10  # ten groups of four, not one wave of forty
+    assert all(offsets.count(o) == 4 for o in offsets)
+    assert groups[0] == pytest.approx(0.1) and groups[-1] == pytest.approx(1.0)  # none later than an interval
+    assert all(b - a >= m.SCHEDULE_GRID - 1e-9 for a, b in zip(groups, groups[1:]))
+    # few servers: one group each; a short interval: groups no closer than the grid
+    assert [m.spread_offset(i, 3, 1.5) for i in range(3)] == pytest.approx([0.5, 1.0, 1.5])
+    assert sorted({round(m.spread_offset(i, 40, 0.3), 6) for i in range(40)}) == pytest.approx([0.1, 0.2, 0.3])
+    assert {m.spread_offset(i, 5, 0.1) for i in range(5)} == {0.1}
+    # a long interval: still at most SCHEDULE_SLOTS turns of the loop for the service
+    assert len({m.spread_offset(i, 1000, 60.0) for i in range(1000)}) == 10
+
+
+def test_next_check_keeps_each_servers_phase():
+    anchor = m.on_grid(100.3)
+    # steady: the next turn of its phase, from a check that began on time or a little late
+    assert m.next_check(anchor, anchor, 1.0, None) == pytest.approx(101.3)
+    assert m.next_check(anchor, anchor + 0.04, 1.0, None) == pytest.approx(101.3)
+    assert m.next_check(anchor, anchor + 5.0, 1.0, None) == pytest.approx(106.3)  # no debt of checks
+    # fastinter: sooner, never later than the regular turn; on the grid
+    assert m.next_check(anchor, 102.3, 2.0, 0.2) == pytest.approx(102.5)
+    assert m.next_check(anchor, 102.2, 1.0, 3.0) == pytest.approx(105.3)  # downinter: 3 s on, on its phase
+    assert m.next_check(anchor, 102.3, 1.0, 1.0) == pytest.approx(103.3)
+    assert m.on_grid(102.5004) == pytest.approx(102.5)
+
+
+def test_check_pace_fastinter_while_a_streak_is_in_progress_downinter_while_down():
+    vs = m.VirtualService("web", "tcp", None, 80, 0, (), "-m", fall=3, rise=2, fastinter=0.2, downinter=5.0)
+    assert m.check_pace(vs, m.Health(up=True)) is None
+    assert m.check_pace(vs, m.Health(up=True, bad=1)) == 0.2  # failing toward fall
+    assert m.check_pace(vs, m.Health(up=False, good=1)) == 0.2  # passing toward rise
+    assert m.check_pace(vs, m.Health(up=False, bad=4)) == 5.0  # down and staying down
+    assert m.check_pace(vs, m.Health()) is None  # no decision yet
+    plain = m.VirtualService("web", "tcp", None, 80, 0, (), "-m")
+    assert m.check_pace(plain, m.Health(up=True, bad=1)) is None
+    assert m.check_pace(plain, m.Health(up=False)) is None
+
+
+def test_spread_late_keeps_late_checks_apart():
+    due = {"a": 10.0, "b": 10.1, "c": 10.2, "d": 12.0, "held": float("inf")}
+    m.spread_late(due, 10.57)
+    assert [due[k] for k in "abcd"] == pytest.approx([10.6, 10.7, 10.8, 12.0])
+    assert due["held"] == float("inf")
+
+
+# ---- one pass in this process: a server not due ------------------------------
+
+
+class Said(m.Output):
+    def __init__(self):
+        super().__init__(m.LogFile(None), None, to_log=False, echo=False)
+        self.lines = []
+
+    def say(self, message, kind="info", log=True):
+        self.lines.append((kind, message))
+
+
+def test_a_server_not_due_is_not_checked_and_keeps_its_health_and_row(ipvs, backends, tmp_path):
+    """Before: every server of a due service was probed every pass (one wave)."""
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    path = tmp_path / "c.conf"
+    path.write_text(config(VIP, [a.address, b.address], interval=1, extra="fall = 2\n"))
+    monitor = m.Monitor(m.load_config(str(path)), m.Ipvsadm(ipvs.path), Said())
+    first = monitor.run_pass()  # at start: everyone at once
+    assert [row.result.ok for row in first.services[0].rows] == [True, True]
+    key = monitor.config.services[0].ipvs_key
+    ep_a, ep_b = (monitor.config.services[0].servers[i].endpoint for i in (0, 1))
+    b.mode = "http500"  # b fails from now on: were it probed, its streak would start
+    health_b, hits_b, hits_a = monitor.health[(key, ep_b)], b.hits, a.hits
+    monitor.due[(key, ep_a)] = 0.0  # a due now, b later
+    monitor.due[(key, ep_b)] = time.monotonic() + 60
+    report = monitor.run_pass()
+    assert a.hits == hits_a + 1 and b.hits == hits_b  # only the server due was checked
+    assert monitor.health[(key, ep_b)] == health_b  # b keeps its health (no failure counted)
+    row_a, row_b = report.services[0].rows
+    assert row_b.result == first.services[0].rows[1].result and row_b.result.ok  # its last result, shown
+    assert row_b.health.up and row_a.result.ok
+    assert ipvs.dests(VIP) == {a.address: ("Masq", 1), b.address: ("Masq", 2)}
+
+
+# ---- the daemon ----------------------------------------------------------------
+
+
+def bunches(times, span):
+    """The check arrivals that came together: each bunch from its first to `span` after it (sizes)."""
+    times, sizes, i = sorted(times), [], 0
+    while i < len(times):
+        j = i
+        while j < len(times) and times[j] - times[i] < span:
+            j += 1
+        sizes.append(j - i)
+        i = j
+    return sizes
+
+
+def test_the_checks_of_a_service_are_spread_over_its_interval(ipvs, backends, run):
+    """Before: the 20 checks started together every interval (one wave)."""
+    servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(20)]
+    for s in servers:
+        s.__class__ = Timed
+        s.arrivals = []
+    monitor = run(ipvs, config(VIP, [s.address for s in servers], interval=1, timeout=0.5)).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 20, 20, "all 20 in the table")  # start: all at once
+    begin = time.monotonic() + 1.5
+    wait_until(lambda: all(sum(t > begin for t, _ in s.arrivals) >= 3 for s in servers), 30, "3 checks each")
+    steady = [t for s in servers for t, _ in s.arrivals if t > begin]
+    sizes = bunches(steady, 0.05)  # ten groups of two an interval, not twenty at once
+    assert sorted(sizes)[len(sizes) // 2] <= 4, sizes
+    assert sum(n for n in sizes if n > 8) <= len(steady) // 4, sizes  # (a pass's end may join a few groups)
+    for s in servers:  # each server still checked about once an interval
+        mine = sorted(t for t, _ in s.arrivals if t > begin)
+        assert all(0.7 < b - a < 1.5 for a, b in zip(mine, mine[1:])), mine
+    code, _, err = monitor.stop()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_fastinter_rechecks_a_server_whose_checks_disagree_with_its_state(ipvs, backends, run):
+    """fall = 3, interval = 2: three failures take 4 s at least before; with fastinter = 0.2 about 0.4 s."""
+    victim, other = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    victim.__class__ = Timed
+    victim.arrivals = []
+    monitor = run(ipvs, config(VIP, [victim.address, other.address], interval=2, timeout=0.5,
+                               extra="fall = 3\nfastinter = 0.2\n")).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 2, 20, "both in the table")
+    wait_until(lambda: len(victim.arrivals) >= 2, 20, "a steady check")
+    victim.mode = "http500"
+    wait_until(lambda: victim.address not in ipvs.dests(VIP), 20, "the failing server out")
+    failures = [t for t, mode in victim.arrivals if mode == "http500"]
+    assert len(failures) >= 3
+    assert failures[2] - failures[0] < 1.2, failures  # the 2nd and 3rd after fastinter, not an interval each
+    code, _, err = monitor.stop()
+    assert code == 0 and "Traceback" not in err
+
+
+def test_downinter_spaces_the_checks_of_a_down_server(ipvs, backends, run):
+    """Before: a down server was checked every interval like the others."""
+    down, up = backends(ip="127.0.0.11", mode="http500"), backends(ip="127.0.0.12")
+    for s in (down, up):
+        s.__class__ = Timed
+        s.arrivals = []
+    monitor = run(ipvs, config(VIP, [down.address, up.address], interval=0.3, timeout=0.5,
+                               extra="downinter = 1.5\n")).start()
+    wait_until(lambda: ipvs.dests(VIP) == {up.address: ("Masq", 2)}, 20, "the healthy one in")
+    wait_until(lambda: len(down.arrivals) >= 4, 30, "four checks of the down server")
+    checks = [t for t, _ in down.arrivals]
+    assert all(b - a > 1.2 for a, b in zip(checks, checks[1:])), checks  # every downinter, not every 0.3 s
+    ups = [t for t, _ in up.arrivals if t > checks[1]]
+    assert len(ups) >= 6 and all(b - a < 0.6 for a, b in zip(ups, ups[1:])), ups  # the others every interval
+    code, _, err = monitor.stop()
+    assert code == 0 and "Traceback" not in err
