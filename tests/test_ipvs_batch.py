@@ -323,8 +323,8 @@ def hold_passes(monitor, ipvs):
     monitor.wait_log("no change made to it")
 
 
-def monitor_text(names, weights, extra="", ipvsadm_timeout=3.0):
-    return config("127.0.0.1:80", names, weights, extra=extra).replace(
+def monitor_text(names, weights, extra="", ipvsadm_timeout=3.0, interval=0.3):
+    return config("127.0.0.1:80", names, weights, extra=extra, interval=interval).replace(
         "[monitor]\n", f"[monitor]\nipvsadm_timeout = {ipvsadm_timeout}\n", 1)
 
 
@@ -336,7 +336,9 @@ def test_a_failing_change_in_the_middle_of_a_batch_is_failed_and_retried_the_oth
     s1, s2, s3, s4 = (backends(ip=f"127.0.0.{11 + i}") for i in range(4))
     s2.stop()
     names = [s1.address, s2.address, s3.address, s4.address]
-    monitor = run(ipvs, monitor_text(names, [3, 1, 7, 2], extra="quiescent = yes")).start()
+    # an interval of one grid step: the four servers' checks are one group (spread_offset), so the
+    # changes of servers coming back together go in one -R
+    monitor = run(ipvs, monitor_text(names, [3, 1, 7, 2], extra="quiescent = yes", interval=0.1)).start()
     wait_until(lambda: ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 3), names[2]: ("Masq", 7),
                                                        names[3]: ("Masq", 2)}, what="s1, s3 and s4 in")
     s1.stop()
