@@ -2949,8 +2949,11 @@ class Wave:
         in_flight: Dict[type, int] = collections.Counter()
         clock = self.clock
 
+        since: Dict[Check, float] = {}  # when each began (monotonic): a check that joined late is timed from then
+
         def finish(check: Check, latency: Optional[float] = None) -> None:
-            check.latency = time.monotonic() - started if latency is None else latency
+            check.latency = time.monotonic() - since.pop(check, started) if latency is None else latency
+            since.pop(check, None)
             check.close()
             fresh.append(check)
             if running.pop(check, 0) is None:
@@ -2977,6 +2980,7 @@ class Wave:
                     continue
                 in_flight[kind] += 1
                 check.began = now
+                since[check] = time.monotonic()
                 running[check] = None
                 lanes.setdefault(check.timeout, {})[check] = None
                 self._call(check, check.start)

@@ -184,3 +184,31 @@ def test_downinter_spaces_the_checks_of_a_down_server(ipvs, backends, run):
     assert len(ups) >= 6 and all(b - a < 0.6 for a, b in zip(ups, ups[1:])), ups  # the others every interval
     code, _, err = monitor.stop()
     assert code == 0 and "Traceback" not in err
+
+
+# ---- review: what an operator reads of a check that joined a spread pass ----------------------
+
+def test_a_check_that_joins_the_wave_later_reports_its_own_latency_not_the_time_since_the_pass_began():
+    """A spread pass lasts about an interval and checks join it as they fall due: each one's latency
+    (the status table, --status, monitor_rs_probe_latency_seconds) is its own, from its start, not
+    the seconds since the wave began (an instant `check = on` joined 0.5 s in reported 500 ms)."""
+    import ipaddress
+    first = m.ProbeTarget("on", ipaddress.ip_address("127.0.0.1"), 80)
+    later = m.ProbeTarget("on", ipaddress.ip_address("127.0.0.2"), 80)
+    begun = time.monotonic()
+    asked = []
+
+    def more():
+        asked.append(time.monotonic())
+        if later in asked:
+            return [], None
+        if time.monotonic() - begun < 0.5:
+            return [], begun + 0.5
+        asked.append(later)
+        return [later], time.monotonic() + 0.05
+
+    got = {}
+    results = m.probe_all([first], 5.0, arrived=got.update, more=more)
+    assert results is not None and later in got, results
+    assert time.monotonic() - begun >= 0.5  # it did join half a second in
+    assert got[later].ok and got[later].latency < 0.2, got[later]
