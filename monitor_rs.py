@@ -6408,7 +6408,8 @@ class Monitor:
                     if due <= at + SCHEDULE_SLACK:
                         self._launch(view, rs, due if at - due < SCHEDULE_GRID else at)
                         target = self.targets[(view.vs.ipvs_key, ep)]
-                        if view not in [v for v, _, _ in serves.get(target, ())]:
+                        if not any(v is view and e == ep for v, e, _ in serves.get(target, ())):
+                            # (two servers of a service may be one target: checkport, ping's address)
                             serves.setdefault(target, []).append((view, ep, rs))
                         joining.append(target)
                         due = self.due[(view.vs.ipvs_key, ep)]

@@ -212,3 +212,29 @@ def test_a_check_that_joins_the_wave_later_reports_its_own_latency_not_the_time_
     assert results is not None and later in got, results
     assert time.monotonic() - begun >= 0.5  # it did join half a second in
     assert got[later].ok and got[later].latency < 0.2, got[later]
+
+
+def test_two_servers_of_a_service_checked_as_one_target_each_take_their_own_check(ipvs, backends, tmp_path):
+    """Two real servers of one service on the same address, checked at one port (checkport; check = ping
+    alike: the address only) are one target.  On their own phases, the second to fall due joined the
+    pass after the first had, and its check's result was never given to it (it stayed in flight all
+    pass, its health never moved): a server that went down stayed in the pool, one back stayed out."""
+    backend = backends(ip="127.0.0.11")
+    other = "127.0.0.11:1"  # nothing listens there: only the checkport answers for it
+    path = tmp_path / "c.conf"
+    path.write_text(config(VIP, [other, backend.address], interval=1, timeout=0.5,
+                           extra=f"checkport = {backend.port}\nfall = 1\n"))
+    monitor = m.Monitor(m.load_config(str(path)), m.Ipvsadm(ipvs.path), Said())
+    monitor.run_pass()  # at start: everyone at once
+    assert len(ipvs.dests(VIP)) == 2
+    key = monitor.config.services[0].ipvs_key
+    ep_a, ep_b = (monitor.config.services[0].servers[i].endpoint for i in (0, 1))
+    backend.mode = "http500"  # from now on the one check says both fail
+    monitor.spread = True  # as run_forever: checks join the pass as they fall due
+    monitor.due[(key, ep_b)] = 0.0  # b due at the pass's start, a a little later in it
+    monitor.due[(key, ep_a)] = time.monotonic() + 0.3
+    began = time.monotonic()
+    monitor.run_pass()
+    assert not monitor.health[(key, ep_a)].up and not monitor.health[(key, ep_b)].up, monitor.health
+    assert ipvs.dests(VIP) == {}
+    assert time.monotonic() - began < 2.0  # (nothing left in flight to wait for)
