@@ -5837,6 +5837,9 @@ class Monitor:
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
+        # a spread pass's length: the shortest interval, the config's or a service's own (each pass reads the
+        # table, looks at the holds and is published: a short service's as often as before the schedule)
+        self.pass_interval = min([config.interval] + [vs.interval for vs in config.services if vs.interval])
 
     def reload(self, config: Config) -> None:
         """Keep the health of servers still configured; start new ones fresh."""
@@ -6341,8 +6344,8 @@ class Monitor:
         window = started
         if self.spread:  # checks due by the next pass's turn join this one: passes on the config's interval,
             # on their own phase (one that ends late does not move the next, a missed turn is not made up)
-            window = (next_turn(self.next_tick, started + SCHEDULE_GRID / 2, self.config.interval)
-                      if self.next_tick > 0 else started + self.config.interval)
+            window = (next_turn(self.next_tick, started + SCHEDULE_GRID / 2, self.pass_interval)
+                      if self.next_tick > 0 else started + self.pass_interval)
         services = self._schedule(started, holds, window + SCHEDULE_SLACK)
         if self.spread:
             self.next_tick = window

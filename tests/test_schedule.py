@@ -238,3 +238,21 @@ def test_two_servers_of_a_service_checked_as_one_target_each_take_their_own_chec
     assert not monitor.health[(key, ep_a)].up and not monitor.health[(key, ep_b)].up, monitor.health
     assert ipvs.dests(VIP) == {}
     assert time.monotonic() - began < 2.0  # (nothing left in flight to wait for)
+
+
+def test_a_service_whose_interval_is_shorter_than_the_configs_has_its_table_read_every_interval_of_its(
+        ipvs, backends, tmp_path):
+    """A spread pass lasted the config's interval whatever its services' own: with [monitor] interval = 3
+    and a service's interval = 0.3, its table was read, its holds (maintenancedir, drains) looked at and
+    the state published every 3 s, not 0.3 s as before the schedule (a server deleted by hand was back
+    only then, a maintenance file acted on only then)."""
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    path = tmp_path / "c.conf"
+    path.write_text(config(VIP, [a.address, b.address], interval=3, timeout=0.5, extra="interval = 0.3\n"))
+    monitor = m.Monitor(m.load_config(str(path)), m.Ipvsadm(ipvs.path), Said())
+    monitor.run_pass()  # at start: everyone at once
+    monitor.spread = True  # as run_forever
+    for _ in range(2):
+        report = monitor.run_pass()
+        assert not report.stopped and report.duration < 1.5, report.duration  # about 0.3 s, not 3
+    assert len(ipvs.dests(VIP)) == 2
