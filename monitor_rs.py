@@ -2949,8 +2949,11 @@ class Wave:
         in_flight: Dict[type, int] = collections.Counter()
         clock = self.clock
 
+        since: Dict[Check, float] = {}  # when each began (monotonic): a check that joined late is timed from then
+
         def finish(check: Check, latency: Optional[float] = None) -> None:
-            check.latency = time.monotonic() - started if latency is None else latency
+            check.latency = time.monotonic() - since.pop(check, started) if latency is None else latency
+            since.pop(check, None)
             check.close()
             fresh.append(check)
             if running.pop(check, 0) is None:
@@ -2977,6 +2980,7 @@ class Wave:
                     continue
                 in_flight[kind] += 1
                 check.began = now
+                since[check] = time.monotonic()
                 running[check] = None
                 lanes.setdefault(check.timeout, {})[check] = None
                 self._call(check, check.start)
@@ -5833,6 +5837,9 @@ class Monitor:
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
+        # a spread pass's length: the shortest interval, the config's or a service's own (each pass reads the
+        # table, looks at the holds and is published: a short service's as often as before the schedule)
+        self.pass_interval = min([config.interval] + [vs.interval for vs in config.services if vs.interval])
 
     def reload(self, config: Config) -> None:
         """Keep the health of servers still configured; start new ones fresh."""
@@ -6337,8 +6344,8 @@ class Monitor:
         window = started
         if self.spread:  # checks due by the next pass's turn join this one: passes on the config's interval,
             # on their own phase (one that ends late does not move the next, a missed turn is not made up)
-            window = (next_turn(self.next_tick, started + SCHEDULE_GRID / 2, self.config.interval)
-                      if self.next_tick > 0 else started + self.config.interval)
+            window = (next_turn(self.next_tick, started + SCHEDULE_GRID / 2, self.pass_interval)
+                      if self.next_tick > 0 else started + self.pass_interval)
         services = self._schedule(started, holds, window + SCHEDULE_SLACK)
         if self.spread:
             self.next_tick = window
@@ -6404,7 +6411,8 @@ class Monitor:
                     if due <= at + SCHEDULE_SLACK:
                         self._launch(view, rs, due if at - due < SCHEDULE_GRID else at)
                         target = self.targets[(view.vs.ipvs_key, ep)]
-                        if view not in [v for v, _, _ in serves.get(target, ())]:
+                        if not any(v is view and e == ep for v, e, _ in serves.get(target, ())):
+                            # (two servers of a service may be one target: checkport, ping's address)
                             serves.setdefault(target, []).append((view, ep, rs))
                         joining.append(target)
                         due = self.due[(view.vs.ipvs_key, ep)]

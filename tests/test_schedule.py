@@ -184,3 +184,75 @@ def test_downinter_spaces_the_checks_of_a_down_server(ipvs, backends, run):
     assert len(ups) >= 6 and all(b - a < 0.6 for a, b in zip(ups, ups[1:])), ups  # the others every interval
     code, _, err = monitor.stop()
     assert code == 0 and "Traceback" not in err
+
+
+# ---- review: what an operator reads of a check that joined a spread pass ----------------------
+
+def test_a_check_that_joins_the_wave_later_reports_its_own_latency_not_the_time_since_the_pass_began():
+    """A spread pass lasts about an interval and checks join it as they fall due: each one's latency
+    (the status table, --status, monitor_rs_probe_latency_seconds) is its own, from its start, not
+    the seconds since the wave began (an instant `check = on` joined 0.5 s in reported 500 ms)."""
+    import ipaddress
+    first = m.ProbeTarget("on", ipaddress.ip_address("127.0.0.1"), 80)
+    later = m.ProbeTarget("on", ipaddress.ip_address("127.0.0.2"), 80)
+    begun = time.monotonic()
+    asked = []
+
+    def more():
+        asked.append(time.monotonic())
+        if later in asked:
+            return [], None
+        if time.monotonic() - begun < 0.5:
+            return [], begun + 0.5
+        asked.append(later)
+        return [later], time.monotonic() + 0.05
+
+    got = {}
+    results = m.probe_all([first], 5.0, arrived=got.update, more=more)
+    assert results is not None and later in got, results
+    assert time.monotonic() - begun >= 0.5  # it did join half a second in
+    assert got[later].ok and got[later].latency < 0.2, got[later]
+
+
+def test_two_servers_of_a_service_checked_as_one_target_each_take_their_own_check(ipvs, backends, tmp_path):
+    """Two real servers of one service on the same address, checked at one port (checkport; check = ping
+    alike: the address only) are one target.  On their own phases, the second to fall due joined the
+    pass after the first had, and its check's result was never given to it (it stayed in flight all
+    pass, its health never moved): a server that went down stayed in the pool, one back stayed out."""
+    backend = backends(ip="127.0.0.11")
+    other = "127.0.0.11:1"  # nothing listens there: only the checkport answers for it
+    path = tmp_path / "c.conf"
+    path.write_text(config(VIP, [other, backend.address], interval=1, timeout=0.5,
+                           extra=f"checkport = {backend.port}\nfall = 1\n"))
+    monitor = m.Monitor(m.load_config(str(path)), m.Ipvsadm(ipvs.path), Said())
+    monitor.run_pass()  # at start: everyone at once
+    assert len(ipvs.dests(VIP)) == 2
+    key = monitor.config.services[0].ipvs_key
+    ep_a, ep_b = (monitor.config.services[0].servers[i].endpoint for i in (0, 1))
+    backend.mode = "http500"  # from now on the one check says both fail
+    monitor.spread = True  # as run_forever: checks join the pass as they fall due
+    monitor.due[(key, ep_b)] = 0.0  # b due at the pass's start, a a little later in it
+    monitor.due[(key, ep_a)] = time.monotonic() + 0.3
+    began = time.monotonic()
+    monitor.run_pass()
+    assert not monitor.health[(key, ep_a)].up and not monitor.health[(key, ep_b)].up, monitor.health
+    assert ipvs.dests(VIP) == {}
+    assert time.monotonic() - began < 2.0  # (nothing left in flight to wait for)
+
+
+def test_a_service_whose_interval_is_shorter_than_the_configs_has_its_table_read_every_interval_of_its(
+        ipvs, backends, tmp_path):
+    """A spread pass lasted the config's interval whatever its services' own: with [monitor] interval = 3
+    and a service's interval = 0.3, its table was read, its holds (maintenancedir, drains) looked at and
+    the state published every 3 s, not 0.3 s as before the schedule (a server deleted by hand was back
+    only then, a maintenance file acted on only then)."""
+    a, b = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
+    path = tmp_path / "c.conf"
+    path.write_text(config(VIP, [a.address, b.address], interval=3, timeout=0.5, extra="interval = 0.3\n"))
+    monitor = m.Monitor(m.load_config(str(path)), m.Ipvsadm(ipvs.path), Said())
+    monitor.run_pass()  # at start: everyone at once
+    monitor.spread = True  # as run_forever
+    for _ in range(2):
+        report = monitor.run_pass()
+        assert not report.stopped and report.duration < 1.5, report.duration  # about 0.3 s, not 3
+    assert len(ipvs.dests(VIP)) == 2
