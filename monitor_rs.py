@@ -6768,6 +6768,7 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
     return {
         "monitor_rs": __version__, "source": source, "pid": os.getpid(), "config": config.path,
         "time": round(report.started, 3), "interval": config.interval, "pass_seconds": round(report.duration, 3),
+        "timeout": max([config.timeout] + [vs.timeout for vs in config.services if vs.timeout is not None]),
         "services": [{
             "name": s.name, "address": s.address, "protocol": s.protocol, "problem": s.problem or s.contested or None,
             "contested": bool(s.contested and not s.problem),  # the problem is another manager's (the table was read)
@@ -6829,8 +6830,9 @@ def write_atomically(path: str, text: str) -> None:
 
 
 def stale(snap: dict, now: float) -> bool:
-    """Whether a snapshot's pass is too old to be a running monitor's last (that monitor is stuck)."""
-    return now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + 10
+    """Whether a snapshot's pass is too old to be a running monitor's last (that monitor is stuck).
+    A pass lasts about an interval, and up to a probe timeout more while a check is in flight."""
+    return now - float(snap.get("time", 0)) > 3 * float(snap.get("interval", 3)) + float(snap.get("timeout", 0)) + 10
 
 
 def read_state(path: str, now: float) -> Optional[dict]:

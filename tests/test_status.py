@@ -192,3 +192,13 @@ def test_logrotate_snippet_needs_no_copytruncate():
     text = open(os.path.join(ROOT, "contrib", "monitor-rs.logrotate")).read()
     assert re.search(r"^/var/log/monitorRS\.log \{$", text, re.M)
     assert "copytruncate" not in text.split("{", 1)[1]
+
+
+def test_a_pass_waiting_for_a_long_probe_timeout_is_not_taken_for_a_stuck_monitor():
+    """A pass lasts about an interval, and up to a probe timeout more while a check is in flight
+    (ldirectord.cf's negotiatetimeout defaults to 30 s): a snapshot that old is a running monitor's."""
+    now = 1_000_000.0
+    snap = {"time": now - 45, "interval": 3, "timeout": 30, "pass_seconds": 0.0, "services": []}
+    assert not m.stale(snap, now)  # 3 x 3 + 30 + 10 = 49 s
+    assert m.stale(dict(snap, time=now - 50), now)
+    assert m.stale({k: v for k, v in snap.items() if k != "timeout"}, now)  # an older monitor's file: as before
