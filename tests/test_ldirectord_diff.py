@@ -515,8 +515,14 @@ def settle(kernel, tool, sites, what):
         now = counts(sites)
         return alive() and all(now.get(name, 0) - seen >= times for name, seen in mark.items())
 
+    began = time.monotonic()
     mark = counts(sites)
     wait_until(lambda: asked(mark, 2), timeout=90, what=f"{tool.name}: two rounds of checks after '{what}'")
+    if any(site.frozen for site in sites.values()):
+        # a hung server's check cannot be counted: it ends at the check timeout, up to an interval after
+        # the step began, whatever the others' rounds (monitor_rs checks each server on its own phase)
+        wait_until(lambda: alive() and time.monotonic() - began > 2 * (CHECK_TIMEOUT + 1), timeout=90,
+                   what=f"{tool.name}: a hung server's checks timed out after '{what}'")
     for _ in range(10):
         held = kernel.table()
         mark = counts(sites)
