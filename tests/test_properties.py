@@ -122,6 +122,21 @@ def run_pass(vs, table, health, verdicts, failures):
     return apply(vs, table, made), health, decision
 
 
+def carry(vs, table, decision, failures):
+    """carry_out with the changes failing as `failures` says (in order): the health, the table the
+    kernel then has, and the changes made."""
+    outcome, made = iter(failures), []
+
+    def make(action):
+        ok = not next(outcome, False)
+        if ok:
+            made.append(action)
+        return ok
+
+    health = m.carry_out(decision, make)
+    return health, apply(vs, table, made), made
+
+
 def pool(table):
     return sum(1 for d in table.values() if d.weight > 0)
 
@@ -225,16 +240,7 @@ def test_a_weight_a_check_asks_for_is_the_servers_and_the_pool_never_empties(vs,
                 asked[rs.endpoint] = results[rs.endpoint].weight
         before = pool(table)
         decision = m.decide(vs, results, table, health)
-        outcome, made = iter(step["failures"]), []
-
-        def make(action):
-            ok = not next(outcome, False)
-            if ok:
-                made.append(action)
-            return ok
-
-        health = m.carry_out(decision, make)
-        table = apply(vs, table, made)
+        health, table, made = carry(vs, table, decision, step["failures"])
         if vs.fallback is not None and before:
             assert pool(table), "the pool was emptied although a fallback is configured"
         if any(step["failures"][:len(decision.actions)]):
@@ -284,16 +290,7 @@ def test_a_held_server_is_never_added_goes_out_and_the_pool_never_empties_with_a
         for action in decision.actions:  # never put in, nor given a weight
             if action.endpoint in held:
                 assert action.kind in (m.Change.DELETE, m.Change.QUIESCE), action
-        outcome, made = iter(step["failures"]), []
-
-        def make(action):
-            ok = not next(outcome, False)
-            if ok:
-                made.append(action)
-            return ok
-
-        health = m.carry_out(decision, make)
-        table = apply(vs, table, made)
+        health, table, made = carry(vs, table, decision, step["failures"])
         if vs.fallback is not None and before:
             assert pool(table), "the pool was emptied although a fallback is configured"
         for ep in held:
@@ -362,16 +359,7 @@ def test_a_drained_server_is_never_added_nor_given_weight_and_leaves_only_at_0_c
                 assert listed is not None and listed.weight == 0, (action, listed)
                 assert listed.active == 0 or (
                     drain_timeout is not None and now - began[action.endpoint] >= drain_timeout), (action, listed)
-        outcome, made = iter(step["failures"]), []
-
-        def make(action):
-            ok = not next(outcome, False)
-            if ok:
-                made.append(action)
-            return ok
-
-        health = m.carry_out(decision, make)
-        table = apply(vs, table, made)
+        health, table, made = carry(vs, table, decision, step["failures"])
         if vs.fallback is not None and pool(before):
             assert pool(table), "the pool was emptied although a fallback is configured"
         for ep, state in states.items():
@@ -587,16 +575,7 @@ def test_a_ramping_server_is_never_above_its_weight_never_at_0_and_only_climbs(v
                 asked[rs.endpoint] = results[rs.endpoint].weight
         before, old = dict(table), dict(health)
         decision = m.decide(vs, results, table, health, now)
-        outcome, made = iter(step["failures"]), []
-
-        def make(action):
-            ok = not next(outcome, False)
-            if ok:
-                made.append(action)
-            return ok
-
-        health = m.carry_out(decision, make)
-        table = apply(vs, table, made)
+        health, table, made = carry(vs, table, decision, step["failures"])
         if vs.fallback is not None and pool(before):
             assert pool(table), "the pool was emptied although a fallback is configured"
         for rs in vs.servers:
