@@ -381,7 +381,8 @@ def test_a_failing_change_in_the_middle_of_a_batch_is_failed_and_retried_the_oth
 def test_the_last_servers_leave_only_once_a_failing_fallback_add_holds(ipvs, run, backends):
     a, b, sorry = (backends(ip=f"127.0.0.{11 + i}") for i in range(3))
     names = [a.address, b.address]
-    monitor = run(ipvs, monitor_text(names, [3, 1], extra=f"fallback = {sorry.address}")).start()
+    # one group of the schedule (an interval of one grid step): both fail in the same pass
+    monitor = run(ipvs, monitor_text(names, [3, 1], extra=f"fallback = {sorry.address}", interval=0.1)).start()
     wait_until(lambda: ipvs.dests("127.0.0.1:80") == {names[0]: ("Masq", 3), names[1]: ("Masq", 1)},
                what="both in")
     hold_passes(monitor, ipvs)
