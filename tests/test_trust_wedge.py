@@ -153,6 +153,10 @@ def test_pipes_held_by_a_process_outside_the_group_are_given_up(ipvs, run, backe
     monitor, a, b = start_two(ipvs, run, backends, wrapper)
     logged = len(monitor.lines())
     wrapper.on(hang=False, escaped=True)
+    # a pass lasts about an interval: the one that read the table before the wrapper turned may act
+    # on it until it ends; b fails once a pass has met the held pipes
+    wait_until(lambda: any("no change made to it" in line for line in monitor.lines()[logged:]),
+               what="a pass meeting the held pipes")
     b.stop()
     hits = a.hits
     wait_until(lambda: a.hits >= hits + 3, what="3 passes while the pipes are held")  # old: blocked 300 s
