@@ -162,7 +162,7 @@ def test_status_of_a_contested_service_shows_the_table_as_read_and_is_not_in_pla
     why = "another manager keeps undoing the monitor's changes (10.0.0.2:80: 3 times in 2 s): not repairing it"
     row = m.ServerRow("10.0.0.2:80", 2, 1, m.Health(up=False, operator=1, reason="refused"), BAD, "")
     report = m.PassReport(services=[m.ServiceReport("web", "127.0.0.1:80", "tcp", contested=why, rows=[row])])
-    snap = m.snapshot(report, types.SimpleNamespace(path="monitorRS.conf", interval=1.0), "monitor")
+    snap = m.snapshot(report, m.Config(path="monitorRS.conf", interval=1.0), "monitor")
     (svc,) = snap["services"]
     assert svc["problem"] == why and svc["contested"] is True and not m.in_place(snap)
     m.show_status(snap, None)  # not a terminal: plain lines
