@@ -478,8 +478,9 @@ def test_undrained_while_its_connections_last_it_is_restored_not_cut(ipvs, run, 
     seen = []
     wait_until(lambda: seen.append(ipvs.dests(VIP).get(a.address)) or seen[-1] == ("Masq", 3), what="a restored")
     assert None not in seen, seen  # never deleted on its way back: its 5 connections were never cut
-    assert monitor.count(f"{a.address} weight restored to 3") == 1
+    monitor.wait_log(f"{a.address} weight restored to 3")  # written once ipvsadm has answered
     assert monitor.stop()[0] == 0
+    assert monitor.count(f"{a.address} weight restored to 3") == 1
 
 
 def test_where_drains_are_kept_by_default(monkeypatch, tmp_path):
