@@ -2952,8 +2952,8 @@ class Wave:
         since: Dict[Check, float] = {}  # when each began (monotonic): a check that joined late is timed from then
 
         def finish(check: Check, latency: Optional[float] = None) -> None:
-            check.latency = time.monotonic() - since.pop(check, started) if latency is None else latency
-            since.pop(check, None)
+            began = since.pop(check, started)
+            check.latency = time.monotonic() - began if latency is None else latency
             check.close()
             fresh.append(check)
             if running.pop(check, 0) is None:
@@ -5672,6 +5672,11 @@ HELD = {  # a change not made because the one it needed failed
 SCHEDULE_SLACK = 0.005  # seconds early a service may be probed, rather than wake again for it
 
 
+def longest_timeout(timeout: float, services: Sequence[VirtualService]) -> float:
+    """The longest probe deadline among `services`: the config's `timeout`, or a service's own."""
+    return max([timeout] + [vs.timeout for vs in services if vs.timeout is not None])
+
+
 def next_due(at: float, started: float, interval: float) -> float:
     """When something due at `at` (monotonic; 0: never taken) and taken at `started` is due next:
     an interval after its turn (a steady pace), or after `started` when it was taken early (its
@@ -6370,7 +6375,7 @@ class Monitor:
         asking = [ready]  # when a check of the pass falls due next (more)
         self.soonest = math.inf
 
-        longest = max([self.config.timeout] + [vs.timeout for vs in services if vs.timeout is not None])
+        longest = longest_timeout(self.config.timeout, services)
 
         def wall() -> float:
             """The time of a decision: a spread pass lasts about an interval."""
@@ -6410,12 +6415,12 @@ class Monitor:
                     due = self.due.get((key, ep), 0.0)
                     if due <= at + SCHEDULE_SLACK:
                         self._launch(view, rs, due if at - due < SCHEDULE_GRID else at)
-                        target = self.targets[(view.vs.ipvs_key, ep)]
+                        target = self.targets[(key, ep)]
                         if not any(v is view and e == ep for v, e, _ in serves.get(target, ())):
                             # (two servers of a service may be one target: checkport, ping's address)
                             serves.setdefault(target, []).append((view, ep, rs))
                         joining.append(target)
-                        due = self.due[(view.vs.ipvs_key, ep)]
+                        due = self.due[(key, ep)]
                     first = min(first, due)
             asking[0] = first
             return list(dict.fromkeys(joining)), first if joining else idle_past(first)
@@ -6768,7 +6773,7 @@ def snapshot(report: PassReport, config: Config, source: str) -> dict:
     return {
         "monitor_rs": __version__, "source": source, "pid": os.getpid(), "config": config.path,
         "time": round(report.started, 3), "interval": config.interval, "pass_seconds": round(report.duration, 3),
-        "timeout": max([config.timeout] + [vs.timeout for vs in config.services if vs.timeout is not None]),
+        "timeout": longest_timeout(config.timeout, config.services),
         "services": [{
             "name": s.name, "address": s.address, "protocol": s.protocol, "problem": s.problem or s.contested or None,
             "contested": bool(s.contested and not s.problem),  # the problem is another manager's (the table was read)
