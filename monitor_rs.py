@@ -2407,6 +2407,174 @@ def restored_listing(vs: VirtualService, result: CommandResult) -> Optional[Serv
     return listing.get(vs.ipvs_key) if len(listing) == 1 else None
 
 
+
+# The kernel's own door for changes: generic netlink, family "IPVS" (ip_vs_ctl.c, ip_vs_genl_*),
+# the way ipvsadm's libipvs talks to it.  A change over netlink is one message and the kernel's
+# answer (an errno), not a process (under emulation an ipvsadm run costs ~0.4 s, a message ~1 ms):
+# used for the real servers' changes (-a, -e, -d) when the configured ipvsadm is the system's own
+# (table_source auto), and the answer said in ipvsadm's own words (libipvs's ipvs_strerror), so
+# that the log reads exactly as with a lone ipvsadm.  Anything else (the virtual service's own
+# lines, a family not registered because ip_vs is not loaded yet) goes through ipvsadm.
+
+NETLINK_GENERIC = 16
+GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 0x10, 3, 1, 2
+NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR = 1, 4, 2
+IPVS_GENL_VERSION = 1
+IPVS_COMMANDS = {"-a": 5, "-e": 6, "-d": 7}  # IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST
+IPVS_FORWARDS = {"-m": 0, "-i": 2, "-g": 3}  # IP_VS_CONN_F_MASQ, _TUNNEL, _DROUTE
+IPVS_PROTOCOLS = {"-t": socket.IPPROTO_TCP, "-u": socket.IPPROTO_UDP, "--sctp-service": 132}
+IPVS_ERRORS = {  # libipvs ipvs_strerror: the dest commands' own words, then those of any command
+    ("-a", errno.ESRCH): "Service not defined", ("-a", errno.EEXIST): "Destination already exists",
+    ("-e", errno.ESRCH): "Service not defined", ("-e", errno.ENOENT): "No such destination",
+    ("-d", errno.ESRCH): "Service not defined", ("-d", errno.ENOENT): "No such destination",
+    errno.EPERM: "Permission denied (you must be root)",
+    errno.EINVAL: "Invalid operation.  Possibly wrong module version, address not unicast, ...",
+    errno.ENOPROTOOPT: "Protocol not available", errno.ENOMEM: "Memory allocation problem",
+    errno.EOPNOTSUPP: "Operation not supported with IPv6",
+    errno.EAFNOSUPPORT: "Operation not supported with specified address family",
+    errno.EMSGSIZE: "Module is wrong version"}
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    head = struct.pack("=HH", 4 + len(payload), kind)
+    return head + payload + b"\0" * (-len(payload) % 4)
+
+
+def _nl_address(ip: IPAddress) -> bytes:
+    return ip.packed + b"\0" * (16 - len(ip.packed))  # union nf_inet_addr, as libipvs sends it
+
+
+def ipvs_message(args: Sequence[str]) -> Optional[Tuple[int, bytes]]:
+    """(IPVS command, attributes) for a real server's change as the monitor writes it for ipvsadm
+    (_change_args: -a/-e SERVICE -r RIP:PORT -g|-m|-i -w W, -d SERVICE -r RIP:PORT), or None for
+    anything else (left to ipvsadm).  Field by field what ipvsadm 1.31 sends: thresholds 0, and for
+    -g and -i on a service with a port, the real server's port is the service's."""
+    words = list(args)
+    if len(words) < 5 or words[0] not in IPVS_COMMANDS:
+        return None
+    kind, rest = words[0], words[1:]
+    try:
+        if rest[0] == "-f":
+            mark, family = int(rest[1]), 6 if rest[2:3] == ["-6"] else 4
+            rest = rest[3:] if family == 6 else rest[2:]
+            service = (_nla(1, struct.pack("=H", socket.AF_INET6 if family == 6 else socket.AF_INET))
+                       + _nla(5, struct.pack("=I", mark)))
+            vport = None
+        elif rest[0] in IPVS_PROTOCOLS:
+            vip = parse_address(rest[1])
+            family, vport = vip.ip.version, vip.port
+            service = (_nla(1, struct.pack("=H", socket.AF_INET6 if family == 6 else socket.AF_INET))
+                       + _nla(2, struct.pack("=H", IPVS_PROTOCOLS[rest[0]])) + _nla(3, _nl_address(vip.ip))
+                       + _nla(4, struct.pack(">H", vip.port)))
+            rest = rest[2:]
+        else:
+            return None
+        if rest[:1] != ["-r"]:
+            return None
+        real = parse_address(rest[1])
+        rest = rest[2:]
+        if kind == "-d":
+            if rest:
+                return None
+            dest = _nla(1, _nl_address(real.ip)) + _nla(2, struct.pack(">H", real.port))
+        else:
+            if len(rest) != 3 or rest[0] not in IPVS_FORWARDS or rest[1] != "-w":
+                return None
+            forward, weight = IPVS_FORWARDS[rest[0]], int(rest[2])
+            if not 0 <= weight <= 65535:
+                return None
+            port = vport if vport is not None and rest[0] in ("-g", "-i") else real.port
+            dest = (_nla(1, _nl_address(real.ip)) + _nla(2, struct.pack(">H", port))
+                    + _nla(3, struct.pack("=I", forward)) + _nla(4, struct.pack("=I", weight))
+                    + _nla(5, struct.pack("=I", 0)) + _nla(6, struct.pack("=I", 0))
+                    + _nla(11, struct.pack("=H", socket.AF_INET6 if real.ip.version == 6 else socket.AF_INET)))
+    except (IndexError, ValueError, IpvsError):
+        return None
+    return IPVS_COMMANDS[kind], _nla(1 | 0x8000, service) + _nla(2 | 0x8000, dest)  # NLA_F_NESTED
+
+
+class IpvsNetlink:
+    """The real servers' changes as generic netlink messages (see above).  `open` returns None
+    where netlink cannot be used (no IPVS family registered, no socket): ipvsadm is used then."""
+
+    def __init__(self, sock: socket.socket, family: int, timeout: float):
+        self.sock, self.family, self.timeout, self.seq = sock, family, timeout, 0
+
+    @classmethod
+    def open(cls, timeout: float) -> Optional["IpvsNetlink"]:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
+        except (OSError, AttributeError):
+            return None
+        door = cls(sock, GENL_ID_CTRL, timeout)
+        try:
+            code, answer = door._ask(CTRL_CMD_GETFAMILY, _nla(CTRL_ATTR_FAMILY_NAME, b"IPVS\0"), ack=False)
+            family = door._attribute(answer, CTRL_ATTR_FAMILY_ID) if code == 0 else None
+        except OSError:
+            family = None
+        if family is None or len(family) < 2:
+            sock.close()
+            return None
+        door.family = struct.unpack("=H", family[:2])[0]
+        return door
+
+    @staticmethod
+    def _attribute(message: bytes, kind: int) -> Optional[bytes]:
+        at = 16 + 4  # nlmsghdr, genlmsghdr
+        while at + 4 <= len(message):
+            length, found = struct.unpack_from("=HH", message, at)
+            if length < 4:
+                return None
+            if found & 0x3FFF == kind:
+                return message[at + 4:at + length]
+            at += (length + 3) & ~3
+        return None
+
+    def _ask(self, command: int, attributes: bytes, ack: bool = True) -> Tuple[int, bytes]:
+        """Send one request; (the kernel's errno, 0 for done; the answer when it is not an ack)."""
+        self.seq += 1
+        body = struct.pack("=BBH", command, IPVS_GENL_VERSION, 0) + attributes
+        flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
+        self.sock.sendto(struct.pack("=IHHII", 16 + len(body), self.family, flags, self.seq, 0) + body, (0, 0))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no answer from the kernel")
+            self.sock.settimeout(left)
+            message = self.sock.recv(65536)
+            if len(message) < 16:
+                continue
+            _, kind, _, seq, _ = struct.unpack_from("=IHHII", message)
+            if seq != self.seq:
+                continue  # an answer to an earlier request given up
+            if kind == NLMSG_ERROR:
+                return -struct.unpack_from("=i", message, 16)[0], b""
+            return 0, message
+
+    def run(self, args: Sequence[str], path: str) -> Optional[CommandResult]:
+        """The change `args` made over netlink, as a lone ``path args`` would report it (exit 0, or
+        255 and ipvsadm's words); None when these args are not for netlink (ipvsadm then)."""
+        message = ipvs_message(args)
+        if message is None:
+            return None
+        argv = (path, *args)
+        try:
+            code, _ = self._ask(*message)
+        except socket.timeout:
+            return CommandResult(argv, TIMED_OUT, stderr=f"{' '.join(argv)}: no answer over netlink within "
+                                                        f"{self.timeout:g} s")
+        except OSError as exc:
+            return CommandResult(argv, -1, stderr=f"netlink: {exc.strerror or exc}")
+        if code == 0:
+            return CommandResult(argv, 0)
+        said = IPVS_ERRORS.get((args[0], code)) or IPVS_ERRORS.get(code) or os.strerror(code)
+        return CommandResult(argv, KERNEL_REFUSED, stderr=said + "\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
 # The kernel's own listing, /proc/net/ip_vs (ip_vs_ctl.c, ip_vs_info_seq_show): the whole table in
 # one read, no process.  Addresses and ports in hexadecimal (IPv6 as 8 groups of 4 hex digits in
 # brackets), the firewall mark in hexadecimal (unsigned: ipvsadm 1.31 prints a mark over 2^31 as a
@@ -5804,6 +5972,7 @@ class Monitor:
         self.proc_path = PROC_IP_VS
         self.proc_fault = ""  # why /proc/net/ip_vs could not be read, said once while it lasts
         self._system: Tuple[str, bool] = ("", False)  # (ipvsadm path, whether it is the system's own)
+        self.netlink: Optional[IpvsNetlink] = None  # the changes' door when it is (_netlink)
         self.phase = Phase.STARTING  # the next pass's, for emailalertstatus
         self.mailer = Mailer()
         self.alerted: Dict[Tuple[Tuple[str, str], str], float] = {}  # a server down: last mailed (emailalertfreq)
@@ -6028,6 +6197,23 @@ class Monitor:
                     break
         return removed
 
+    def _system_ipvsadm(self) -> bool:
+        """Whether the configured ipvsadm is the system's own (looked up again after a reload)."""
+        if self._system[0] != self.ipvsadm.path:
+            self._system = (self.ipvsadm.path, system_ipvsadm(self.ipvsadm.path))
+        return self._system[1]
+
+    def _netlink(self) -> Optional[IpvsNetlink]:
+        """The netlink door for the real servers' changes (table_source auto, the system's ipvsadm:
+        the table /proc shows is the one changed), opened at the first change; None: ipvsadm.
+        Not open yet (no IPVS family before ip_vs is loaded, which ipvsadm's first run does): tried
+        again at the next change."""
+        if self.config.table_source != TableSource.AUTO or not self._system_ipvsadm():
+            return None
+        if self.netlink is None:
+            self.netlink = IpvsNetlink.open(self.ipvsadm.timeout)
+        return self.netlink
+
     def _whole_table(self) -> Optional[ProcTables]:
         """The pass's one read of the whole table from /proc/net/ip_vs when table_source selects it
         (auto: when the ipvsadm run is the system's own); None: each service through ipvsadm -Ln.
@@ -6035,11 +6221,8 @@ class Monitor:
         source = self.config.table_source
         if source == TableSource.IPVSADM:
             return None
-        if source == TableSource.AUTO:
-            if self._system[0] != self.ipvsadm.path:
-                self._system = (self.ipvsadm.path, system_ipvsadm(self.ipvsadm.path))
-            if not self._system[1]:
-                return None
+        if source == TableSource.AUTO and not self._system_ipvsadm():
+            return None
         try:
             tables = read_proc(self.proc_path)
         except FileNotFoundError as exc:
@@ -6090,7 +6273,13 @@ class Monitor:
             command = " ".join(shlex.quote(a) for a in (self.ipvsadm.path, *action.args))
             self.output.say(f"would run: {command}", action.kind.value, log=False)
             return True, "would " + action.kind.value
-        result = self.ipvsadm.run(action.args)
+        door = self._netlink()
+        result = door.run(action.args, self.ipvsadm.path) if door is not None else None
+        if result is not None and result.returncode == -1:  # the socket failed: ipvsadm, a new one next time
+            door.close()
+            self.netlink, result = None, None
+        if result is None:
+            result = self.ipvsadm.run(action.args)
         return self._outcome(vs, action, None if result.ok else result.why(), report)
 
     def _apply_batch(self, vs: VirtualService, actions: Sequence[Action],
@@ -6100,9 +6289,12 @@ class Monitor:
 
         Returns, per action, what logs its outcome as _apply would (called in order by
         carry_out); None when they are better made one process each (_apply): one change
-        alone (its own exit status says it all, no read-back), --dry-run, words -R would split."""
+        alone (its own exit status says it all, no read-back), --dry-run, words -R would split,
+        changes made over netlink (each a message and the kernel's own answer: _apply)."""
         if self.dry_run or len(actions) < 2 or not all(_restorable(a.args) for a in actions):
             return None
+        if self._netlink() is not None and all(ipvs_message(a.args) is not None for a in actions):
+            return None  # a message each, no process: their outcomes are the kernel's own answers
         lines: List[Sequence[str]] = []
         for i, a in enumerate(actions):  # each change followed by its mark (see _read_back)
             lines += [a.args, ("-L", _mark(i))]

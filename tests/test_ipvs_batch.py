@@ -222,6 +222,93 @@ def test_fake_restore_matches_the_real_one(tmp_path):
     assert differences == []
 
 
+# ------------------------------------------------------------- changes over netlink
+
+V6 = "[2001:db8::100]:80"
+# Each change the monitor writes for ipvsadm (Monitor._apply), on services -t SVC, -u SVC, -f 7, -t V6,
+# -f 8 -6: made, refused by the kernel for each reason ipvsadm words, DR/TUN ports, IPv6, marks.
+NETLINK_STEPS = [
+    ("-a", "-t", SVC, "-r", rs(11), "-m", "-w", "2"),
+    ("-a", "-t", SVC, "-r", rs(11), "-m", "-w", "4"),  # Destination already exists
+    ("-e", "-t", SVC, "-r", rs(11), "-m", "-w", "5"),
+    ("-e", "-t", SVC, "-r", rs(99), "-m", "-w", "1"),  # No such destination
+    ("-d", "-t", SVC, "-r", rs(99)),  # No such destination
+    ("-a", "-t", "127.0.0.101:80", "-r", rs(11), "-m", "-w", "1"),  # Service not defined
+    ("-d", "-t", "127.0.0.101:80", "-r", rs(11)),  # Service not defined
+    ("-a", "-t", SVC, "-r", "127.0.0.12:8080", "-g", "-w", "1"),  # DR: the service's port
+    ("-a", "-t", SVC, "-r", "127.0.0.13:8080", "-i", "-w", "0"),  # tunnel, weight 0
+    ("-e", "-t", SVC, "-r", "127.0.0.12:8080", "-g", "-w", "65535"),
+    ("-d", "-t", SVC, "-r", rs(11)),
+    ("-a", "-u", SVC, "-r", "127.0.0.15:53", "-m", "-w", "1"),
+    ("-a", "-f", "7", "-r", "127.0.0.14:80", "-g", "-w", "3"),
+    ("-e", "-f", "7", "-r", "127.0.0.14:80", "-g", "-w", "0"),
+    ("-a", "-t", V6, "-r", "[2001:db8::11]:80", "-m", "-w", "1"),
+    ("-a", "-f", "8", "-6", "-r", "[2001:db8::12]:80", "-g", "-w", "2"),
+    ("-d", "-f", "8", "-6", "-r", "[2001:db8::12]:80"),
+    ("-d", "-f", "7", "-r", "127.0.0.14:80"),
+]
+
+
+def test_netlink_messages_only_for_the_changes_the_monitor_writes():
+    """What ipvs_message takes (a real server's -a/-e/-d as _change_args writes it) and leaves to
+    ipvsadm (anything else): the service's fields and the real server's, as libipvs sends them."""
+    import struct
+
+    import monitor_rs as m
+
+    def attributes(blob):
+        found, at = {}, 0
+        while at < len(blob):
+            length, kind = struct.unpack_from("=HH", blob, at)
+            found[kind & 0x3FFF] = blob[at + 4:at + length]
+            at += (length + 3) & ~3
+        return found
+
+    command, blob = m.ipvs_message(("-a", "-t", SVC, "-r", "127.0.0.12:8080", "-g", "-w", "7"))
+    top = attributes(blob)
+    service, dest = attributes(top[1]), attributes(top[2])
+    assert command == 5 and struct.unpack("=H", service[1])[0] == 2 and struct.unpack("=H", service[2])[0] == 6
+    assert service[3][:4] == bytes([127, 0, 0, 100]) and len(service[3]) == 16 and service[4] == b"\x00P"
+    assert dest[1][:4] == bytes([127, 0, 0, 12]) and dest[2] == b"\x00P"  # DR: port 80, not 8080
+    assert [struct.unpack("=I", dest[k])[0] for k in (3, 4, 5, 6)] == [3, 7, 0, 0]
+    command, blob = m.ipvs_message(("-d", "-f", "8", "-6", "-r", "[2001:db8::12]:80"))
+    service, dest = (attributes(v) for v in attributes(blob).values())
+    assert command == 7 and struct.unpack("=I", service[5])[0] == 8 and dest[1] == bytes.fromhex("20010db8" + "0" * 22 + "12")
+    for args in [("-A", "-t", SVC, "-s", "wrr"), ("-E", "-t", SVC, "-s", "wlc"), ("-D", "-t", SVC),
+                 ("-a", "-t", SVC, "-r", rs(11), "-m", "-w", "x"), ("-a", "-t", SVC, "-r", rs(11), "-m", "-w", "70000"),
+                 ("-a", "-t", SVC, "-r", rs(11), "-m"), ("-d", "-t", SVC, "-r", rs(11), "-g"), ("-a", "-t", SVC),
+                 ("-Ln",), ("-C",)]:
+        assert m.ipvs_message(args) is None, args
+
+
+@pytest.mark.ipvs
+@pytest.mark.skipif(not KERNEL, reason="needs the real kernel IPVS: runs inside the VM (tests/vm/run)")
+def test_netlink_changes_are_the_real_ipvsadms(tmp_path):
+    """Each change made by the real ipvsadm, then on a fresh table over netlink: the same exit status
+    and words (as the monitor logs them) after each, and the same table at the end."""
+    import shutil
+
+    import monitor_rs as m
+
+    path = shutil.which("ipvsadm") or "/usr/sbin/ipvsadm"
+    ipvsadm, got = m.Ipvsadm(path), {}
+    for way in ("ipvsadm", "netlink"):
+        for args in (("-C",), ("-A", "-t", SVC, "-s", "wrr"), ("-A", "-u", SVC, "-s", "wrr"),
+                     ("-A", "-f", "7", "-s", "wrr"), ("-A", "-t", V6, "-s", "wrr"), ("-A", "-f", "8", "-6", "-s", "wrr")):
+            assert ipvsadm.run(args).ok, args
+        door = m.IpvsNetlink.open(5.0) if way == "netlink" else None
+        assert way == "ipvsadm" or door is not None  # the IPVS family is registered on this kernel
+        said = [(r.returncode, r.why()) for r in (door.run(a, path) if door else ipvsadm.run(a) for a in NETLINK_STEPS)]
+        got[way] = said, ipvsadm.run(("-Sn",)).stdout
+        if door:
+            door.close()
+    ipvsadm.run(("-C",))
+    assert got["netlink"] == got["ipvsadm"]
+    words = {why for _, why in got["ipvsadm"][0]}
+    assert {"exit 255: Destination already exists", "exit 255: No such destination",
+            "exit 255: Service not defined"} <= words, words  # each refusal met, in ipvsadm's words
+
+
 # ------------------------------------------------------------- carry_out in stages
 
 def test_a_change_that_needs_another_waits_for_its_stage_and_is_held_if_it_failed():
