@@ -2597,9 +2597,9 @@ _PROC_SCHED = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 
 
 class TableSource(str, enum.Enum):
-    """Where a pass reads the IPVS table (``[monitor] table_source``)."""
+    """Where a pass reads the IPVS table (``[monitor] table_source``), and how it changes it."""
 
-    AUTO = "auto"  # /proc/net/ip_vs when the configured ipvsadm is the system's own, else ipvsadm -Ln
+    AUTO = "auto"  # the system's own ipvsadm: /proc/net/ip_vs, changes over netlink; else ipvsadm alone
     PROC = "proc"  # /proc/net/ip_vs whatever ipvsadm is configured (falls back to ipvsadm -Ln when unreadable)
     IPVSADM = "ipvsadm"  # ipvsadm -Ln per virtual service, as before
 
