@@ -6602,18 +6602,19 @@ class Monitor:
                     view.quiet = {}
                 for rs in view.vs.servers:
                     ep = rs.endpoint
+                    due = self.due.get((key, ep), 0.0)  # (first: most are not due, and one lookup says so)
+                    if due > at + SCHEDULE_SLACK:
+                        first = min(first, due)  # (a check in flight's next turn: asked then, harmless)
+                        continue
                     if ep in view.pending or ep in view.held or ep in view.kept_back:
                         continue  # in flight, held, or its result not decided yet
-                    due = self.due.get((key, ep), 0.0)
-                    if due <= at + SCHEDULE_SLACK:
-                        self._launch(view, rs, due if at - due < SCHEDULE_GRID else at)
-                        target = self.targets[(key, ep)]
-                        if not any(v is view and e == ep for v, e, _ in serves.get(target, ())):
-                            # (two servers of a service may be one target: checkport, ping's address)
-                            serves.setdefault(target, []).append((view, ep, rs))
-                        joining.append(target)
-                        due = self.due[(key, ep)]
-                    first = min(first, due)
+                    self._launch(view, rs, due if at - due < SCHEDULE_GRID else at)
+                    target = self.targets[(key, ep)]
+                    if not any(v is view and e == ep for v, e, _ in serves.get(target, ())):
+                        # (two servers of a service may be one target: checkport, ping's address)
+                        serves.setdefault(target, []).append((view, ep, rs))
+                    joining.append(target)
+                    first = min(first, self.due[(key, ep)])
             asking[0] = first
             return list(dict.fromkeys(joining)), first if joining else idle_past(first)
 
