@@ -2536,7 +2536,7 @@ class IpvsNetlink:
         self.seq += 1
         body = struct.pack("=BBH", command, IPVS_GENL_VERSION, 0) + attributes
         flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
-        self.sock.sendto(struct.pack("=IHHII", 16 + len(body), self.family, flags, self.seq, 0) + body, (0, 0))
+        self.sock.send(struct.pack("=IHHII", 16 + len(body), self.family, flags, self.seq, 0) + body)  # (to the kernel)
         deadline = time.monotonic() + self.timeout
         while True:
             left = deadline - time.monotonic()

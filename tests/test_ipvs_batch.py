@@ -8,6 +8,7 @@
   logged FAILED and retried while the others held, and the fallback ordering.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -279,6 +280,47 @@ def test_netlink_messages_only_for_the_changes_the_monitor_writes():
                  ("-a", "-t", SVC, "-r", rs(11), "-m"), ("-d", "-t", SVC, "-r", rs(11), "-g"), ("-a", "-t", SVC),
                  ("-Ln",), ("-C",)]:
         assert m.ipvs_message(args) is None, args
+
+
+def test_netlink_answers_are_said_in_ipvsadms_words():
+    """The door's side of the exchange, against a stand-in kernel (a datagram socket pair): the
+    answer to its own request (an older one's skipped), errno in ipvsadm's words and exit status,
+    and no answer within the timeout a timed-out change, as an ipvsadm killed at its timeout."""
+    import socket
+    import struct
+
+    import monitor_rs as m
+
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    door = m.IpvsNetlink(ours, 99, 0.3)
+
+    def answer(seq, code):
+        kernel.send(struct.pack("=IHHII", 36, m.NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", -code) + b"\0" * 16)
+
+    def asked():
+        length, family, flags, seq, _ = struct.unpack_from("=IHHII", kernel.recv(4096))
+        return family, flags, seq
+
+    add = ("-a", "-t", SVC, "-r", rs(11), "-m", "-w", "2")
+    answer(0, 0)  # a late answer to an earlier request: not this one's
+    answer(1, errno.EEXIST)
+    result = door.run(add, "/usr/sbin/ipvsadm")
+    assert asked() == (99, m.NLM_F_REQUEST | m.NLM_F_ACK, 1)
+    assert (result.returncode, result.why()) == (255, "exit 255: Destination already exists")
+    assert result.argv == ("/usr/sbin/ipvsadm", *add)
+    answer(2, errno.ENOENT)
+    assert door.run(("-d", "-t", SVC, "-r", rs(11)), "ipvsadm").why() == "exit 255: No such destination"
+    answer(3, 0)
+    assert door.run(("-e", "-t", SVC, "-r", rs(11), "-m", "-w", "0"), "ipvsadm").ok
+    answer(4, errno.EPERM)
+    assert door.run(add, "ipvsadm").why() == "exit 255: Permission denied (you must be root)"
+    answer(5, errno.EIO)  # not in ipvsadm's table: the system's words, as ipvs_strerror falls back
+    assert door.run(add, "ipvsadm").why() == f"exit 255: {os.strerror(errno.EIO)}"
+    timed_out = door.run(add, "ipvsadm")  # no answer
+    assert timed_out.returncode == m.TIMED_OUT and "no answer over netlink within 0.3 s" in timed_out.why()
+    assert door.run(("-A", "-t", SVC, "-s", "wrr"), "ipvsadm") is None  # the service's own lines: ipvsadm
+    door.close()
+    kernel.close()
 
 
 @pytest.mark.ipvs
