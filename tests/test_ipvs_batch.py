@@ -591,6 +591,36 @@ def test_a_delete_refused_in_a_batch_because_the_server_was_already_gone_is_fail
     assert last["stdin"][-1] == ["-Ln", "-t", "127.0.0.1:80"]  # its own last line: before, a second process
 
 
+def test_changes_over_netlink_are_logged_as_lone_ipvsadms_and_a_failing_socket_hands_them_to_ipvsadm(tmp_path):
+    """With the netlink door (the system's ipvsadm, table_source auto): no -R, each change its own
+    message, its answer logged as a lone ipvsadm's (FAILED with its words); when the socket fails,
+    that change is made by ipvsadm and the door is opened anew at the next change."""
+    import socket
+    import struct
+
+    ipvs = Ipvs("fake", tmp_path)
+    m, monitor, vs, said = batch_of(ipvs, tmp_path, [12])
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    monitor._system = (monitor.ipvsadm.path, True)  # as if the configured ipvsadm were the system's own
+    monitor.netlink = m.IpvsNetlink(ours, 99, 1.0)
+    for seq, code in ((1, 0), (2, errno.EEXIST)):  # the kernel's answers, queued: 11 added, 12 already there
+        kernel.send(struct.pack("=IHHII", 36, m.NLMSG_ERROR, 0, seq, 0) + struct.pack("=i", -code) + b"\0" * 16)
+    adds = [action(m, vs, m.Change.ADD, n) for n in (11, 12)]
+    report, before = m.PassReport(), len(ipvs.listing_calls())
+    assert monitor._apply_batch(vs, adds, report) is None  # a message each: no -R
+    assert [monitor._apply(vs, a, report)[0] for a in adds] == [True, False]
+    assert said.lines == [
+        ("add", f"{rs(11)} has been added to work in 127.0.0.1:80 (web) (weight 1)"),
+        ("failed", f"{rs(12)} add FAILED in 127.0.0.1:80 (web): exit 255: Destination already exists "
+                   f"({ipvs.path} -a -t 127.0.0.1:80 -r {rs(12)} -m -w 1)")]
+    assert len(ipvs.listing_calls()) == before  # the fake ipvsadm never ran for them
+    kernel.close()  # the socket fails now: ipvsadm makes the change
+    delete = action(m, vs, m.Change.DELETE, 12)
+    assert monitor._apply(vs, delete, report)[0] is True
+    assert ipvs.listing_calls()[before:] == [["-d", "-t", "127.0.0.1:80", "-r", rs(12)]]
+    assert monitor.netlink is None  # opened anew at the next change (none here: not the system's kernel)
+
+
 def test_a_batch_stopped_by_a_line_that_fails_validation_is_read_back_not_assumed(tmp_path):
     """exit 2 at the second line: the first held, the later ones never ran; each is told so."""
     ipvs = Ipvs("fake", tmp_path)
