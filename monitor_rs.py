@@ -3107,7 +3107,8 @@ class Wave:
         so a refused server can be acted on while slow ones are still answering.
         `more`, if given, is asked at every turn for targets that fell due since, which join
         the wave (their indexes follow the others'), and when to ask again (monotonic; None:
-        no more): the wave runs until then even with nothing in flight."""
+        no more; LEAVE_IN_FLIGHT: no more, and the wave ends now, what is in flight closed and
+        given None, no verdict): the wave runs until then even with nothing in flight."""
         started = time.monotonic()
         fresh: List[Check] = []  # finished since `arrived` was last called
         checks = [CHECKERS[t.check](t, self) for t in targets]
@@ -3159,12 +3160,16 @@ class Wave:
 
         order = {check: i for i, check in enumerate(checks)}
         asking: Optional[float] = None if more is None else 0.0
+        abandoned: Optional[set] = None  # the checks left in flight (LEAVE_IN_FLIGHT)
 
         def admit() -> None:
-            nonlocal asking
+            nonlocal asking, abandoned
             if asking is None:
                 return
             joining, asking = more()
+            if asking == LEAVE_IN_FLIGHT:
+                asking, abandoned = None, set(running) | set(waiting)
+                return
             for target in joining:
                 check = CHECKERS[target.check](target, self)
                 order[check] = len(checks)
@@ -3185,7 +3190,7 @@ class Wave:
             hand_over()
             grace = GRACE_STEPS
             admit()
-            while running or asking is not None:
+            while (running or asking is not None) and abandoned is None:
                 if stop():
                     return None
                 left = min((next(iter(lane)).began + timeout for timeout, lane in lanes.items()),
@@ -3222,7 +3227,10 @@ class Wave:
                 check.close()
             self.clock.close()
             self.poller.close()
-        return [_result_of(c) for c in checks]
+        return [None if abandoned and c in abandoned else _result_of(c) for c in checks]
+
+
+LEAVE_IN_FLIGHT = -math.inf  # what `more` returns to end a wave now, leaving what is in flight (Wave.run)
 
 
 def _result_of(c: Check) -> ProbeResult:
@@ -4313,7 +4321,7 @@ def probe_all(targets: Sequence[ProbeTarget], timeout: float, fanout: int = 1000
 
     `arrived`, if given, gets the results as they come, a batch per event turn (see Wave.run).
     `more`: targets that fall due meanwhile join the last wave (see Wave.run); a target probed
-    again that way is given its last result.  None when asked to stop meanwhile."""
+    again that way is given its last result (None: left in flight).  None when asked to stop meanwhile."""
     unique = list(dict.fromkeys(targets))
     fanout = max(1, fanout)
     results: List[ProbeResult] = []
@@ -6582,9 +6590,18 @@ class Monitor:
         def more() -> Tuple[List[ProbeTarget], Optional[float]]:
             """The checks that fell due since, joining the pass's wave: until its window ends, and after
             that while a check is still in flight (up to a timeout more), so that the pass ends when none
-            is (a slow answer does not hold back the checks due meanwhile into a wave after it)."""
+            is (a slow answer does not hold back the checks due meanwhile into a wave after it).  When
+            checks are in flight all along (slow servers: one always is), the pass ends a timeout after
+            its window, once every check in flight began less than half a timeout ago (two timeouts
+            after at the latest), and leaves them, started again at once in the next pass: waiting for
+            them, no check would start for up to a timeout (a server due then checked a turn late)."""
             at = time.monotonic()
-            if at > window - SCHEDULE_GRID / 2 and (at > window + longest or not any(v.pending for v in views.values())):
+            if at > window + longest and (at > window + 2 * longest or all(
+                    at - v.launched[ep] < longest / 2 for v in views.values() for ep in v.pending)):
+                # checks in flight all along (slow servers): the pass ends once those in flight are all
+                # young, and they start again in the next (waiting for them, no check would start meanwhile)
+                return [], LEAVE_IN_FLIGHT
+            if at > window - SCHEDULE_GRID / 2 and not any(v.pending for v in views.values()):
                 return [], None  # (what is due at the next pass's turn is the next pass's)
             if self.stop_requested() or self.cut_short():
                 return [], None
@@ -6681,7 +6698,8 @@ class Monitor:
             health = view.health
             by_server = {rs.endpoint: view.results.get(rs.endpoint) or (results.get(
                 self.targets[(vs.ipvs_key, rs.endpoint)], not_probed) if rs.endpoint in view.launched
-                else self.seen.get((vs.ipvs_key, rs.endpoint), not_probed))  # not due: its last result
+                and rs.endpoint not in view.pending else self.seen.get((vs.ipvs_key, rs.endpoint), not_probed))
+                # (not due, or left in flight: its last result)
                 if rs.endpoint not in held else ProbeResult(False, health[rs.endpoint].reason if health[
                     rs.endpoint].held else held[rs.endpoint].reason, 0.0)  # a drain's says what it waits for
                 for rs in vs.servers}
@@ -6713,6 +6731,9 @@ class Monitor:
         if not self.spread:
             self.next_tick = caught_up(self.next_tick, ended)
         spread_late(self.due, ended)
+        for view in views.values():  # checks left in flight at the pass's end (LEAVE_IN_FLIGHT): again at once
+            for ep in view.pending:
+                self.due[(view.vs.ipvs_key, ep)] = on_grid(ended)
         # Every service in every pass: one not due shows its rows of its last probing (no action now).
         report.services = [reports[vs.ipvs_key] if vs.ipvs_key in reports else dataclasses.replace(
             self.last[vs.ipvs_key], rows=[dataclasses.replace(r, action="") for r in self.last[vs.ipvs_key].rows])
