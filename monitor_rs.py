@@ -6573,6 +6573,7 @@ class Monitor:
                     self._launch(view, rs, due if ready - due < SCHEDULE_GRID else ready)
                     serves.setdefault(self.targets[(vs.ipvs_key, rs.endpoint)], []).append((view, rs.endpoint, rs))
         asking = [ready]  # when a check of the pass falls due next (more)
+        closing: List[Optional[float]] = [None]  # when the checks still in flight are left (more)
         self.soonest = math.inf
 
         longest = longest_timeout(self.config.timeout, services)
@@ -6596,11 +6597,15 @@ class Monitor:
             after at the latest), and leaves them, started again at once in the next pass: waiting for
             them, no check would start for up to a timeout (a server due then checked a turn late)."""
             at = time.monotonic()
-            if at > window + longest and (at > window + 2 * longest or all(
+            if closing[0] is None and at > window + longest and (at > window + 2 * longest or all(
                     at - v.launched[ep] < longest / 2 for v in views.values() for ep in v.pending)):
                 # checks in flight all along (slow servers): the pass ends once those in flight are all
-                # young, and they start again in the next (waiting for them, no check would start meanwhile)
-                return [], LEAVE_IN_FLIGHT
+                # young, and they start again in the next (waiting for them, no check would start
+                # meanwhile); first a short grace with none starting, for those about to answer
+                closing[0] = at + SCHEDULE_GRID / 2
+            if closing[0] is not None:
+                busy = any(v.pending for v in views.values())
+                return ([], None) if not busy else ([], LEAVE_IN_FLIGHT) if at >= closing[0] else ([], closing[0])
             if at > window - SCHEDULE_GRID / 2 and not any(v.pending for v in views.values()):
                 return [], None  # (what is due at the next pass's turn is the next pass's)
             if self.stop_requested() or self.cut_short():

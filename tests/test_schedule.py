@@ -150,6 +150,30 @@ def test_the_checks_of_a_service_are_spread_over_its_interval(ipvs, backends, ru
     assert code == 0 and "Traceback" not in err
 
 
+def test_checks_in_flight_all_along_do_not_hold_back_the_others(ipvs, backends, run):
+    """Four hung servers on four phases, timeout 0.9 s: one check is always in flight.  Before, a pass
+    kept admitting checks a timeout past its window, then waited for those in flight with none
+    starting: the healthy servers due then were checked a turn late (gaps of 2 s).  Now the pass
+    leaves them and the next starts them again: every server about each interval."""
+    healthy = [backends(ip=f"127.0.0.{11 + i}") for i in range(8)]
+    hung = [backends(ip=f"127.0.0.{21 + i}", mode="hang") for i in range(4)]
+    for s in healthy:
+        s.__class__ = Timed
+        s.arrivals = []
+    everyone = [s.address for s in healthy + hung]
+    monitor = run(ipvs, config(VIP, everyone, interval=1, timeout=0.9, extra="fall = 1\n")).start()
+    wait_until(lambda: len(ipvs.dests(VIP)) == 8, 20, "the healthy in the table, the hung out")
+    begin = time.monotonic() + 1.0
+    wait_until(lambda: all(sum(t > begin for t, _ in s.arrivals) >= 6 for s in healthy), 30, "6 checks each")
+    gaps = [[round(b - a, 2) for a, b in zip(mine, mine[1:])]
+            for mine in (sorted(t for t, _ in s.arrivals if t > begin) for s in healthy)]
+    every = sorted(gap for mine in gaps for gap in mine)  # before: 2.0 and 2.1 s gaps, a median of 1.8
+    assert max(every) < 1.75 and 0.9 < every[len(every) // 2] < 1.1, gaps
+    assert len(ipvs.dests(VIP)) == 8  # and the hung still out: their checks, started again, time out
+    code, _, err = monitor.stop()
+    assert code == 0 and "Traceback" not in err
+
+
 def test_fastinter_rechecks_a_server_whose_checks_disagree_with_its_state(ipvs, backends, run):
     """fall = 3, interval = 2: three failures take 4 s at least before; with fastinter = 0.2 about 0.4 s."""
     victim, other = backends(ip="127.0.0.11"), backends(ip="127.0.0.12")
