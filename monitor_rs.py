@@ -6703,7 +6703,8 @@ class Monitor:
             health = view.health
             by_server = {rs.endpoint: view.results.get(rs.endpoint) or (results.get(
                 self.targets[(vs.ipvs_key, rs.endpoint)], not_probed) if rs.endpoint in view.launched
-                and rs.endpoint not in view.pending else self.seen.get((vs.ipvs_key, rs.endpoint), not_probed))
+                and rs.endpoint not in view.pending else None) or self.seen.get((vs.ipvs_key, rs.endpoint),
+                                                                                not_probed)
                 # (not due, or left in flight: its last result)
                 if rs.endpoint not in held else ProbeResult(False, health[rs.endpoint].reason if health[
                     rs.endpoint].held else held[rs.endpoint].reason, 0.0)  # a drain's says what it waits for
