@@ -109,17 +109,8 @@ def run_pass(vs, table, health, verdicts, failures):
     """One pass: decide, then make each change unless `failures` says it fails."""
     results = {rs.endpoint: OK if ok else BAD for rs, ok in zip(vs.servers, verdicts)}
     decision = m.decide(vs, results, table, health)
-    outcome = iter(failures)
-    made = []
-
-    def make(action):
-        ok = not next(outcome, False)
-        if ok:
-            made.append(action)
-        return ok
-
-    health = m.carry_out(decision, make)
-    return apply(vs, table, made), health, decision
+    health, table, _ = carry(vs, table, decision, failures)
+    return table, health, decision
 
 
 def carry(vs, table, decision, failures):
