@@ -34,14 +34,11 @@ import re
 import resource
 import select
 import shlex
-import shutil
 import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -49,7 +46,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AbstractSet, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 if TYPE_CHECKING:  # ssl is loaded by the first https probe (tls_context), not at start
+    import queue
     import ssl
+    import subprocess
+
+# Start fast: what the first probe does not need is imported where it is used, at its first use
+# (subprocess: an ipvsadm, a check program or a hook run; tempfile: the first state file; queue: the
+# mail worker), and `which` stands for shutil.which (shutil loads bz2 and lzma). Under emulation
+# (bench/peers) every module costs tens of milliseconds of start.
 
 __version__ = "1.0.0"
 
@@ -582,6 +586,25 @@ def _dns_keys(sec: _Section) -> dict:
     return dict(request=f"{name} {qtype}", receive=str(want) if want is not None else "")
 
 
+def which(name: str, path: Optional[str] = None) -> Optional[str]:
+    """shutil.which on POSIX: the first runnable file `name` in `path` (default $PATH), or
+    `name` itself when it holds a slash and is runnable; None when none is."""
+    def runnable(candidate: str) -> bool:
+        return os.path.exists(candidate) and os.access(candidate, os.X_OK) and not os.path.isdir(candidate)
+
+    if os.path.dirname(name):
+        return name if runnable(name) else None
+    if path is None:
+        path = os.environ.get("PATH", None)
+        if path is None:
+            path = os.confstr("CS_PATH") or os.defpath
+    for folder in dict.fromkeys(path.split(os.pathsep)) if path else ():
+        candidate = os.path.join(folder, name)
+        if runnable(candidate):
+            return candidate
+    return None
+
+
 def _external_keys(sec: _Section) -> dict:
     """check = external: checkcommand (a program and its own fixed words, split as a shell
     would but run without one), dynamic_weight.  The program is found once, here: a bare
@@ -600,7 +623,7 @@ def _external_keys(sec: _Section) -> dict:
     program = words[0]
     if "/" in program and not program.startswith("/"):
         raise sec.fail("checkcommand", "a relative path: give an absolute path, or a program name found in PATH")
-    found = shutil.which(program)
+    found = which(program)
     if not found or not found.startswith("/"):
         missing = "not found in PATH" if "/" not in program else (
             "not an executable file" if os.path.exists(program) else "not found")
@@ -942,7 +965,7 @@ def unsafe_program(name: str) -> str:
     its run; a path is checked even when nothing (runnable) is there yet."""
     if os.geteuid() != 0:
         return ""
-    found = shutil.which(name) or (name if "/" in name else None)
+    found = which(name) or (name if "/" in name else None)
     why = unsafe_path(found) if found else ""
     return f"{name}: not run as root, others can change it: {why}" if why else ""
 
@@ -2301,9 +2324,9 @@ SBIN_DIRS = ("/usr/sbin", "/sbin")  # where Debian puts ipvsadm; cron's PATH (/u
 def find_program(name: str) -> str:
     """A bare name not found on PATH is looked for in SBIN_DIRS too: the path found
     there, else the name as given (found on PATH at each run, or named in the error)."""
-    if not name or os.sep in name or shutil.which(name):
+    if not name or os.sep in name or which(name):
         return name
-    return shutil.which(name, path=os.pathsep.join(SBIN_DIRS)) or name
+    return which(name, path=os.pathsep.join(SBIN_DIRS)) or name
 
 
 class Ipvsadm:
@@ -2320,6 +2343,7 @@ class Ipvsadm:
         It runs in a session of its own, so that a timeout or a stop kills all it
         started (a wrapper script that does not exec, a modprobe), and no wait
         after that is without a bound."""
+        import subprocess  # (at the first run, not at start: see the imports)
         argv = (self.path, *args)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
@@ -2362,6 +2386,7 @@ class Ipvsadm:
     def _kill(self, proc: subprocess.Popen, command: str) -> str:
         """Kill the whole process group of a call (the leader is not reaped yet, so its
         PID is still the group's), wait a bounded time; say why, in one line."""
+        import subprocess
         try:  # did ipvsadm itself exit, and something it left behind holds its pipes?
             exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
@@ -2746,7 +2771,7 @@ def read_proc(path: str = PROC_IP_VS) -> ProcTables:
 def system_ipvsadm(name: str) -> bool:
     """Whether `name` (the configured ipvsadm) is the system's own: found in /usr/sbin or /sbin,
     so that it reads the same kernel table /proc/net/ip_vs shows (not a wrapper, not a test's fake)."""
-    path = name if os.sep in name else shutil.which(name) or shutil.which(name, path=os.pathsep.join(SYSTEM_SBIN))
+    path = name if os.sep in name else which(name) or which(name, path=os.pathsep.join(SYSTEM_SBIN))
     return bool(path) and os.path.basename(path) == "ipvsadm" and os.path.dirname(os.path.abspath(path)) in SYSTEM_SBIN
 
 
@@ -3844,6 +3869,7 @@ class ExternalCheck(Check):
         self.flood = 0  # bytes of output read
 
     def start(self) -> None:
+        import subprocess  # (at the first check program, not at start: see the imports)
         self.reap()
         t = self.target
         vip, vport, rip, rport = t.command[-4:]
@@ -5405,6 +5431,7 @@ class Hooks:
     def launch(self, full: Sequence[str], env: Mapping[str, str], server: str,
                what: str = "on_change") -> Optional[subprocess.Popen]:
         """Start one command in its own session; killed (with its group) after TIMEOUT by reap."""
+        import subprocess  # (at the first hook, not at start: see the imports)
         try:
             proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
@@ -5424,6 +5451,7 @@ class Hooks:
             code = proc.poll()
             what = self.what.get(proc, "on_change")
             if code is None and time.monotonic() > deadline:
+                import subprocess  # (imported by then: it started proc)
                 kill_group(proc)  # its own session: whatever it started goes too
                 try:
                     proc.wait(timeout=KILL_GRACE)
@@ -5461,9 +5489,6 @@ def relay_of(text: str) -> Tuple[str, int]:
     return match.group(1), port
 
 
-import queue  # noqa: E402  (kept beside the code that uses it: the mail worker)
-
-
 class Mailer:
     """Alert mail, sent by one background thread so that a slow or dead relay never holds a pass.
 
@@ -5476,14 +5501,16 @@ class Mailer:
     TIMEOUT = 10.0  # seconds, each SMTP step (connect, each answer)
 
     def __init__(self):
-        self.queue: "queue.Queue" = queue.Queue(self.QUEUE)
+        self.queue: Optional["queue.Queue"] = None  # with the worker, at the first mail
         self.news: "collections.deque[Tuple[str, str]]" = collections.deque()
         self.thread: Optional[threading.Thread] = None
         self.dropped = 0  # mails dropped since the queue was last found full
         self.failing = ""  # the worker's: what the relay last did wrong, "" when it works
 
     def send(self, relay: str, sender: str, recipients: Sequence[str], message) -> None:
+        import queue  # (at the first mail, not at start: see the imports)
         if self.thread is None:
+            self.queue = queue.Queue(self.QUEUE)
             self.thread = threading.Thread(target=self._work, name="monitor_rs mail", daemon=True)
             self.thread.start()
         try:
@@ -7039,6 +7066,7 @@ def write_atomically(path: str, text: str) -> None:
     The folder may belong to someone else: its names are only created (O_EXCL), renamed
     and removed, never followed.  No fsync: these files describe the running process;
     after a power cut they are stale anyway."""
+    import tempfile  # (at the first state file, not at start: see the imports)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".monitor_rs-", dir=folder)
     try:

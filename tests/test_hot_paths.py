@@ -62,3 +62,38 @@ def test_probe_targets_hash_once_as_their_fields_compare(a, b, port, timeouts, c
     assert (two in table) == (one == two) == (a == b and timeouts[0] == timeouts[1] and checks[0] == checks[1])
     assert hash(m.ProbeTarget(checks[0], ipaddress.IPv4Address(a), port, timeout=timeouts[0])) == hash(one)
     assert one == m.ProbeTarget(**{f.name: getattr(one, f.name) for f in __import__("dataclasses").fields(one)})
+
+
+def test_the_import_leaves_to_first_use_what_the_first_probe_does_not_need():
+    """Start fast: importing the module (what the console script does) loads neither subprocess,
+    tempfile, shutil (bz2, lzma) nor queue; a fresh interpreter, so that no other test loaded them."""
+    import subprocess
+    import sys
+    code = ("import sys; import monitor_rs; "
+            "print(' '.join(m for m in ('subprocess', 'tempfile', 'shutil', 'queue', 'bz2', 'lzma') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=str(__import__("pathlib").Path(m.__file__).parent))
+    assert done.stdout.split() == []
+
+
+def test_which_finds_what_shutil_which_finds(tmp_path, monkeypatch):
+    """The module's own `which` (shutil not loaded at start) answers as shutil.which: the first runnable
+    file on the path, a name with a slash as it is, not a folder, not a file without x, an empty PATH."""
+    import os
+    import shutil
+    first, second, folder = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d in (first, second, folder):
+        d.mkdir()
+    (first / "tool").write_text("")  # not runnable: skipped
+    (second / "tool").write_text("#!/bin/sh\n")
+    (second / "tool").chmod(0o755)
+    (folder / "tool").mkdir()  # a folder by that name
+    (first / "other").write_text("")
+    path = os.pathsep.join(map(str, (folder, first, second)))
+    for name in ("tool", "other", "absent", str(second / "tool"), str(first / "tool"), str(folder / "tool")):
+        assert m.which(name, path=path) == shutil.which(name, path=path), name
+        monkeypatch.setenv("PATH", path)
+        assert m.which(name) == shutil.which(name), name
+        monkeypatch.setenv("PATH", "")
+        assert m.which(name) == shutil.which(name), name
+    assert m.which("tool", path=path) == str(second / "tool")

@@ -170,7 +170,7 @@ def test_write_atomically_never_chmods_through_a_swapped_temp_name(tmp_path, mon
         os.symlink(target, name)  # the other user's move
         return fd, name
 
-    monkeypatch.setattr(m.tempfile, "mkstemp", mkstemp_then_swap)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_swap)
     m.write_atomically(str(theirs / "state.json"), "{}\n")
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600, "root made the victim 0644"
     assert target.read_bytes() == VICTIM
