@@ -3304,7 +3304,7 @@ class _StreamCheck(Check):
     def ready(self, fd: int, events: int) -> None:
         """The socket is ready: go as far as it lets us."""
         try:
-            self.verdict = self._advance()
+            self.verdict = self._advance(events)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -3325,10 +3325,13 @@ class _StreamCheck(Check):
     def answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
         raise NotImplementedError
 
-    def _advance(self) -> Optional[Tuple[bool, str]]:
+    def _advance(self, events: int) -> Optional[Tuple[bool, str]]:
         if self.stage == "connect":
             if not self.connected:
-                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                # writable without an error or a hangup: connected (the kernel sets both when a connect
+                # fails: refused, reset, timed out), so the error is asked for only then (a syscall less)
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if events & (
+                    select.EPOLLERR | select.EPOLLHUP) or not events & select.EPOLLOUT else 0
                 if err:
                     raise OSError(err, os.strerror(err))
                 self.connected = True
