@@ -221,6 +221,25 @@ def write(path, text, mode=0o644):
     return path
 
 
+def install_monitor_rs(folder, monitor):
+    """monitor_rs as `pip install` leaves it, in FOLDER/venv: (its Python, the console script's two
+    lines for `python -c`). The module in the environment's site-packages with its bytecode compiled
+    once (run as a script, the 8k-line file would be compiled at every start: ~1 s under TCG). click
+    and rich are found through a plain path line (deps.pth) to this Python's site-packages: that
+    folder's own .pth files are not run (the development checkout's editable-install finder, which
+    imports pathlib and more at every start of this Python: ~0.7 s under TCG, which no installed
+    monitor_rs pays). Also used by bench/vmcosts.py."""
+    venv = os.path.join(folder, "venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    (site,) = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))
+    shutil.copy(monitor, os.path.join(site, "monitor_rs.py"))
+    py_compile.compile(os.path.join(site, "monitor_rs.py"), doraise=True)
+    deps = {os.path.dirname(os.path.dirname(importlib.util.find_spec(name).origin)) for name in ("click", "rich")}
+    write(os.path.join(site, "deps.pth"), "".join(f"{d}\n" for d in sorted(deps)))
+    return (os.path.join(venv, "bin", "python"),
+            "import sys; from monitor_rs import main; sys.argv[0] = 'monitor-rs'; sys.exit(main())")
+
+
 def tool_monitor_rs(work, opts):
     conf = write(os.path.join(work, "monitorRS.conf"),
                  f"[monitor]\ninterval = {INTERVAL}\ntimeout = {TIMEOUT}\n"
@@ -228,21 +247,8 @@ def tool_monitor_rs(work, opts):
                  f"[virtual bench]\nvip = {VIP}\nvport = {VPORT}\nrport = {VPORT}\ntype = g\n"
                  f"check = http\nfall = 1\nrise = 1\nquiescent = no\n"
                  f"rs = {' '.join(ADDRS)}\nrw = {' '.join('1' for _ in ADDRS)}\n")
-    # as `pip install` leaves it: a virtual environment of its own, the module in its site-packages with
-    # its bytecode compiled once, run by the console script's two lines (run as a script, the 8k-line
-    # file would be compiled at every start: ~1 s under TCG). click and rich are found through a plain
-    # path line (deps.pth) to this Python's site-packages: that folder's own .pth files are not run (the
-    # development checkout's editable-install finder, which imports pathlib and more at every start of
-    # this Python: ~0.7 s under TCG, which no installed monitor_rs pays)
-    venv = os.path.join(work, "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    (site,) = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))
-    shutil.copy(opts["monitor"], os.path.join(site, "monitor_rs.py"))
-    py_compile.compile(os.path.join(site, "monitor_rs.py"), doraise=True)
-    deps = {os.path.dirname(os.path.dirname(importlib.util.find_spec(name).origin)) for name in ("click", "rich")}
-    write(os.path.join(site, "deps.pth"), "".join(f"{folder}\n" for folder in sorted(deps)))
-    entry = "import sys; from monitor_rs import main; sys.argv[0] = 'monitor-rs'; sys.exit(main())"
-    return [os.path.join(venv, "bin", "python"), "-c", entry, "--config", conf, "--lock-file", f"{work}/monitor_rs.lock",
+    python, entry = install_monitor_rs(work, opts["monitor"])
+    return [python, "-c", entry, "--config", conf, "--lock-file", f"{work}/monitor_rs.lock",
             "--state-file", f"{work}/monitor_rs.state.json"], True
 
 

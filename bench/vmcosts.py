@@ -15,11 +15,9 @@ bench/peers runs it). Writes bench/vmcosts.md and .json. Standard library only o
 guest needs click and rich (the Python given to the VM is this one).
 """
 
-import glob
 import json
 import os
 import platform
-import py_compile
 import select
 import shutil
 import socket
@@ -31,6 +29,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from peers import install_monitor_rs  # noqa: E402  (the same install as the side-by-side run)
 
 
 def per_call(f, n):
@@ -85,21 +85,11 @@ def operations():
 
 def starts(folder):
     """Median seconds from exec to exit, 5 runs each, in a virtual environment of its own."""
-    venv = os.path.join(folder, "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    (site,) = glob.glob(os.path.join(venv, "lib", "python3*", "site-packages"))
-    shutil.copy(os.path.join(REPO, "monitor_rs.py"), os.path.join(site, "monitor_rs.py"))
-    py_compile.compile(os.path.join(site, "monitor_rs.py"), doraise=True)
-    import importlib.util
-    deps = {os.path.dirname(os.path.dirname(importlib.util.find_spec(name).origin)) for name in ("click", "rich")}
-    with open(os.path.join(site, "deps.pth"), "w") as handle:
-        handle.write("".join(f"{d}\n" for d in sorted(deps)))
+    python, entry = install_monitor_rs(folder, os.path.join(REPO, "monitor_rs.py"))
     conf = os.path.join(folder, "monitorRS.conf")
     with open(conf, "w") as handle:
         handle.write("[monitor]\ninterval = 1\n\n[virtual web]\nvip = 127.0.0.1\nvport = 80\n"
                      "rs = 127.0.0.2 127.0.0.3\nrw = 1 1\ntype = g\n")
-    python = os.path.join(venv, "bin", "python")
-    entry = "import sys; from monitor_rs import main; sys.argv[0] = 'monitor-rs'; sys.exit(main())"
     runs = {
         "python -S -c pass (no site)": [python, "-S", "-c", "pass"],
         "python -c pass": [python, "-c", "pass"],
