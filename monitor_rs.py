@@ -131,6 +131,7 @@ SERVICE_KEYS = {
     "scheduler", "persistent", "netmask", "ops", "httpmethod", "receive_regex", "fallbackcommand",
     "emailalert", "emailalertfreq", "emailalertstatus",
     "slowstart", "fastinter", "downinter", "drain_timeout",  # issue 15: operator control
+    "keepalive",  # check = http: one connection for several checks (issue 14)
 }
 # A [virtual]'s own timeout and interval: in [monitor] these two are the loop's (and so every service's
 # unless it says its own), never merged into a service as a default of its own.
@@ -140,6 +141,7 @@ SYSLOG_FACILITIES = ("auth", "authpriv", "cron", "daemon", "ftp", "kern", "local
                      "local4", "local5", "local6", "local7", "lpr", "mail", "news", "syslog", "user", "uucp")
 EMAIL_STATUSES = ("all", "none", "starting", "running", "stopping", "reloading")  # ldirectord's emailalertstatus
 MAX_PERSISTENT = 2678400  # ipvsadm -p: 31 days at most
+KEEPALIVE_MAX = 1000  # keepalive = N: nginx's keepalive_requests; a server ends a connection after its own limit
 
 
 def stored_endpoint(protocol: str, forward: str, vport: int, ep: Endpoint) -> Endpoint:
@@ -217,6 +219,7 @@ class VirtualService:
     fastinter: Optional[float] = None  # seconds to the next check while a server's checks disagree with its state
     downinter: Optional[float] = None  # seconds between checks of a server that is down (None: the interval)
     drain_timeout: Optional[float] = None  # a drained server leaves after this at the latest (None: at 0 connections)
+    keepalive: int = 0  # check = http: checks one connection serves before a new one is made; 0: one each
 
     @functools.cached_property
     def family(self) -> int:
@@ -729,6 +732,12 @@ def _service_extras(sec: _Section, protocol: str, family: int, check: CheckKind,
                     raise ValueError(netmask)
             except ValueError:
                 raise sec.fail("netmask", "an IPv4 service takes a netmask, e.g. 255.255.255.0") from None
+    keepalive = sec.integer("keepalive", 0, 0, KEEPALIVE_MAX)
+    keepalive = 0 if keepalive == 1 else keepalive  # one check a connection: as without
+    if keepalive and check != CheckKind.HTTP:
+        if sec.own is not None and sec.own.get("keepalive", "").strip():
+            raise sec.fail("keepalive", "for check = http only (https and the other kinds make a connection a check)")
+        keepalive = 0  # [monitor]'s default, for the http services among others
     ops = sec.boolean("ops", False)
     if ops and protocol != "udp":
         raise sec.fail("ops", "one-packet scheduling is for UDP services only")
@@ -756,6 +765,7 @@ def _service_extras(sec: _Section, protocol: str, family: int, check: CheckKind,
         fastinter=sec.number("fastinter", 0.0, 0.1, 86400.0) if sec.has("fastinter") else None,
         downinter=sec.number("downinter", 0.0, 0.1, 86400.0) if sec.has("downinter") else None,
         drain_timeout=sec.number("drain_timeout", 0.0, 0.0, 31536000.0) if sec.has("drain_timeout") else None,
+        keepalive=keepalive,
     )
 
 
@@ -2812,6 +2822,7 @@ class ProbeTarget:
     method: str = "GET"  # check = http|https: GET, or HEAD (no body read: receive never applies)
     receive_regex: bool = False  # receive is a regular expression (ldirectord.cf's), searched: receive_pattern
     timeout: Optional[float] = None  # this target's deadline in seconds (its service's); None: the pass's
+    keepalive: int = 0  # check = http: checks one connection serves (HTTP/1.1, kept between checks); 0: one each
 
     @classmethod
     def of(cls, vs: VirtualService, rs: Union[RealServer, IPAddress], port: Optional[int] = None,
@@ -2843,6 +2854,9 @@ class ProbeTarget:
     @functools.cached_property
     def http_request(self) -> bytes:
         host = self.host or (f"[{self.ip}]" if self.ip.version == 6 else str(self.ip))
+        if self.keepalive:  # HTTP/1.1: the connection stays open after the answer unless the server says close
+            return (f"{self.method} {self.request or '/'} HTTP/1.1\r\nHost: {host}\r\n"
+                    f"User-Agent: monitor_rs/{__version__}\r\nAccept: */*\r\n\r\n").encode("latin-1")
         return (f"{self.method} {self.request or '/'} HTTP/1.0\r\nHost: {host}\r\n"
                 f"User-Agent: monitor_rs/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
                 ).encode("latin-1")
@@ -2874,7 +2888,8 @@ class ProbeTarget:
             return f"none: {self.check} ({'always up' if FIXED_VERDICTS[self.check][0] else 'always down'})"
         method = f"{self.method} " if self.method != "GET" else ""
         url = f"{method}{self.check}://{Endpoint(self.ip, self.port)}{self.request or '/'}"
-        return url + _receive_shown(self, "receive")
+        kept = f" (a connection kept for {self.keepalive} checks)" if self.keepalive > 1 else ""
+        return url + _receive_shown(self, "receive") + kept
 
 
 def _receive_shown(t: "ProbeTarget", plain: str) -> str:
@@ -2890,7 +2905,8 @@ def _http_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str
     at load (encode_request does nothing more to a path it already encoded), "/" first."""
     request = encode_request(request)
     return cls(vs.check, ip, port, request if request.startswith("/") else "/" + request, vs.host, vs.expect,
-               receive, method=vs.httpmethod, receive_regex=vs.receive_regex and bool(receive))
+               receive, method=vs.httpmethod, receive_regex=vs.receive_regex and bool(receive),
+               keepalive=vs.keepalive if vs.check == CheckKind.HTTP.value else 0)
 
 
 def _tcp_target(cls, vs: VirtualService, ip: IPAddress, port: int, request: str, receive: str) -> "ProbeTarget":
@@ -3107,6 +3123,12 @@ class Wave:
     def forget(self, fd: int) -> None:
         """Before its descriptor is closed (closing also leaves the epoll set, but not our map)."""
         self.by_descriptor.pop(fd, None)
+
+    def release(self, fd: int) -> None:
+        """A descriptor its check keeps after the wave (a connection kept alive): out of the epoll
+        set too, where a server closing it meanwhile would wake every turn."""
+        self.by_descriptor.pop(fd, None)
+        self.poller.unregister(fd)
 
     def _call(self, check: Check, method, *args) -> None:
         try:
@@ -3451,6 +3473,52 @@ def _shown(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[:limit - 3] + "...")
 
 
+KEEPALIVE_IDLE = 60.0  # s: a kept connection idle longer is closed, not used (nginx's keepalive_timeout is 75 s)
+STALE_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
+
+
+class KeptConnections:
+    """keepalive = N: each target's HTTP connection between its checks, with how many checks it
+    served; in the order they were put back, so that the oldest are closed first.
+
+    A kept connection saves the real server and the director a TCP handshake and teardown a
+    check, and still proves the server answers; what it does not prove is that a NEW connection
+    would be taken, which is why it serves N checks at most: a listener gone while its
+    connections live (a firewall refusing new ones) is seen within N checks.  A server that
+    dies or stops closes its connections: that is seen at the next check."""
+
+    def __init__(self):
+        self.idle: Dict["ProbeTarget", Tuple[socket.socket, int, float]] = {}
+
+    def take(self, target: "ProbeTarget") -> Optional[Tuple[socket.socket, int]]:
+        """The target's connection and the checks it served, if it is still open; else None."""
+        entry = self.idle.pop(target, None)
+        if entry is None:
+            return None
+        sock, used, parked = entry
+        if time.monotonic() - parked <= KEEPALIVE_IDLE:
+            try:  # b"": the server closed it meanwhile (its idle timeout, a restart); bytes: unasked for
+                sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return sock, used  # silent: open
+            except OSError:
+                pass
+        sock.close()
+        return None
+
+    def put(self, target: "ProbeTarget", sock: socket.socket, used: int) -> None:
+        now = time.monotonic()
+        old = self.idle.pop(target, None)
+        if old is not None:
+            old[0].close()
+        self.idle[target] = (sock, used, now)
+        while self.idle:  # those idle too long (a target gone with a reload) go, oldest first
+            first = next(iter(self.idle))
+            if now - self.idle[first][2] <= KEEPALIVE_IDLE:
+                break
+            self.idle.pop(first)[0].close()
+
+
 @checker
 class HttpCheck(_StreamCheck):
     """check = http: GET `request`; healthy on a status in `expect` and, if set,
@@ -3464,7 +3532,8 @@ class HttpCheck(_StreamCheck):
 
     KIND = "http"
     FIRST_READ = "status line"
-    __slots__ = ("code", "length", "headers", "interim", "coding", "chunk_left", "body")
+    KEPT = KeptConnections()  # keepalive = N: the connections between checks
+    __slots__ = ("code", "length", "headers", "interim", "coding", "chunk_left", "body", "used", "reusable")
 
     def __init__(self, target: "ProbeTarget", wave: Optional["Wave"]):
         super().__init__(target, wave)
@@ -3472,11 +3541,54 @@ class HttpCheck(_StreamCheck):
         self.coding = ""  # Transfer-Encoding: "" none; "close" read to the end; else where a chunked body stands
         self.chunk_left = 0  # bytes of the current chunk not read yet
         self.body: Optional[bytearray] = None  # a chunked body, decoded
+        self.used: Optional[int] = None  # keepalive: the checks the connection served before; None: a new one
+        self.reusable = False  # keepalive: the server keeps the connection open (HTTP/1.1, no Connection: close)
 
     def start(self) -> None:
         if self.target.receive_regex:  # compiled here, once per target: one that does not is our fault
             self.target.receive_pattern
-        super().start()
+        kept = self.KEPT.take(self.target) if self.target.keepalive else None
+        if kept is None:
+            return super().start()
+        self.sock, self.used = kept
+        self.connected, self.stage, self.out = True, self.FIRST_READ, self.target.http_request
+        try:  # at once: the connection is open and idle, its send buffer empty
+            self.out = self.out[self.sock.send(self.out):]
+        except OSError:
+            return self._anew()
+        self.events = select.EPOLLOUT if self.out else select.EPOLLIN
+        self.wave.watch(self, self.sock.fileno(), self.events)
+
+    def _anew(self) -> None:
+        """The kept connection was closed under the check (the server's idle timeout, at this very
+        moment): the check goes on over a new one, under the same deadline, and is judged on it."""
+        _StreamCheck.close(self)
+        self.sock, self.used, self.connected, self.stage, self.out = None, None, False, "connect", b""
+        self.buf.clear()
+        _StreamCheck.start(self)
+
+    def ready(self, fd: int, events: int) -> None:
+        try:
+            super().ready(fd, events)
+        except OSError as exc:
+            if self.used is None or exc.errno not in STALE_ERRNOS or not self._unanswered():
+                raise
+            self._anew()
+
+    def _unanswered(self) -> bool:
+        return self.stage == self.FIRST_READ and not self.buf and not self.interim
+
+    def close(self) -> None:
+        """keepalive: a connection that served a healthy answer, whole, is kept for the next check,
+        unless it has served `keepalive` checks (a new one then proves the server still takes them)."""
+        used = (self.used or 0) + 1
+        if self.reusable and used < self.target.keepalive and self.sock is not None and self.verdict and \
+                self.verdict[0] and self.wave is not None:
+            self.wave.release(self.sock.fileno())
+            self.KEPT.put(self.target, self.sock, used)
+            self.sock = None
+            return
+        super().close()
 
     def request_bytes(self) -> bytes:
         return self.target.http_request
@@ -3493,6 +3605,9 @@ class HttpCheck(_StreamCheck):
 
     def _answer(self, eof: bool) -> Optional[Tuple[bool, str]]:
         t, buf = self.target, self.buf
+        if eof and self.used is not None and self._unanswered():
+            self._anew()  # the kept connection closed before it answered: a new one
+            return None
         while self.stage != "body":
             if self.stage == "status line" and not b"HTTP/".startswith(bytes(buf[:5])):
                 return False, "not an HTTP answer"  # known at once: no need to wait for a newline
@@ -3511,6 +3626,8 @@ class HttpCheck(_StreamCheck):
                 if not match:
                     return False, "not an HTTP answer"
                 self.code, self.stage = int(match.group(1)), "headers"
+                # keepalive: an HTTP/1.1 server keeps the connection unless it says close (an HTTP/1.0 one: not kept)
+                self.reusable = bool(t.keepalive) and line.startswith(b"HTTP/1.1")
             elif line in (b"\r\n", b"\n"):
                 if 100 <= self.code <= 199 and self.code != 101:  # interim: the final answer follows
                     self.interim += 1
@@ -3521,10 +3638,12 @@ class HttpCheck(_StreamCheck):
                 if not _status_ok(self.code, t.expect):
                     return False, f"HTTP {self.code}"
                 if not t.receive or t.method == "HEAD":  # an answer to HEAD has no body
+                    if self.reusable:
+                        self._whole(t.method == "HEAD" or self.code in (204, 304))
                     return True, f"HTTP {self.code}"
                 self.stage = "body"
                 if self.coding:  # Transfer-Encoding overrides Content-Length
-                    self.length = None
+                    self.length, self.reusable = None, False  # (a chunked answer's end: not kept)
                 if self.coding == "size":
                     self.body = bytearray()
             else:
@@ -3535,6 +3654,8 @@ class HttpCheck(_StreamCheck):
                 name, value = name.strip().lower(), value.strip()
                 if name == b"content-length" and value.isdigit():
                     self.length = int(value)
+                elif name == b"connection" and b"close" in value.lower().replace(b" ", b"").split(b","):
+                    self.reusable = False
                 elif name == b"transfer-encoding":  # the last coding says how the body ends
                     self.coding = "size" if value.rpartition(b",")[2].strip().lower() == b"chunked" else "close"
         if t.receive_regex:
@@ -3543,6 +3664,8 @@ class HttpCheck(_StreamCheck):
         if self.body is None:
             limit = BODY_CAP if self.length is None else min(self.length, BODY_CAP)
             if receive in buf[:limit]:
+                if self.reusable:
+                    self._whole(False)
                 return True, f"HTTP {self.code}"
             if len(buf) >= limit or eof:
                 return False, "receive text not found"
@@ -3561,11 +3684,21 @@ class HttpCheck(_StreamCheck):
             if len(self.buf) < limit and not eof:
                 return None
             found = self.target.receive_pattern.search(self.buf, 0, limit)  # endpos: as if the body ended there
+            if found and self.reusable:
+                self._whole(False)
         else:
             if not (self._dechunk() or len(self.body) >= BODY_CAP or eof):
                 return None
             found = self.target.receive_pattern.search(self.body)
         return (True, f"HTTP {self.code}") if found else (False, "receive regex not matched")
+
+    def _whole(self, bodiless: bool) -> None:
+        """keepalive: the connection is kept only if exactly the whole answer was read (a body of
+        Content-Length bytes, or none): what is left would be read as the next check's answer."""
+        if bodiless:
+            self.reusable = not self.buf
+        else:
+            self.reusable = not self.coding and self.length is not None and len(self.buf) == self.length
 
     def _line(self) -> Optional[bytes]:
         """The next whole line of what was read (None until it has come), at most LINE_CAP long."""
@@ -8087,7 +8220,7 @@ def _ini_service(vs: VirtualService) -> str:
     if kind in (CheckKind.HTTP, CheckKind.HTTPS):
         expect = ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in vs.expect)
         keys += [("request", vs.request), ("expect", expect), ("receive", vs.receive), ("host", vs.host),
-                 ("httpmethod", vs.httpmethod)]
+                 ("httpmethod", vs.httpmethod), ("keepalive", str(vs.keepalive) if vs.keepalive else "")]
     elif kind in (CheckKind.TCP, CheckKind.DNS):
         keys += [("request", vs.request), ("receive", vs.receive)]
     elif kind == CheckKind.EXTERNAL:
@@ -8173,7 +8306,8 @@ def show_config(config: Config) -> None:
               f"emailalertstatus={','.join(vs.emailalertstatus)} slowstart={vs.slowstart:g} "
               f"fastinter={'-' if vs.fastinter is None else f'{vs.fastinter:g}'} "
               f"downinter={'-' if vs.downinter is None else f'{vs.downinter:g}'} "
-              f"drain_timeout={'-' if vs.drain_timeout is None else f'{vs.drain_timeout:g}'}")
+              f"drain_timeout={'-' if vs.drain_timeout is None else f'{vs.drain_timeout:g}'} "
+              f"keepalive={vs.keepalive or '-'}")
         for rs in vs.servers:
             print(f"  {rs} weight {rs.weight}: IPVS entry {vs.stored_endpoint(rs.endpoint)}, "
                   f"probe {ProbeTarget.of(vs, rs).url()}")

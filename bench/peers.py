@@ -172,21 +172,25 @@ class Group:
 
     def cpu(self):
         """CPU seconds used so far by the tool's processes, reaped children included."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self):
+        """(user, system) CPU seconds so far: in the tool's own code, in the kernel for it."""
         if self.path:
             with open(os.path.join(self.path, "cpu.stat")) as handle:
-                for line in handle:
-                    key, value = line.split()
-                    if key == "usage_usec":
-                        return int(value) / 1e6
-        total, tick = 0, os.sysconf("SC_CLK_TCK")
+                stat = dict(line.split() for line in handle)
+            return int(stat["user_usec"]) / 1e6, int(stat["system_usec"]) / 1e6
+        user = system = 0
         for pid in self.pids():
             try:
                 with open(f"/proc/{pid}/stat") as handle:
                     fields = handle.read().rsplit(")", 1)[1].split()
-                total += sum(int(f) for f in fields[11:15])
+                user += int(fields[11]) + int(fields[13])
+                system += int(fields[12]) + int(fields[14])
             except OSError:
                 pass
-        return total / tick
+        tick = os.sysconf("SC_CLK_TCK")
+        return user / tick, system / tick
 
     def kill(self):
         if self.path and os.path.exists(os.path.join(self.path, "cgroup.kill")):
@@ -333,18 +337,21 @@ def run_tool(name, servers, opts, rng):
             return res
         time.sleep(opts["settle"])
         # steady state: the tool's CPU over the window; the bench keeps polling at the same rate
-        c0, w0, low, b0 = group.cpu(), time.time(), N, own_cpu()
+        c0, w0, low, b0 = group.cpu_split(), time.time(), N, own_cpu()
         before, flaps = live(table()), 0
         while time.time() - w0 < opts["window"]:
             now = live(table())
             low, flaps, before = min(low, len(now & everyone)), flaps + len(before - now), now
             time.sleep(POLL)
         span = time.time() - w0
-        res["cpu"] = (group.cpu() - c0) / span * 60
+        c1 = group.cpu_split()
+        res["cpu"] = (sum(c1) - sum(c0)) / span * 60
+        res["cpu_user"], res["cpu_system"] = ((c1[i] - c0[i]) / span * 60 for i in (0, 1))
         res["bench_cpu"] = (own_cpu() - b0) / span * 60
         res["steady_min_in_table"] = low
         res["steady_taken_out"] = flaps  # healthy servers removed during the window (all are healthy)
-        say(opts, f"{name}: CPU {res['cpu']:.2f} s/min, the bench's own {res['bench_cpu']:.2f} "
+        say(opts, f"{name}: CPU {res['cpu']:.2f} s/min (user {res['cpu_user']:.2f}, system "
+                  f"{res['cpu_system']:.2f}), the bench's own {res['bench_cpu']:.2f} "
                   f"(fewest in table during the window: {low})")
         for k in range(opts["samples"]):
             # a tool that takes healthy servers out under load gets 30 s to put them back;
@@ -533,6 +540,9 @@ def render(result, host):
             bits.append(f"fewest servers in the table during the CPU window: {res['steady_min_in_table']} of 40"
                         + (f", healthy servers taken out in it: {res['steady_taken_out']}"
                            if "steady_taken_out" in res else ""))
+        if "cpu_user" in res:
+            bits.append(f"its CPU in the window: {res['cpu_user']:.2f} s/min in its own code (user), "
+                        f"{res['cpu_system']:.2f} in the kernel for it (system)")
         if "bench_cpu" in res:
             bits.append(f"the bench's own table reads meanwhile: {res['bench_cpu']:.2f} CPU s/min (not counted)")
         short = [s["in_table_at_switch"] for s in res.get("samples", []) if s.get("in_table_at_switch", N) < N]
