@@ -49,7 +49,9 @@ FAST = [a for a in ADDRS if a not in SLOW]
 INTERVAL, TIMEOUT = 1, 1
 POLL = 0.05  # the bench's table reads: 20 a second, for every tool
 FAULTS = ("refuse", "hang", "500")
-TOOLS = ("monitor_rs", "keepalived", "ldirectord", "monitorRS.sh")
+TOOLS = ("monitor_rs", "monitor_rs-keepalive", "keepalived", "ldirectord", "monitorRS.sh")
+MONITORS = ("monitor_rs", "monitor_rs-keepalive")  # each in a ratio column against keepalived
+KEEPALIVE = 10  # monitor_rs-keepalive: `keepalive = 10`, a connection for ten checks
 ROWS = (  # (key, label, unit)
     ("start", "start → all 40 in the table", "s"),
     ("cpu", "CPU seconds per minute, steady", ""),
@@ -244,12 +246,13 @@ def install_monitor_rs(folder, monitor):
             "import sys; from monitor_rs import main; sys.argv[0] = 'monitor-rs'; sys.exit(main())")
 
 
-def tool_monitor_rs(work, opts):
+def tool_monitor_rs(work, opts, keepalive=0):
     conf = write(os.path.join(work, "monitorRS.conf"),
                  f"[monitor]\ninterval = {INTERVAL}\ntimeout = {TIMEOUT}\n"
                  f"log = {work}/monitor_rs.log\n\n"
                  f"[virtual bench]\nvip = {VIP}\nvport = {VPORT}\nrport = {VPORT}\ntype = g\n"
                  f"check = http\nfall = 1\nrise = 1\nquiescent = no\n"
+                 + (f"keepalive = {keepalive}\n" if keepalive else "") +
                  f"rs = {' '.join(ADDRS)}\nrw = {' '.join('1' for _ in ADDRS)}\n")
     python, entry = install_monitor_rs(work, opts["monitor"])
     return [python, "-c", entry, "--config", conf, "--lock-file", f"{work}/monitor_rs.lock",
@@ -300,7 +303,8 @@ def tool_original(work, opts):
     return ["/bin/bash", write(os.path.join(work, "monitorRS.sh"), "\n".join(lines), 0o755)], True
 
 
-MAKERS = {"monitor_rs": tool_monitor_rs, "keepalived": tool_keepalived,
+MAKERS = {"monitor_rs": tool_monitor_rs, "monitor_rs-keepalive": lambda w, o: tool_monitor_rs(w, o, KEEPALIVE),
+          "keepalived": tool_keepalived,
           "ldirectord": tool_ldirectord, "monitorRS.sh": tool_original}
 
 
@@ -506,6 +510,7 @@ def cell(res, key, unit):
 
 def render(result, host):
     tools = [t for t in TOOLS if t in result["tools"]]
+    ratios = [t for t in MONITORS if t in result["tools"]] if "keepalived" in result["tools"] else []
     lines = [
         "# bench/peers: monitor_rs against keepalived, ldirectord and the original, on the real kernel",
         "",
@@ -520,18 +525,18 @@ def render(result, host):
         "(the tool's cgroup: every process it started). Software-emulated VM: compare ratios, "
         "not seconds.",
         "",
-        "| figure | " + " | ".join(tools) + " | monitor_rs / keepalived |",
-        "|---|" + "---:|" * (len(tools) + 1),
+        "| figure | " + " | ".join(tools) + "".join(f" | {t} / keepalived" for t in ratios) + " |",
+        "|---|" + "---:|" * (len(tools) + len(ratios)),
     ]
     for key, label, unit in ROWS:
         cells = [cell(result["tools"][t], key, unit) for t in tools]
-        ratio = "—"
-        m, k = result["tools"].get("monitor_rs"), result["tools"].get("keepalived")
-        if m and k:
-            a, b = summary(m, key)[0], summary(k, key)[0]
+        for t in ratios:
+            ratio = "—"
+            a, b = summary(result["tools"][t], key)[0], summary(result["tools"]["keepalived"], key)[0]
             if a is not None and b:
                 ratio = f"{a / b:.2f}"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio} |")
+            cells.append(ratio)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Per tool:", ""]
     for t in tools:
         res = result["tools"][t]
@@ -558,6 +563,9 @@ def render(result, host):
               "leaves it (a virtual environment of its own, the module's bytecode compiled, imported by the "
               "console script's two lines; click and rich through a path line, without the development "
               "checkout's editable-install hook).",
+              f"- monitor_rs-keepalive: the same, and `keepalive = {KEEPALIVE}` (HTTP/1.1, a connection kept "
+              f"for {KEEPALIVE} checks; the servers keep HTTP/1.1 connections as nginx does, and close them "
+              "when they stop).",
               f"- keepalived: `-n -C`, `delay_loop {INTERVAL}`, `alpha`, `HTTP_GET` (`status_code 200`, "
               f"`connect_timeout {TIMEOUT}`, `retry 0`), `lb_kind DR`.",
               f"- ldirectord: `checktype=negotiate`, `service=http`, `request=\"/\"`, `receive=\"ok\"`, "

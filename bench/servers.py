@@ -3,14 +3,21 @@
 
 Each address has a mode, changed at run time:
 
-  ok       HTTP/1.0 200 to any request (what both monitors call healthy)
+  ok       HTTP 200 to any request (what both monitors call healthy)
   slow     the same 200, sent SLOW_DELAY (0.6 s) after the request has been read
-  500      HTTP/1.0 500 to any request (a server that answers, but with an error)
+  500      HTTP 500 to any request (a server that answers, but with an error)
   refuse   no listener: the kernel answers the SYN with a RST (connection refused)
   hang     accepts, reads, never answers (curl without --max-time waits forever)
   syndrop  a listener with backlog 0 whose accept queue is filled by one connection
            that is never accepted: the kernel drops every further SYN, so a
            connect only ends by the client's own timeout
+
+An HTTP/1.0 request (keepalived, curl -0, monitor_rs without keepalive) is answered
+HTTP/1.0 with Connection: close, and the connection closed; an HTTP/1.1 one without
+Connection: close (monitor_rs's keepalive = N; ldirectord's LWP says close) is answered
+HTTP/1.1 and the connection kept for the next request, as nginx does.  A mode applies to
+the kept connections too from their next request on; refuse and syndrop close them, as a
+server that dies or stops does.
 
 Protocol on stdin/stdout, one JSON object a line:
   in   {"set": {"127.1.0.1": "hang", ...}}     out  {"t": <time.time() after the switch>}
@@ -35,6 +42,9 @@ RESPONSE = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\
             b"Connection: close\r\n\r\n%s" % (len(BODY), BODY))
 ERROR = (b"HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
          b"Content-Length: 6\r\nConnection: close\r\n\r\nerror\n")
+KEPT_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(BODY), BODY))
+KEPT_ERROR = b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nerror\n"
 SLOW_DELAY = 0.6
 MODES = ("ok", "refuse", "hang", "syndrop", "slow", "500")
 ANSWERING = ("ok", "slow", "500", "hang")  # modes with an asyncio listener
@@ -64,6 +74,7 @@ class Server:
 
     def __init__(self, ip):
         self.ip = ip
+        self.writers = set()  # the connections open now (closed when the server "dies")
         self.mode = "refuse"
         self.aserver = None  # asyncio.Server while mode is ok, slow, 500 or hang
         self.raw = None  # backlog-0 listener while mode is syndrop
@@ -71,23 +82,35 @@ class Server:
 
     async def handle(self, reader, writer):
         Stats.connections += 1
+        self.writers.add(writer)
         try:
-            if self.mode != "hang":
-                try:
-                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            while True:
+                if self.mode == "hang":  # hold the connection, never answer, until the peer goes
+                    while await reader.read(65536):
+                        pass
+                    return
+                try:  # (an idle kept connection waits for its next request as long as it likes)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
                     return
                 Stats.requests += 1
+                kept = b" HTTP/1.1\r\n" in head.split(b"\r\n", 1)[0] + b"\r\n" and \
+                    b"\r\nconnection: close\r\n" not in head.lower()
                 if self.mode == "slow":
                     await asyncio.sleep(SLOW_DELAY)
-                writer.write(ERROR if self.mode == "500" else RESPONSE)
+                if self.mode == "hang":
+                    continue
+                if kept:
+                    writer.write(KEPT_ERROR if self.mode == "500" else KEPT_RESPONSE)
+                else:
+                    writer.write(ERROR if self.mode == "500" else RESPONSE)
                 await writer.drain()
-            else:  # hang: hold the connection, never answer, until the peer goes
-                while await reader.read(65536):
-                    pass
+                if not kept:
+                    return
         except (ConnectionError, OSError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     def _close_raw(self):
@@ -108,6 +131,8 @@ class Server:
             if self.aserver is not None:
                 self.aserver.close()  # closes the listening socket now
                 self.aserver = None
+            for writer in list(self.writers):  # and its connections, as a server that dies
+                writer.close()
             self._close_raw()
             if mode == "syndrop":
                 self.raw = listening_socket(self.ip, 0)
