@@ -3512,11 +3512,16 @@ class KeptConnections:
         if old is not None:
             old[0].close()
         self.idle[target] = (sock, used, now)
-        while self.idle:  # those idle too long (a target gone with a reload) go, oldest first
+        while self.idle:  # those idle too long go, oldest first
             first = next(iter(self.idle))
             if now - self.idle[first][2] <= KEEPALIVE_IDLE:
                 break
             self.idle.pop(first)[0].close()
+
+    def keep_only(self, targets: AbstractSet["ProbeTarget"]) -> None:
+        """A new config: the connections of targets it no longer probes are closed now."""
+        for target in [t for t in self.idle if t not in targets]:
+            self.idle.pop(target)[0].close()
 
 
 @checker
@@ -6184,6 +6189,7 @@ class Monitor:
         self.seen = {k: v for k, v in self.seen.items() if k in self.position}
         self.targets = {(vs.ipvs_key, rs.endpoint): ProbeTarget.of(vs, rs, timeout=config.timeout)
                         for vs in config.services for rs in vs.servers}
+        HttpCheck.KEPT.keep_only(set(self.targets.values()))  # (kept connections of what it no longer probes)
         self.fanout = max(1, min(len(self.targets), raise_open_file_limit(len(self.targets) + 256) - 128))
         # a spread pass's length: the shortest interval, the config's or a service's own (each pass reads the
         # table, looks at the holds and is published: a short service's as often as before the schedule)

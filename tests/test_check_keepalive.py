@@ -14,7 +14,7 @@ import pytest
 
 import monitor_rs as m
 from harness import wait_until
-from test_check_ldirectord import IN_CI, IP, probe, real, service
+from test_check_ldirectord import IN_CI, IP, monitor_of, probe, real, service
 from test_check_tcp import free_port
 
 OK = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n")
@@ -235,3 +235,17 @@ def test_keepalive_in_monitorrs_conf(tmp_path):
     assert "keepalive = 10\n" in m.render_ini(config)
     again = m.load_ini(str(tmp_path / "again.conf"), m.render_ini(config))
     assert again.services == config.services
+
+
+def test_a_new_config_closes_the_kept_connections_of_what_it_no_longer_probes(tmp_path):
+    server = Scripted()
+    rs = real(f"127.0.0.1:{server.port}")
+    config = m.Config(path=str(tmp_path / "monitorRS.conf"), services=(service([rs], keepalive=10),))
+    kept = m.ProbeTarget.of(config.services[0], rs, timeout=config.timeout)  # as the monitor probes it
+    gone = m.ProbeTarget.of(service([rs], keepalive=10, request="/old"), rs, timeout=config.timeout)
+    assert probe([kept, gone]) == [(True, "HTTP 200"), (True, "HTTP 200")]
+    old = m.HttpCheck.KEPT.idle[gone][0]
+    monitor_of(config)
+    assert kept in m.HttpCheck.KEPT.idle and gone not in m.HttpCheck.KEPT.idle
+    assert old.fileno() == -1  # closed
+    server.unlisten()
