@@ -13,7 +13,8 @@ import threading
 import pytest
 
 import monitor_rs as m
-from harness import wait_until
+from conftest import VIP
+from harness import config, wait_until
 from test_check_ldirectord import IN_CI, IP, monitor_of, probe, real, service
 from test_check_tcp import free_port
 
@@ -249,3 +250,19 @@ def test_a_new_config_closes_the_kept_connections_of_what_it_no_longer_probes(tm
     assert kept in m.HttpCheck.KEPT.idle and gone not in m.HttpCheck.KEPT.idle
     assert old.fileno() == -1  # closed
     server.unlisten()
+
+
+def test_the_monitor_keeps_its_connections_and_takes_a_stopped_nginx_out(ipvs, run, nginx):
+    """The loop end to end, against the fake ipvsadm: nginx's log shows checks 1-4 on one connection,
+    the 5th on a new one; nginx stopped, its server leaves the table at its next check."""
+    port, requests, stop = nginx()
+    monitor = run(ipvs, config(VIP, [f"127.0.0.1:{port}"], interval=0.3, timeout=0.5,
+                               extra="keepalive = 4\nfall = 1\nquiescent = no\n")).start()
+    log = requests(6)
+    assert [n for _, n, _ in log] == ["1", "2", "3", "4", "1", "2"]
+    assert len({c for c, _, _ in log[:4]}) == 1 and log[4][0] != log[0][0]
+    wait_until(lambda: len(ipvs.dests(VIP)) == 1, what="the server in the table")
+    stop()
+    wait_until(lambda: not ipvs.dests(VIP), what="the stopped server out of the table")
+    code, _, err = monitor.stop()
+    assert code == 0 and "Traceback" not in err
