@@ -6036,7 +6036,6 @@ def caught_up(due: float, ended: float) -> float:
 
 SCHEDULE_GRID = 0.1  # seconds: checks due within one tick of this grid start together (one pass's turn)
 SCHEDULE_SLOTS = 10  # a service's checks are spread over its interval in at most this many groups
-SCHEDULE_GROUP = 10  # ... of at least this many checks: each group is a turn of the loop, paid in CPU
 
 
 def on_grid(at: float) -> float:
@@ -6048,11 +6047,9 @@ def on_grid(at: float) -> float:
 def spread_offset(position: int, count: int, interval: float) -> float:
     """How long after its first check (all at once, at start or a new config) the real server at
     `position` of a service's `count` is checked again: its phase.  The servers are spread evenly
-    over the interval in groups no closer than SCHEDULE_GRID, at most SCHEDULE_SLOTS of them, of
-    SCHEDULE_GROUP checks at least (each group is one turn of the loop, the monitor's CPU: at 40
-    servers under emulation 14.1 CPU s/min in ten groups of four, 9.8 in one of forty); the last
-    group a whole interval after, none later than that."""
-    slots = max(1, min(count // SCHEDULE_GROUP, SCHEDULE_SLOTS, int(interval / SCHEDULE_GRID + 1e-9)))
+    over the interval in groups no closer than SCHEDULE_GRID, at most SCHEDULE_SLOTS of them (each
+    group one turn of the loop); the last group a whole interval after, none later than that."""
+    slots = max(1, min(count, SCHEDULE_SLOTS, int(interval / SCHEDULE_GRID + 1e-9)))
     return interval * (position * slots // max(1, count) + 1) / slots
 
 

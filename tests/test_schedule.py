@@ -33,17 +33,14 @@ class Timed(Backend):
 
 
 def test_spread_offset_spreads_a_services_servers_evenly_in_bounded_groups():
-    offsets = [m.spread_offset(i, 100, 1.0) for i in range(100)]
+    offsets = [m.spread_offset(i, 40, 1.0) for i in range(40)]
     groups = sorted(set(round(o, 6) for o in offsets))
-    assert len(groups) == m.SCHEDULE_SLOTS == 10  # ten groups of ten, not one wave of a hundred
-    assert all(offsets.count(o) == 10 for o in offsets)
+    assert len(groups) == m.SCHEDULE_SLOTS == 10  # ten groups of four, not one wave of forty
+    assert all(offsets.count(o) == 4 for o in offsets)
     assert groups[0] == pytest.approx(0.1) and groups[-1] == pytest.approx(1.0)  # none later than an interval
     assert all(b - a >= m.SCHEDULE_GRID - 1e-9 for a, b in zip(groups, groups[1:]))
-    # 40 servers: four groups of ten (SCHEDULE_GROUP: a turn of the loop is worth ten checks at least)
-    forty = [m.spread_offset(i, 40, 1.0) for i in range(40)]
-    assert sorted(set(forty)) == pytest.approx([0.25, 0.5, 0.75, 1.0]) and all(forty.count(o) == 10 for o in forty)
-    # few servers: one group; a short interval: groups no closer than the grid
-    assert [m.spread_offset(i, 3, 1.5) for i in range(3)] == pytest.approx([1.5, 1.5, 1.5])
+    # few servers: one group each; a short interval: groups no closer than the grid
+    assert [m.spread_offset(i, 3, 1.5) for i in range(3)] == pytest.approx([0.5, 1.0, 1.5])
     assert sorted({round(m.spread_offset(i, 40, 0.3), 6) for i in range(40)}) == pytest.approx([0.1, 0.2, 0.3])
     assert {m.spread_offset(i, 5, 0.1) for i in range(5)} == {0.1}
     # a long interval: still at most SCHEDULE_SLOTS turns of the loop for the service
@@ -133,19 +130,19 @@ def bunches(times, span):
 
 
 def test_the_checks_of_a_service_are_spread_over_its_interval(ipvs, backends, run):
-    """Before: the 40 checks started together every interval (one wave); now four groups of ten."""
-    servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(40)]
+    """Before: the 20 checks started together every interval (one wave)."""
+    servers = [backends(ip=f"127.0.0.{11 + i}") for i in range(20)]
     for s in servers:
         s.__class__ = Timed
         s.arrivals = []
     monitor = run(ipvs, config(VIP, [s.address for s in servers], interval=1, timeout=0.5)).start()
-    wait_until(lambda: len(ipvs.dests(VIP)) == 40, 20, "all 40 in the table")  # start: all at once
+    wait_until(lambda: len(ipvs.dests(VIP)) == 20, 20, "all 20 in the table")  # start: all at once
     begin = time.monotonic() + 1.5
     wait_until(lambda: all(sum(t > begin for t, _ in s.arrivals) >= 3 for s in servers), 30, "3 checks each")
     steady = [t for s in servers for t, _ in s.arrivals if t > begin]
-    sizes = bunches(steady, 0.05)  # four groups of ten an interval, not forty at once
-    assert sorted(sizes)[len(sizes) // 2] <= 12, sizes
-    assert sum(n for n in sizes if n > 20) <= len(steady) // 4, sizes  # (a pass's end may join a few groups)
+    sizes = bunches(steady, 0.05)  # ten groups of two an interval, not twenty at once
+    assert sorted(sizes)[len(sizes) // 2] <= 4, sizes
+    assert sum(n for n in sizes if n > 8) <= len(steady) // 4, sizes  # (a pass's end may join a few groups)
     for s in servers:  # each server still checked about once an interval
         mine = sorted(t for t, _ in s.arrivals if t > begin)
         assert all(0.7 < b - a < 1.5 for a, b in zip(mine, mine[1:])), mine
@@ -154,26 +151,25 @@ def test_the_checks_of_a_service_are_spread_over_its_interval(ipvs, backends, ru
 
 
 def test_checks_in_flight_all_along_do_not_hold_back_the_others(ipvs, backends, run):
-    """Four hung servers on two phases a quarter of the interval apart, timeout 0.9 s: one check is
-    always in flight.  Before, a pass kept admitting checks a timeout past its window, then waited
-    for those in flight with none starting: the healthy servers due then were checked a turn late (gaps of 2 s).  Now the pass
+    """Four hung servers on four phases, timeout 0.9 s: one check is always in flight.  Before, a pass
+    kept admitting checks a timeout past its window, then waited for those in flight with none
+    starting: the healthy servers due then were checked a turn late (gaps of 2 s).  Now the pass
     leaves them and the next starts them again: every server about each interval."""
-    healthy = [backends(ip=f"127.0.0.{11 + i}") for i in range(36)]
-    hung = [backends(ip=f"127.0.0.{51 + i}", mode="hang") for i in range(4)]
+    healthy = [backends(ip=f"127.0.0.{11 + i}") for i in range(8)]
+    hung = [backends(ip=f"127.0.0.{21 + i}", mode="hang") for i in range(4)]
     for s in healthy:
         s.__class__ = Timed
         s.arrivals = []
-    # four groups of ten (spread_offset), two hung servers in each of the first two: one always in flight
-    everyone = [s.address for s in hung[:2] + healthy[:8] + hung[2:] + healthy[8:]]
+    everyone = [s.address for s in healthy + hung]
     monitor = run(ipvs, config(VIP, everyone, interval=1, timeout=0.9, extra="fall = 1\n")).start()
-    wait_until(lambda: len(ipvs.dests(VIP)) == 36, 20, "the healthy in the table, the hung out")
+    wait_until(lambda: len(ipvs.dests(VIP)) == 8, 20, "the healthy in the table, the hung out")
     begin = time.monotonic() + 1.0
     wait_until(lambda: all(sum(t > begin for t, _ in s.arrivals) >= 6 for s in healthy), 30, "6 checks each")
     gaps = [[round(b - a, 2) for a, b in zip(mine, mine[1:])]
             for mine in (sorted(t for t, _ in s.arrivals if t > begin) for s in healthy)]
     every = sorted(gap for mine in gaps for gap in mine)  # before: 2.0 and 2.1 s gaps, a median of 1.8
     assert max(every) < 1.75 and 0.9 < every[len(every) // 2] < 1.1, gaps
-    assert len(ipvs.dests(VIP)) == 36  # and the hung still out: their checks, started again, time out
+    assert len(ipvs.dests(VIP)) == 8  # and the hung still out: their checks, started again, time out
     code, _, err = monitor.stop()
     assert code == 0 and "Traceback" not in err
 
