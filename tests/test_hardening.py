@@ -191,6 +191,9 @@ def test_unreadable_listing_changes_nothing_is_logged_once_and_work_resumes(mode
     assert changes(ipvs, start) == [], "a server was added or removed on an unreadable listing"
     assert table(ipvs) == {a.address: 1, b.address: 2}
     problems = [line for line in monitor.lines()[logged:] if "no change made to it" in line]
+    if mode == "missing" and problems and ": cannot open " in problems[0] and "No such file" in problems[0]:
+        # a run that began as the wrapper was renamed: its shell could not open it, and said so (exit 2)
+        problems = problems[1:]
     assert problems and all(IPVSADM_FAULTS[mode] in line for line in problems), problems
     if mode != "garbage":  # garbage: see test_garbage_listing_is_logged_once
         assert len(problems) == 1, problems
